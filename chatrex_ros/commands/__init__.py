@@ -1,0 +1,1 @@
+"""`chatrex-ros` subcommands: each module exposes ``register(subparsers)``."""

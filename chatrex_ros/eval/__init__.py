@@ -1,0 +1,1 @@
+"""Offline evaluation: bag reading/writing, metrics, reports, sample data. ROS-free."""

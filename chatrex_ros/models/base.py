@@ -1,0 +1,95 @@
+"""The two model interfaces every backend implements, and the proposal pipeline around them.
+
+A backend is a small object with one job; nodes, the evaluation and the CLI only ever see these
+interfaces, so a new backend slots in without touching them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from chatrex_ros.core.proposals import select_proposals
+from chatrex_ros.core.types import MAX_PROPOSALS, Proposals, RawProposals
+
+__all__ = [
+    "LanguageBackend",
+    "MAX_PROPOSALS",
+    "ProposalBackend",
+    "ProposalPipeline",
+    "Proposals",
+    "RawProposals",
+    "SelectionPolicy",
+]
+
+
+@runtime_checkable
+class ProposalBackend(Protocol):
+    """Class-agnostic box proposer (selective search, UPN on torch / ONNX Runtime / TensorRT)."""
+
+    name: str
+
+    def propose(self, image_rgb: np.ndarray) -> RawProposals:
+        """Boxes for an (H, W, 3) uint8 RGB image, in that image's pixel coordinates."""
+        ...
+
+
+@runtime_checkable
+class LanguageBackend(Protocol):
+    """The multimodal LLM: image + ordered boxes + prompt -> raw answer text naming box indices."""
+
+    name: str
+
+    def generate(
+        self, image_rgb: np.ndarray, boxes_xyxy: np.ndarray, prompt: str, max_new_tokens: int = 512
+    ) -> str:
+        """Raw model output. ``boxes_xyxy`` is exactly the list the answer's indices refer to."""
+        ...
+
+
+@dataclass(frozen=True)
+class SelectionPolicy:
+    """Score threshold, NMS and the top-K cap applied to every backend's raw output."""
+
+    min_score: float = 0.3
+    nms_iou: float = 0.8
+    max_count: int = MAX_PROPOSALS
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_score <= 1.0:
+            raise ValueError(f"min_score must be in [0, 1], got {self.min_score}")
+        if not self.nms_iou <= 1.0:
+            raise ValueError(f"nms_iou must be <= 1 (<= 0 disables NMS), got {self.nms_iou}")
+        if not 1 <= self.max_count <= MAX_PROPOSALS:
+            raise ValueError(f"max_count must be in 1..{MAX_PROPOSALS} (ChatRex has {MAX_PROPOSALS} index tokens), got {self.max_count}")
+
+
+class ProposalPipeline:
+    """backend.propose -> select_proposals: the one way proposals are made (nodes, eval, CLI)."""
+
+    def __init__(self, backend: ProposalBackend, policy: SelectionPolicy | None = None) -> None:
+        self.backend = backend
+        self.policy = policy or SelectionPolicy()
+
+    def run(self, image_rgb: np.ndarray) -> Proposals:
+        if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.shape[0] == 0 or image_rgb.shape[1] == 0:
+            raise ValueError(f"expected a non-empty (H, W, 3) RGB image, got shape {image_rgb.shape}")
+        start = time.perf_counter()
+        raw = self.backend.propose(image_rgb)
+        inferred = time.perf_counter()
+        keep = select_proposals(
+            raw.boxes, raw.scores, self.policy.min_score, self.policy.nms_iou, self.policy.max_count
+        )
+        boxes = np.ascontiguousarray(np.asarray(raw.boxes, dtype=np.float32)[keep]).reshape(-1, 4)
+        scores = np.ascontiguousarray(np.asarray(raw.scores, dtype=np.float32)[keep]).reshape(-1)
+        done = time.perf_counter()
+        return Proposals(
+            boxes=boxes,
+            scores=scores,
+            backend=self.backend.name,
+            inference_ms=(inferred - start) * 1e3,
+            timings_ms={"infer": (inferred - start) * 1e3, "select": (done - inferred) * 1e3},
+        )

@@ -1,0 +1,1 @@
+"""The ROS 2 layer: nodes, message conversions, QoS and parameter helpers. The only place rclpy is used."""

@@ -1,0 +1,319 @@
+"""language_node: image + proposals + Query -> Answer with the model's index answer resolved into boxes.
+
+Images and proposals are paired by exact stamp in a small bounded cache. Queries (topic ``query`` or service
+``ask``) go into a bounded FIFO queue served by one worker; the model runs one generation at a time on its own
+thread so a per-query timeout can be reported on time. A full queue answers BUSY at once, every failure has a
+status: a query never goes unanswered.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.node import Node
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header
+
+from chatrex_ros.core.answering import AnswerResult, AnswerStatus, QueryError, QueryRequest, answer_query
+from chatrex_ros.core.frame_cache import Frame, FrameCache
+from chatrex_ros.core.images import ImageFormatError, decode_rgb
+from chatrex_ros.core.types import Proposals
+from chatrex_ros.models.registry import LANGUAGE_BACKENDS, make_language_backend
+from chatrex_ros.msg import Answer, ProposalArray, Query
+from chatrex_ros.ros.annotate import draw_detections
+from chatrex_ros.ros.conversions import answer_msg, image_msg, msg_to_proposals, ns_to_stamp, stamp_to_ns
+from chatrex_ros.ros.health import Diagnostics, ProblemLog
+from chatrex_ros.ros.node_runtime import StartupError, run_node
+from chatrex_ros.ros.params import ParamSpec, declare_parameters, install_validator
+from chatrex_ros.ros.qos import reliable_qos, sensor_qos, sensor_qos_specs
+from chatrex_ros.srv import Ask
+
+PARAMETERS: list[ParamSpec] = [
+    ParamSpec("language_backend", "none", "Language model backend ('none' answers MODEL_ERROR).", LANGUAGE_BACKENDS, read_only=True, allow_plugin=True),
+    ParamSpec("model_path", "", "Local ChatRex checkpoint directory (e.g. a download of IDEA-Research/ChatRex-7B).", read_only=True),
+    ParamSpec("trust_remote_code", False, "Allow the checkpoint's own Python code to run (ChatRex needs it).", read_only=True),
+    ParamSpec("device", "cuda", "Model device.", ("cpu", "cuda"), read_only=True),
+    ParamSpec("dtype", "auto", "Model dtype (auto: bfloat16 on CUDA, float32 on CPU).", ("auto", "float32", "float16", "bfloat16"), read_only=True),
+    ParamSpec("backend_options", "", "JSON object of extra keyword arguments for the language backend.", read_only=True),
+    ParamSpec("max_new_tokens", 512, "Default generation budget per query.", minimum=1, maximum=8192),
+    ParamSpec("query_timeout_s", 60.0, "Default per-query timeout (queue + model), seconds.", minimum=0.01, maximum=3600.0),
+    ParamSpec("queue_size", 4, "Queries waiting beyond this are answered BUSY.", minimum=1, maximum=100, read_only=True),
+    ParamSpec("frame_cache_size", 8, "Recent frames (image + proposals) kept for pairing.", minimum=1, maximum=256, read_only=True),
+    ParamSpec("pairing_wait_s", 1.0, "How long a query waits for its frame's proposals to arrive.", minimum=0.0, maximum=30.0),
+    ParamSpec("publish_annotated", False, "Publish the answered frame with boxes drawn on `answer_image`.", read_only=True),
+    ParamSpec("image_transport", "raw", "raw: subscribe `image`; compressed: `image/compressed`.", ("raw", "compressed"), read_only=True),
+    *sensor_qos_specs(),
+]
+
+
+@dataclass(frozen=True)
+class _StoredImage:
+    header: Header
+    rgb: np.ndarray
+    keepalive: Any  # the message owning the buffer that ``rgb`` views
+
+
+@dataclass(frozen=True)
+class _StoredProposals:
+    header: Header
+    proposals: Proposals
+    width: int
+    height: int
+    keepalive: Any
+
+
+@dataclass
+class _Job:
+    query: Query
+    request: QueryRequest
+    received: float
+    deadline: float
+    reply: Callable[[Answer], None] | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+def language_backend_params(values: dict[str, Any]) -> dict[str, Any]:
+    """Constructor keywords for the language backend, from the node's parameters."""
+    try:
+        options = json.loads(values["backend_options"]) if values["backend_options"].strip() else {}
+    except json.JSONDecodeError as error:
+        raise StartupError(f"backend_options is not valid JSON: {error}") from None
+    if not isinstance(options, dict):
+        raise StartupError("backend_options must be a JSON object")
+    if values["language_backend"] == "chatrex":
+        base = {"model_path": values["model_path"], "device": values["device"],
+                "dtype": None if values["dtype"] == "auto" else values["dtype"],
+                "trust_remote_code": values["trust_remote_code"]}
+        return {**base, **options}
+    return options
+
+
+class LanguageNode(Node):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("language_node", **kwargs)
+        self.values = declare_parameters(self, PARAMETERS)
+        install_validator(self, PARAMETERS, self._on_parameters)
+        self.problems = ProblemLog(self.get_logger())
+        self.backend = make_language_backend(self.values["language_backend"], **language_backend_params(self.values))
+        self.cache: FrameCache[_StoredImage, _StoredProposals] = FrameCache(self.values["frame_cache_size"])
+        self.jobs: queue.Queue[_Job] = queue.Queue(maxsize=self.values["queue_size"])
+        self.status_counts = {status.name: 0 for status in AnswerStatus}
+        self.last_latency_ms = 0.0
+        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="language_model")
+        self._pending_generation: Future[AnswerResult] | None = None
+        self._draw_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="annotate")
+        self._drawing: Future[None] | None = None
+        self._running = True
+
+        self.answer_pub = self.create_publisher(Answer, "answer", reliable_qos())
+        self.annotated_pub = (
+            self.create_publisher(Image, "answer_image", reliable_qos(2)) if self.values["publish_annotated"] else None
+        )
+        intake = MutuallyExclusiveCallbackGroup()
+        qos = sensor_qos(self.values["image_qos.reliability"], self.values["image_qos.depth"])
+        if self.values["image_transport"] == "compressed":
+            self.create_subscription(CompressedImage, "image/compressed", self._on_image, qos, callback_group=intake)
+        else:
+            self.create_subscription(Image, "image", self._on_image, qos, callback_group=intake)
+        self.create_subscription(ProposalArray, "proposals", self._on_proposals, reliable_qos(), callback_group=intake)
+        self.create_subscription(Query, "query", self._on_query, reliable_qos(), callback_group=intake)
+        self.create_service(Ask, "ask", self._on_ask, callback_group=ReentrantCallbackGroup())
+        self._worker = threading.Thread(target=self._serve, name="query_worker", daemon=True)
+        self._worker.start()
+        self.diagnostics = Diagnostics(self, self._diagnostic_values, self.problems)
+        model = self.backend.name if self.backend is not None else "none"
+        self.get_logger().info(f"language backend '{model}' ready; queue {self.values['queue_size']}")
+
+    # ---- intake (never blocks on the model) ----
+    def _on_parameters(self, changed: dict[str, Any]) -> str | None:
+        self.values = {**self.values, **changed}
+        return None
+
+    def _on_image(self, msg: Image | CompressedImage) -> None:
+        try:
+            rgb = decode_rgb(msg)
+        except ImageFormatError as error:
+            self.problems.report("bad_image", f"dropped image: {error}")
+            return
+        self.cache.add_image(stamp_to_ns(msg.header.stamp), _StoredImage(msg.header, rgb, msg))
+
+    def _on_proposals(self, msg: ProposalArray) -> None:
+        try:
+            proposals = msg_to_proposals(msg)
+        except ValueError as error:
+            self.problems.report("bad_proposals", f"dropped ProposalArray: {error}")
+            return
+        stored = _StoredProposals(msg.header, proposals, int(msg.image_width), int(msg.image_height), msg)
+        self.cache.add_proposals(stamp_to_ns(msg.header.stamp), stored)
+
+    def _on_query(self, msg: Query) -> None:
+        self._submit(msg, reply=None)
+
+    def _on_ask(self, request: Ask.Request, response: Ask.Response) -> Ask.Response:
+        answers: list[Answer] = []
+        job = self._submit(request.query, reply=answers.append)
+        if job is not None:
+            job.done.wait(timeout=max(0.0, job.deadline - time.monotonic()) + 5.0)
+        response.answer = answers[0] if answers else self._answer(request.query, AnswerStatus.TIMEOUT, "no answer in time", time.monotonic())
+        return response
+
+    def _submit(self, msg: Query, reply: Callable[[Answer], None] | None) -> _Job | None:
+        received = time.monotonic()
+        if not msg.id:
+            msg.id = uuid.uuid4().hex[:12]
+        try:
+            request = QueryRequest.create(
+                msg.task, list(msg.targets), msg.text, list(msg.indices),
+                int(msg.max_new_tokens) or self.values["max_new_tokens"],
+            )
+        except QueryError as error:
+            self.problems.report("bad_query", f"query {msg.id!r}: {error}")
+            self._finish(self._answer(msg, error.status, str(error), received), reply)
+            return None
+        timeout = float(msg.timeout_s) if msg.timeout_s > 0 else self.values["query_timeout_s"]
+        job = _Job(msg, request, received, received + timeout, reply)
+        try:
+            self.jobs.put_nowait(job)
+        except queue.Full:
+            self.problems.report("busy", f"query queue full ({self.jobs.maxsize}); answered BUSY")
+            self._finish(self._answer(msg, AnswerStatus.BUSY, f"query queue full ({self.jobs.maxsize} waiting)", received), reply)
+            return None
+        return job
+
+    # ---- the worker: one query at a time, in arrival order ----
+    def _serve(self) -> None:
+        while self._running:
+            try:
+                job = self.jobs.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                answer = self._run(job)
+            except Exception as error:  # last line of defence: the worker must survive anything
+                self.problems.report("internal_error", f"{type(error).__name__}: {error}")
+                answer = self._answer(job.query, AnswerStatus.MODEL_ERROR, f"internal error: {error}", job.received)
+            self._finish(answer, job.reply)
+            job.done.set()
+
+    def _run(self, job: _Job) -> Answer:
+        started = time.monotonic()
+        if started >= job.deadline:
+            return self._answer(job.query, AnswerStatus.TIMEOUT, "timed out while queued", job.received)
+        try:
+            frame = self._frame_for(job)
+        except QueryError as error:
+            return self._answer(job.query, error.status, str(error), job.received)
+        image, stored = frame.image, frame.proposals
+        assert image is not None and stored is not None
+        if self.backend is None:
+            return self._answer(
+                job.query, AnswerStatus.MODEL_ERROR,
+                "no language model configured: set language_backend:=chatrex and model_path:=<ChatRex-7B dir>",
+                job.received, frame)
+        # One generation at a time on the model device: wait for an abandoned (timed-out) one to finish.
+        if self._pending_generation is not None and not self._pending_generation.done():
+            try:
+                self._pending_generation.exception(timeout=max(0.0, job.deadline - time.monotonic()))
+            except FutureTimeout:
+                return self._answer(job.query, AnswerStatus.TIMEOUT, "timed out waiting for the model", job.received, frame)
+        queue_ms = (time.monotonic() - job.received) * 1e3
+        future = self._model_thread.submit(answer_query, self.backend, image.rgb, stored.proposals, job.request)
+        self._pending_generation = future
+        try:
+            result = future.result(timeout=max(0.0, job.deadline - time.monotonic()))
+        except FutureTimeout:
+            self.problems.report("timeout", f"query {job.query.id!r} exceeded its timeout during generation")
+            return self._answer(job.query, AnswerStatus.TIMEOUT, "timed out during generation", job.received, frame, queue_ms=queue_ms)
+        except QueryError as error:
+            if error.status == AnswerStatus.MODEL_ERROR:
+                self.problems.report("model_error", f"query {job.query.id!r}: {error}")
+            return self._answer(job.query, error.status, str(error), job.received, frame, queue_ms=queue_ms)
+        answer = self._answer(job.query, AnswerStatus.OK, "", job.received, frame, result, queue_ms)
+        self._annotate(image, result, answer.header)
+        return answer
+
+    def _frame_for(self, job: _Job) -> Frame[_StoredImage, _StoredProposals]:
+        """The frame the query asks about, waiting briefly for its proposals (they lag the image)."""
+        stamp = stamp_to_ns(job.query.image_stamp) or None
+        wait = min(self.values["pairing_wait_s"], max(0.0, job.deadline - time.monotonic()))
+        # A named frame may still be in flight; with no image at all there is nothing to wait for.
+        frame = self.cache.wait_for(stamp, wait) if stamp is not None or self.cache.has_image() else None
+        if frame is None:
+            if not self.cache.has_image(stamp):
+                where = f"with stamp {stamp} " if stamp is not None else ""
+                raise QueryError(AnswerStatus.NO_IMAGE, f"no image {where}received (or it is no longer cached)")
+            raise QueryError(AnswerStatus.NO_PROPOSALS, "no proposals arrived for the frame in time")
+        image, stored = frame.image, frame.proposals
+        if (stored.width, stored.height) != (image.rgb.shape[1], image.rgb.shape[0]):
+            self.problems.report("mismatched_proposals", "proposal image size differs from the image with the same stamp")
+            raise QueryError(
+                AnswerStatus.NO_PROPOSALS,
+                f"proposals are for a {stored.width}x{stored.height} image but the frame is "
+                f"{image.rgb.shape[1]}x{image.rgb.shape[0]}",
+            )
+        return frame
+
+    # ---- output ----
+    def _answer(
+        self, query: Query, status: AnswerStatus, message: str, received: float,
+        frame: Frame[_StoredImage, _StoredProposals] | None = None, result: AnswerResult | None = None,
+        queue_ms: float = 0.0,
+    ) -> Answer:
+        header = frame.image.header if frame is not None and frame.image is not None else Header()
+        proposals = frame.proposals if frame is not None else None
+        return answer_msg(
+            header, query.id, query.task, status, message, result,
+            proposals_stamp=proposals.header.stamp if proposals is not None else None,
+            num_proposals=len(proposals.proposals) if proposals is not None else 0,
+            queue_ms=queue_ms, total_ms=(time.monotonic() - received) * 1e3,
+        )
+
+    def _finish(self, answer: Answer, reply: Callable[[Answer], None] | None) -> None:
+        self.status_counts[AnswerStatus(answer.status).name] += 1
+        self.last_latency_ms = answer.total_ms
+        self.answer_pub.publish(answer)
+        if reply is not None:
+            reply(answer)
+
+    def _annotate(self, image: _StoredImage, result: AnswerResult, header: Header) -> None:
+        """Off the inference path: drawn on another thread, skipped while the previous drawing is running."""
+        if self.annotated_pub is None or (self._drawing is not None and not self._drawing.done()):
+            return
+
+        def draw() -> None:
+            self.annotated_pub.publish(image_msg(draw_detections(image.rgb, result.detections), "rgb8", header))
+
+        self._drawing = self._draw_thread.submit(draw)
+
+    def _diagnostic_values(self) -> dict[str, object]:
+        return {
+            "model": self.backend.name if self.backend is not None else "none (not configured)",
+            "queue_depth": self.jobs.qsize(),
+            "last_latency_ms": self.last_latency_ms,
+            "cached_frames": len(self.cache),
+            **{f"answers.{name}": count for name, count in self.status_counts.items()},
+        }
+
+    def close(self) -> None:
+        self._running = False
+        self._worker.join(timeout=5.0)
+        self._model_thread.shutdown(wait=False, cancel_futures=True)
+        self._draw_thread.shutdown(wait=False, cancel_futures=True)
+
+
+def main(args: list[str] | None = None) -> None:
+    raise SystemExit(run_node(LanguageNode, args, threads=4))
+
+
+if __name__ == "__main__":
+    main()

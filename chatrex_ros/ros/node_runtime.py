@@ -1,0 +1,39 @@
+"""Start-up and spin boilerplate shared by the nodes: a clear error instead of a traceback, clean Ctrl-C."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+
+
+class StartupError(RuntimeError):
+    """A configuration problem found before spinning (missing file, dependency, bad parameter)."""
+
+
+def run_node(factory: Callable[[], Node], args: list[str] | None = None, threads: int = 2) -> int:
+    """rclpy.init, build the node, spin until shutdown; exit code 1 with one readable line on a start-up error."""
+    rclpy.init(args=args if args is not None else sys.argv)
+    node: Node | None = None
+    try:
+        node = factory()
+        executor = MultiThreadedExecutor(num_threads=threads)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except (StartupError, ValueError, FileNotFoundError, ImportError, PermissionError) as error:
+        print(f"[chatrex_ros] start-up failed: {error}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        if node is not None:
+            close = getattr(node, "close", None)
+            if close is not None:
+                close()
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0

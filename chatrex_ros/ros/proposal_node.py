@@ -1,0 +1,177 @@
+"""proposal_node: camera image -> class-agnostic box proposals (ProposalArray), index-stable.
+
+Subscribes ``image`` (sensor_msgs/Image, or ``image/compressed`` with image_transport:=compressed), runs the
+configured proposal backend and the shared selection policy on a worker thread, and publishes ``proposals``
+with the image's header. The callback only swaps the newest frame into a one-slot mailbox, so it never
+blocks; frames that arrive while the backend is busy replace each other (counted as skipped).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from rclpy.node import Node
+from sensor_msgs.msg import CompressedImage, Image
+
+from chatrex_ros.core.images import ImageFormatError, decode_rgb
+from chatrex_ros.models.base import ProposalPipeline, SelectionPolicy
+from chatrex_ros.models.registry import PROPOSAL_BACKENDS, make_proposal_backend
+from chatrex_ros.msg import ProposalArray
+from chatrex_ros.ros.conversions import proposals_to_msg
+from chatrex_ros.ros.health import Diagnostics, ProblemLog
+from chatrex_ros.ros.node_runtime import StartupError, run_node
+from chatrex_ros.ros.params import ParamSpec, declare_parameters, install_validator
+from chatrex_ros.ros.qos import reliable_qos, sensor_qos, sensor_qos_specs
+
+PARAMETERS: list[ParamSpec] = [
+    ParamSpec("backend", "selective_search", "Proposal backend.", PROPOSAL_BACKENDS, read_only=True, allow_plugin=True),
+    ParamSpec("granularity", "fine", "UPN prompt: fine (parts, anything) or coarse (instances).", ("fine", "coarse"), read_only=True),
+    ParamSpec("checkpoint", "", "UPN checkpoint (.pth or .safetensors) for the torch backend.", read_only=True),
+    ParamSpec("model_variant", "large", "UPN architecture for the torch backend (large or tiny).", ("large", "tiny"), read_only=True),
+    ParamSpec("onnx", "", "UPN ONNX file (chatrex-ros export-upn) for the onnxruntime and tensorrt backends.", read_only=True),
+    ParamSpec("engine_cache_dir", "~/.cache/chatrex_ros/engines", "TensorRT engine cache directory.", read_only=True),
+    ParamSpec("device", "cpu", "Device for torch / onnxruntime backends.", ("cpu", "cuda"), read_only=True),
+    ParamSpec("precision", "fp32", "Inference precision (torch: fp32/fp16/bf16, tensorrt: fp32/fp16).", ("fp32", "fp16", "bf16"), read_only=True),
+    ParamSpec("selective_search_long_side", 400, "Selective search works on a copy this long (px).", minimum=64, maximum=4096, read_only=True),
+    ParamSpec("min_score", 0.3, "Drop proposals scoring below this.", minimum=0.0, maximum=1.0),
+    ParamSpec("nms_iou", 0.8, "Greedy NMS IoU threshold (<= 0 disables NMS).", minimum=-1.0, maximum=1.0),
+    ParamSpec("max_proposals", 100, "Keep at most this many (ChatRex has 100 index tokens).", minimum=1, maximum=100),
+    ParamSpec("image_transport", "raw", "raw: subscribe `image`; compressed: `image/compressed`.", ("raw", "compressed"), read_only=True),
+    ParamSpec("warmup", True, "Run the backend once on a blank frame before serving.", read_only=True),
+    *sensor_qos_specs(),
+]
+
+_PRECISION_TO_DTYPE = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def backend_params(values: dict[str, Any]) -> dict[str, Any]:
+    """Constructor keywords for the chosen backend, from the node's parameters."""
+    name = values["backend"]
+    if name == "selective_search":
+        return {"long_side": values["selective_search_long_side"]}
+    if name == "torch":
+        return {"checkpoint": values["checkpoint"] or None, "variant": values["model_variant"],
+                "granularity": values["granularity"], "device": values["device"],
+                "dtype": _PRECISION_TO_DTYPE[values["precision"]]}
+    if name == "onnxruntime":
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if values["device"] == "cuda" else ["CPUExecutionProvider"]
+        return {"onnx_path": values["onnx"], "providers": providers}
+    if name == "tensorrt":
+        return {"onnx_path": values["onnx"], "engine_cache_dir": values["engine_cache_dir"], "precision": values["precision"]}
+    return {}
+
+
+@dataclass
+class _Pending:
+    msg: Image | CompressedImage
+    received: float
+
+
+class ProposalNode(Node):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("proposal_node", **kwargs)
+        self.values = declare_parameters(self, PARAMETERS)
+        self.problems = ProblemLog(self.get_logger())
+        try:
+            backend = make_proposal_backend(self.values["backend"], **backend_params(self.values))
+            policy = self._policy(self.values)
+        except (ValueError, TypeError) as error:
+            raise StartupError(str(error)) from error
+        self.pipeline = ProposalPipeline(backend, policy)
+        install_validator(self, PARAMETERS, self._on_parameters)
+        if self.values["warmup"]:
+            self.pipeline.run(np.zeros((480, 640, 3), np.uint8))
+
+        self.publisher = self.create_publisher(ProposalArray, "proposals", reliable_qos())
+        qos = sensor_qos(self.values["image_qos.reliability"], self.values["image_qos.depth"])
+        if self.values["image_transport"] == "compressed":
+            self.create_subscription(CompressedImage, "image/compressed", self._on_image, qos)
+        else:
+            self.create_subscription(Image, "image", self._on_image, qos)
+
+        self._mailbox: _Pending | None = None
+        self._wakeup = threading.Condition()
+        self._running = True
+        self._stats = {"frames": 0, "skipped": 0, "last_latency_ms": 0.0, "last_inference_ms": 0.0}
+        self._rate_window: list[float] = []
+        self._worker = threading.Thread(target=self._work, name="proposal_worker", daemon=True)
+        self._worker.start()
+        self.diagnostics = Diagnostics(self, self._diagnostic_values, self.problems)
+        provider = getattr(backend, "provider", "")
+        self.get_logger().info(
+            f"proposal backend '{backend.name}'{f' ({provider})' if provider else ''} ready; "
+            f"min_score={policy.min_score} nms_iou={policy.nms_iou} max_proposals={policy.max_count}"
+        )
+
+    @staticmethod
+    def _policy(values: dict[str, Any]) -> SelectionPolicy:
+        return SelectionPolicy(values["min_score"], values["nms_iou"], values["max_proposals"])
+
+    def _on_parameters(self, changed: dict[str, Any]) -> str | None:
+        merged = {**self.values, **changed}
+        try:
+            policy = self._policy(merged)
+        except ValueError as error:
+            return str(error)
+        self.values = merged
+        self.pipeline.policy = policy
+        return None
+
+    def _on_image(self, msg: Image | CompressedImage) -> None:
+        with self._wakeup:
+            if self._mailbox is not None:
+                self._stats["skipped"] += 1
+            self._mailbox = _Pending(msg, time.perf_counter())
+            self._wakeup.notify()
+
+    def _work(self) -> None:
+        while True:
+            with self._wakeup:
+                self._wakeup.wait_for(lambda: self._mailbox is not None or not self._running)
+                if not self._running:
+                    return
+                pending, self._mailbox = self._mailbox, None
+            self._process(pending)
+
+    def _process(self, pending: _Pending) -> None:
+        msg = pending.msg
+        try:
+            image = decode_rgb(msg)
+        except ImageFormatError as error:
+            self.problems.report("bad_image", f"dropped image: {error}")
+            return
+        try:
+            proposals = self.pipeline.run(image)
+        except Exception as error:  # a backend failure must not kill the node
+            self.problems.report("backend_error", f"proposal backend failed: {type(error).__name__}: {error}")
+            return
+        out = proposals_to_msg(proposals, msg.header, image.shape[1], image.shape[0], self.values["granularity"])
+        self.publisher.publish(out)
+        now = time.perf_counter()
+        self._stats["frames"] += 1
+        self._stats["last_latency_ms"] = (now - pending.received) * 1e3
+        self._stats["last_inference_ms"] = proposals.inference_ms
+        self._rate_window = [t for t in self._rate_window if now - t < 5.0] + [now]
+
+    def _diagnostic_values(self) -> dict[str, object]:
+        window = self._rate_window
+        fps = (len(window) - 1) / (window[-1] - window[0]) if len(window) > 1 and window[-1] > window[0] else 0.0
+        return {"backend": self.pipeline.backend.name, "fps": fps, **self._stats}
+
+    def close(self) -> None:
+        with self._wakeup:
+            self._running = False
+            self._wakeup.notify()
+        self._worker.join(timeout=5.0)
+
+
+def main(args: list[str] | None = None) -> None:
+    raise SystemExit(run_node(ProposalNode, args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+"""Test environment: DDS stays on this machine, a per-run domain, logs in a temp dir, big-SHM profile."""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_DIR = Path(__file__).resolve().parent
+
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+os.environ.setdefault("ROS_DOMAIN_ID", str(random.SystemRandom().randint(10, 99)))
+os.environ.setdefault("ROS_LOG_DIR", tempfile.mkdtemp(prefix="chatrex_ros_test_logs_"))
+os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(ROOT / "config" / "fastdds.xml"))
+os.environ.setdefault("RMW_FASTRTPS_USE_QOS_FROM_XML", "0")
+os.environ.setdefault("AMENT_PREFIX_PATH", sys.prefix)
+# Node processes started by the tests import this tree's code and the test doubles.
+os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TEST_DIR), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+for path in (str(TEST_DIR), str(ROOT)):
+    if path not in sys.path:
+        sys.path.insert(0, path)

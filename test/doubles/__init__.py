@@ -1,0 +1,1 @@
+"""Test doubles for things outside the package (the language model, a camera). Named as such."""

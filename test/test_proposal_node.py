@@ -1,0 +1,85 @@
+"""proposal_node over real DDS: image in -> proposals out, with the image's header, index-stable."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sensor_msgs.msg import Image
+
+from chatrex_ros.msg import ProposalArray
+from chatrex_ros.ros.conversions import image_msg
+from ros_harness import NodeProcess, RosClient, header, textured_image, wait_until
+
+pytestmark = pytest.mark.ros
+
+
+@pytest.fixture(scope="module")
+def graph():
+    node = NodeProcess("chatrex_ros.ros.proposal_node", "proposal_node",
+                       params={"selective_search_long_side": 160, "max_proposals": 40})
+    client = RosClient()
+    try:
+        image_pub = client.publisher(Image, "image", reliable=False, depth=1)
+        proposals = client.subscribe(ProposalArray, "proposals")
+        wait_until(lambda: image_pub.get_subscription_count() > 0 or not node.alive(), 30, "proposal_node")
+        assert node.alive(), node.output()
+        yield client, image_pub, proposals, node
+    finally:
+        client.close()
+        assert node.stop() == 0, node.output()
+
+
+def _send_until_answered(image_pub, proposals, msg, stamp_ns: int) -> ProposalArray:
+    def answered() -> bool:
+        if any(_ns(p) == stamp_ns for p in proposals):
+            return True
+        image_pub.publish(msg)  # best effort: resend until one gets through
+        return False
+
+    wait_until(answered, 30, f"proposals for stamp {stamp_ns}")
+    return next(p for p in proposals if _ns(p) == stamp_ns)
+
+
+def _ns(msg) -> int:
+    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+
+
+@pytest.mark.parametrize("size,encoding", [((480, 640), "rgb8"), ((240, 427), "bgr8")])
+def test_proposals_carry_the_image_header_and_fit_the_image(graph, size, encoding) -> None:
+    client, image_pub, proposals, _ = graph
+    height, width = size
+    stamp = 1_700_000_000_000_000_000 + width
+    rgb = textured_image(height, width, seed=width)
+    array = rgb if encoding == "rgb8" else rgb[:, :, ::-1]
+    out = _send_until_answered(image_pub, proposals, image_msg(array, encoding, header(stamp, "cam_optical")), stamp)
+    assert out.header.frame_id == "cam_optical"
+    assert (out.image_width, out.image_height) == (width, height)
+    boxes = np.asarray(out.boxes, np.float32).reshape(-1, 4)
+    scores = np.asarray(out.scores, np.float32)
+    assert 0 < len(scores) <= 40 and boxes.shape[0] == len(scores)
+    assert np.all(np.diff(scores) <= 0), "sorted by score, descending"
+    assert np.all(boxes[:, 0] >= 0) and np.all(boxes[:, 1] >= 0)
+    assert np.all(boxes[:, 2] <= width) and np.all(boxes[:, 3] <= height)
+    assert np.all(boxes[:, 2] > boxes[:, 0]) and np.all(boxes[:, 3] > boxes[:, 1])
+    assert out.backend == "selective_search" and out.granularity == "fine" and out.inference_ms > 0
+
+
+def test_bad_images_are_dropped_and_the_node_keeps_serving(graph) -> None:
+    client, image_pub, proposals, node = graph
+    bad = image_msg(np.zeros((8, 8), np.uint16), "16UC1", header(11))
+    bad.encoding = "yuv422"
+    empty = Image(header=header(12), height=0, width=0, encoding="rgb8", step=0)
+    for msg in (bad, empty):
+        image_pub.publish(msg)
+    stamp = 1_700_000_000_500_000_000
+    out = _send_until_answered(image_pub, proposals, image_msg(textured_image(120, 160), "rgb8", header(stamp)), stamp)
+    assert len(out.scores) > 0
+    assert all(_ns(p) not in (11, 12) for p in proposals)
+    assert node.alive()
+
+
+def test_more_than_100_proposals_is_refused_at_startup() -> None:
+    node = NodeProcess("chatrex_ros.ros.proposal_node", "proposal_node", params={"max_proposals": 101})
+    assert node.process.wait(60) != 0
+    assert "max_proposals" in node.output()
+    node.stop()
