@@ -11,7 +11,10 @@ _SOURCE_ROOT = Path(__file__).resolve().parent.parent
 
 
 def share_dir() -> Path:
-    """``share/chatrex_ros`` of the install (colcon or pip), else the repository root when run from source."""
+    """The repository root when run from a source checkout (edits take effect), else ``share/chatrex_ros``
+    of the install (colcon or pip)."""
+    if (_SOURCE_ROOT / "package.xml").is_file() and (_SOURCE_ROOT / "config").is_dir():
+        return _SOURCE_ROOT
     # The PyPI ROS wheels do not set AMENT_PREFIX_PATH; their prefix is the environment itself.
     os.environ.setdefault("AMENT_PREFIX_PATH", sys.prefix)
     try:
@@ -22,8 +25,6 @@ def share_dir() -> Path:
             return candidate
     except (ImportError, PackageNotFoundError, OSError):
         pass
-    if (_SOURCE_ROOT / "config").is_dir():
-        return _SOURCE_ROOT
     raise FileNotFoundError(f"cannot find the {PACKAGE} share directory (config/, launch/): is the package installed?")
 
 
