@@ -111,6 +111,6 @@ def markdown_table(specs: Sequence[ParamSpec]) -> str:
     """The README's parameter table for a node (kept in sync by a test)."""
     rows = ["| parameter | type | default | description |", "|---|---|---|---|"]
     for spec in specs:
-        default = f"`{spec.default!r}`" if not isinstance(spec.default, str) else f"`{spec.default}`"
+        default = f"`{spec.default}`" if spec.default != "" else '`""`'
         rows.append(f"| `{spec.name}` | {spec.type_name} | {default} | {spec.description} |")
     return "\n".join(rows)
