@@ -17,16 +17,11 @@ import pytest
 import yaml
 
 from chatrex_ros.launcher import GRAPH, NAMESPACE, dds_environment, load_config, plan_graph
-from chatrex_ros.ros import language_node, proposal_node
+from chatrex_ros.ros import grasp_target_node, language_node, proposal_node
 
 ROOT = Path(__file__).resolve().parent.parent
-NODE_PARAMETERS = {"proposal_node": proposal_node.PARAMETERS, "language_node": language_node.PARAMETERS}
-try:
-    from chatrex_ros.ros import grasp_target_node
-
-    NODE_PARAMETERS["grasp_target_node"] = grasp_target_node.PARAMETERS
-except ImportError:  # pragma: no cover - the grasp node is optional in the graph
-    pass
+NODE_PARAMETERS = {"proposal_node": proposal_node.PARAMETERS, "language_node": language_node.PARAMETERS,
+                   "grasp_target_node": grasp_target_node.PARAMETERS}
 
 
 class Recorded:

@@ -8,9 +8,23 @@ to threshold and sort by.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+from collections.abc import Callable
+
 import numpy as np
 
 from chatrex_ros.core.types import RawProposals
+
+
+def _libc_srand() -> Callable[[int], None] | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or None).srand
+    except (OSError, AttributeError):
+        return None
+
+
+_SRAND = _libc_srand()
 
 
 class SelectiveSearchBackend:
@@ -47,7 +61,11 @@ class SelectiveSearchBackend:
         cv2.setNumThreads(max(1, cv2.getNumberOfCPUs()))
 
     def propose(self, image_rgb: np.ndarray) -> RawProposals:
+        """Deterministic: OpenCV ranks regions with libc ``rand()``; reseeding makes a frame's proposals a
+        function of its pixels alone, not of how many frames (or other rand() users) came before."""
         cv2 = self._cv2
+        if _SRAND is not None:
+            _SRAND(1)
         small, scale = self._downscale(image_rgb)
         search = cv2.ximgproc.segmentation.createSelectiveSearchSegmentation()
         search.setBaseImage(np.ascontiguousarray(small[:, :, ::-1]))  # OpenCV wants BGR

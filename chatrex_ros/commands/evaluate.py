@@ -1,0 +1,193 @@
+"""`chatrex-ros eval | make-sample | demo`: offline evaluation from rosbags, the sample bag, the main demo.
+
+* ``eval --bag BAG --gt GT.json [--queries Q.json] [--out DIR]``: run the proposal and language backends
+  on the bag's images and score them (``--answers REC`` scores a bag recorded from the running nodes).
+* ``make-sample --out DIR``: the sample bag from scikit-image photographs with hand-made annotations.
+* ``demo``: make the sample bag if needed, evaluate it with the default (weight-free) backends, print
+  the report and write metrics.json, report.md and plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``eval``, ``make-sample`` and ``demo`` subcommands."""
+    evaluate = subparsers.add_parser("eval", help="score the pipeline (or recorded answers) on a rosbag", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = evaluate.add_argument_group("input")
+    source.add_argument("--bag", type=Path, help="rosbag2 (directory, .mcap or .db3) with the images")
+    source.add_argument("--answers", type=Path, metavar="REC",
+                        help="score a bag recorded from the running nodes (Answer/ProposalArray topics) instead of running models")
+    source.add_argument("--gt", type=Path, help="COCO ground truth with images[].stamp_ns (see chatrex_ros.eval.groundtruth)")
+    source.add_argument("--gt-topic", help="read the ground truth from this Answer topic of the bag instead (e.g. /chatrex/ground_truth)")
+    source.add_argument("--queries", type=Path, help="referring queries JSON: {queries: [{id, image_id, phrase, annotation_id}]}")
+    source.add_argument("--image-topic", help="image topic (default: the bag's only colour image topic)")
+    source.add_argument("--answer-topic", help="Answer topic of --answers (default: its only Answer topic)")
+    source.add_argument("--proposal-topic", help="ProposalArray topic of --answers (default: its only one)")
+    source.add_argument("--stamp-tolerance-ms", type=float, default=0.0,
+                        help="match ground-truth stamps to image stamps within this many ms (default exact)")
+    evaluate.add_argument("--out", type=Path, default=Path("chatrex_eval"), help="output directory (default ./chatrex_eval)")
+    _add_run_arguments(evaluate)
+    evaluate.set_defaults(func=run_eval)
+
+    sample = subparsers.add_parser("make-sample", help="write the sample bag (scikit-image photographs, hand-made annotations)")
+    sample.add_argument("--out", type=Path, default=Path("chatrex_sample_bag"), help="bag directory to create")
+    sample.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
+    sample.add_argument("--with-gt-topic", action="store_true", help="also write the annotations on /chatrex/ground_truth")
+    sample.add_argument("--force", action="store_true", help="replace --out if it exists")
+    sample.set_defaults(func=run_make_sample)
+
+    demo = subparsers.add_parser("demo", help="evaluate the sample bag end to end and print the report")
+    demo.add_argument("--out", type=Path, default=Path("chatrex_demo"), help="output directory (default ./chatrex_demo)")
+    demo.add_argument("--sample-bag", type=Path, help="where the sample bag is cached (default OUT/sample_bag)")
+    demo.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
+    _add_run_arguments(demo)
+    demo.set_defaults(func=run_demo)
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    models = parser.add_argument_group("models (the same backends the nodes use)")
+    models.add_argument("--proposal-backend", default="selective_search",
+                        help="selective_search (default, no weights) | torch | onnxruntime | tensorrt | python:module:Class")
+    models.add_argument("--proposal-param", action="append", default=[], metavar="KEY=VALUE",
+                        help="proposal backend constructor keyword, e.g. checkpoint=upn_large.pth (repeatable)")
+    models.add_argument("--language-backend", default="none", help="none (default) | chatrex | python:module:Class")
+    models.add_argument("--model-path", help="ChatRex-7B directory (passed as model_path=)")
+    models.add_argument("--language-param", action="append", default=[], metavar="KEY=VALUE",
+                        help="language backend constructor keyword, e.g. device=cpu (repeatable)")
+    models.add_argument("--min-score", type=float, default=0.3, help="proposal score threshold (default 0.3)")
+    models.add_argument("--nms-iou", type=float, default=0.8, help="proposal NMS IoU (default 0.8)")
+    models.add_argument("--max-proposals", type=int, default=100, help="top-K proposals given to the model (default 100)")
+    output = parser.add_argument_group("output")
+    output.add_argument("--max-frames", type=int, help="evaluate only the first N matched frames")
+    output.add_argument("--no-progress", action="store_true", help="no progress bar")
+    output.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    output.add_argument("--quiet", action="store_true", help="do not print the report")
+
+
+def parse_params(items: list[str], flag: str) -> dict[str, Any]:
+    """KEY=VALUE strings -> keywords; values become bool/int/float when they look like one."""
+    params: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ValueError(f"{flag} {item!r}: expected KEY=VALUE with KEY a Python identifier")
+        params[key.strip()] = _literal(value)
+    return params
+
+
+def _literal(text: str) -> Any:
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _build_models(args: argparse.Namespace) -> tuple[Any, Any]:
+    from chatrex_ros.models.base import ProposalPipeline, SelectionPolicy
+    from chatrex_ros.models.registry import make_language_backend, make_proposal_backend
+
+    policy = SelectionPolicy(args.min_score, args.nms_iou, args.max_proposals)
+    proposal = make_proposal_backend(args.proposal_backend, **parse_params(args.proposal_param, "--proposal-param"))
+    language_params = parse_params(args.language_param, "--language-param")
+    if args.model_path:
+        language_params["model_path"] = args.model_path
+    if args.language_backend == "none" and language_params:
+        raise ValueError("--model-path/--language-param given but --language-backend is 'none'; add --language-backend chatrex")
+    language = make_language_backend(args.language_backend, **language_params)
+    return ProposalPipeline(proposal, policy), language
+
+
+def _fail(command: str, error: BaseException) -> int:
+    print(f"chatrex-ros {command}: error: {error}", file=sys.stderr)
+    return EXIT_BAD_INPUT if isinstance(error, (ValueError, FileNotFoundError)) else EXIT_FAILED
+
+
+def _finish(result: Any, args: argparse.Namespace) -> int:
+    from chatrex_ros.eval.report import write_outputs
+
+    written = write_outputs(result, args.out, plots=not args.no_plots)
+    if not args.quiet:
+        print(written["report"].read_text(encoding="utf-8"))
+    print(f"wrote {', '.join(str(p) for p in written.values())}", file=sys.stderr)
+    return EXIT_OK
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from chatrex_ros.eval.bagio import BagReader
+    from chatrex_ros.eval.groundtruth import GroundTruth, load_queries
+    from chatrex_ros.eval.offline import evaluate_bag
+    from chatrex_ros.eval.recorded import evaluate_recorded
+
+    try:
+        if args.bag is None and args.answers is None:
+            raise ValueError("give --bag BAG (run the models on its images) or --answers REC (score recorded answers)")
+        if (args.gt is None) == (args.gt_topic is None):
+            raise ValueError("give exactly one of --gt GT.json or --gt-topic TOPIC")
+        tolerance_ns = _tolerance_ns(args.stamp_tolerance_ms)
+        if args.gt is not None:
+            gt = GroundTruth.load(args.gt)
+        else:
+            with BagReader(args.bag or args.answers) as reader:
+                gt = reader.ground_truth(args.gt_topic, None)
+        queries = load_queries(args.queries, gt) if args.queries else ()
+        if args.answers is not None:
+            result = evaluate_recorded(args.answers, gt, queries, args.answer_topic, args.proposal_topic,
+                                       args.image_topic, args.bag, tolerance_ns)
+        else:
+            pipeline, language = _build_models(args)
+            result = evaluate_bag(args.bag, gt, pipeline, language, queries, args.image_topic, tolerance_ns,
+                                  args.max_frames, progress=not args.no_progress)
+        return _finish(result, args)
+    except (ValueError, FileNotFoundError, ImportError, TypeError) as error:
+        return _fail("eval", error)
+
+
+def _tolerance_ns(milliseconds: float) -> int:
+    if not milliseconds >= 0:
+        raise ValueError(f"--stamp-tolerance-ms must be >= 0, got {milliseconds}")
+    return int(round(milliseconds * 1e6))
+
+
+def run_make_sample(args: argparse.Namespace) -> int:
+    from chatrex_ros.eval.sample import make_sample_bag, sample_annotations_path, sample_queries_path
+
+    try:
+        bag = make_sample_bag(args.out, args.storage, args.with_gt_topic, overwrite=args.force)
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        return _fail("make-sample", error)
+    print(f"sample bag: {bag} ({args.storage}, topic /camera/image_raw)")
+    print(f"ground truth: {sample_annotations_path()}")
+    print(f"queries: {sample_queries_path()}")
+    return EXIT_OK
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from chatrex_ros.eval.groundtruth import GroundTruth, load_queries
+    from chatrex_ros.eval.offline import evaluate_bag
+    from chatrex_ros.eval.sample import ensure_sample_bag, sample_annotations_path, sample_queries_path
+
+    try:
+        bag = ensure_sample_bag(args.sample_bag or args.out / "sample_bag", args.storage)
+        gt = GroundTruth.load(sample_annotations_path())
+        queries = load_queries(sample_queries_path(), gt)
+        pipeline, language = _build_models(args)
+        result = evaluate_bag(bag, gt, pipeline, language, queries, max_frames=args.max_frames,
+                              progress=not args.no_progress)
+        return _finish(result, args)
+    except (ValueError, FileNotFoundError, ImportError, TypeError) as error:
+        return _fail("demo", error)

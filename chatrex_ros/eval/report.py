@@ -1,0 +1,201 @@
+"""Evaluation outputs: metrics.json, a Markdown report and PNG plots (matplotlib, headless).
+
+The Markdown is built only from the result's JSON form, so a report can be regenerated from a stored
+metrics.json. Plots use matplotlib's object API with the Agg canvas: no pyplot global state, no display.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from chatrex_ros.eval.result import EvaluationResult
+
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.md"
+PLOT_FILES = {"recall": "recall_vs_k.png", "per_class": "per_class_pr.png", "latency": "latency_hist.png"}
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None or value < 0 else f"{100 * value:.1f}"
+
+
+def _ms(stats: Mapping[str, Any], key: str) -> str:
+    return f"{stats[key]:.1f}" if key in stats else "n/a"
+
+
+def render_markdown(report: Mapping[str, Any], plots: Mapping[str, str] | None = None) -> str:
+    """The report for one metrics.json dict (``EvaluationResult.to_json()``)."""
+    inputs, metrics, timing = report["inputs"], report["metrics"], report["timing"]
+    lines = ["# chatrex_ros evaluation", ""]
+    source = inputs.get("bag") or inputs.get("answers_bag")
+    lines += [
+        f"* mode: {inputs['mode']}; bag: `{source}`" + (f" ({inputs['storage']})" if inputs.get("storage") else ""),
+        f"* ground truth: `{inputs['ground_truth']}`; frames evaluated: {inputs['frames_evaluated']}"
+        + (f" of {inputs['frames_in_bag']}" if "frames_in_bag" in inputs else ""),
+    ]
+    if inputs["mode"] == "offline":
+        selection = inputs["selection"]
+        lines.append(
+            f"* proposals: `{inputs['proposal_backend']}` (score >= {selection['min_score']}, NMS {selection['nms_iou']},"
+            f" top {selection['max_count']}); language model: `{inputs['language_backend'] or 'none'}`"
+        )
+    lines.append("")
+    for note in report.get("notes", []):
+        lines += [f"> **Note:** {note}", ""]
+
+    proposals = metrics.get("proposals")
+    if proposals:
+        lines += ["## Proposals (class-agnostic)", "", "| K | recall@K IoU 0.5 | recall@K IoU 0.5:0.95 |", "|---|---|---|"]
+        for k, values in proposals["recall"].items():
+            lines.append(f"| {k} | {_pct(values['iou_0.5'])} | {_pct(values['iou_0.5:0.95'])} |")
+        coco = proposals["class_agnostic_coco"]
+        lines += [
+            "",
+            f"Class-agnostic COCO AP {_pct(coco['AP'])} (AP50 {_pct(coco['AP50'])}, AP75 {_pct(coco['AP75'])}) with "
+            f"proposal scores as confidences; {proposals['count_mean']:.1f} proposals per frame on average; "
+            f"{len(proposals['frames_without_proposals'])} frame(s) without proposals.",
+            "",
+        ]
+    answers = metrics.get("answers")
+    if answers:
+        detection = answers["detection"]
+        lines += [
+            "## Detection (all ground-truth categories of the frame in the prompt)",
+            "",
+            f"Precision {_pct(detection['precision_iou_0.5'])} / recall {_pct(detection['recall_iou_0.5'])} at IoU 0.5 "
+            f"(per class, then averaged); COCO mAP {_pct(detection['coco']['AP'])} (AP50 {_pct(detection['coco']['AP50'])}) "
+            f"with proposal scores as confidences. {detection['frames_answered']} of {detection['frames']} frames answered.",
+            "",
+            "| class | TP | FP | FN | precision | recall |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, c in detection["per_class"].items():
+            lines.append(f"| {name} | {c['tp']} | {c['fp']} | {c['fn']} | {_pct(c['precision'])} | {_pct(c['recall'])} |")
+        lines += ["", "n/a precision: the class was never answered (it counts as 0 in the average); n/a recall: the "
+                  "class has no ground truth (the model named it anyway)."]
+        referring = answers["referring"]
+        lines += ["", "## Referring", ""]
+        if referring["queries"]:
+            lines.append(
+                f"Accuracy (IoU > 0.5, first answered box) {_pct(referring['accuracy_iou_0.5'])}: {referring['hits']} of "
+                f"{referring['queries']} queries; {referring['unanswered']} unanswered, {referring['empty_answers']} empty."
+            )
+        else:
+            lines.append("No referring queries (pass --queries FILE).")
+        statuses = ", ".join(f"{name} {count}" for name, count in answers["status_counts"].items()) or "none"
+        lines += ["", f"Answers by status: {statuses}.", ""]
+
+    lines += ["## Latency", "", "| stage | count | p50 ms | p90 ms | p99 ms | mean ms |", "|---|---|---|---|---|---|"]
+    for stage, stats in timing["stages_ms"].items():
+        lines.append(f"| {stage} | {stats.get('count', 0)} | {_ms(stats, 'p50')} | {_ms(stats, 'p90')} | "
+                     f"{_ms(stats, 'p99')} | {_ms(stats, 'mean')} |")
+    if timing.get("frames_per_s"):
+        lines += ["", f"Throughput: {timing['frames_per_s']:.2f} frames/s ({timing['frames']} frames in {timing['wall_s']:.2f} s)."]
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{name}]({file})" for name, file in plots.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(result: EvaluationResult, out_dir: str | Path, plots: bool = True) -> dict[str, Path]:
+    """Write metrics.json, report.md and (``plots``) the PNGs into ``out_dir``; returns their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report = result.to_json()
+    written: dict[str, Path] = {"metrics": out / METRICS_FILE}
+    written["metrics"].write_text(json.dumps(report, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    plot_files: dict[str, str] = {}
+    if plots:
+        for name, path in write_plots(result, out).items():
+            written[name] = path
+            plot_files[name] = path.name
+    written["report"] = out / REPORT_FILE
+    written["report"].write_text(render_markdown(report, plot_files), encoding="utf-8")
+    return written
+
+
+def _figure(width: float = 6.4, height: float = 4.0) -> Any:
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise ImportError("the evaluation plots need matplotlib: pip install matplotlib (or pass --no-plots)") from error
+    figure = Figure(figsize=(width, height), dpi=100, layout="tight")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def write_plots(result: EvaluationResult, out: Path) -> dict[str, Path]:
+    """recall vs K, per-class bars (P/R with a language model, proposal recall without), latency histogram."""
+    written: dict[str, Path] = {}
+    proposals = result.metrics.get("proposals")
+    if proposals:
+        figure = _figure()
+        axes = figure.add_subplot()
+        curve = proposals["recall_curve"]
+        for key, label in (("iou_0.5", "IoU 0.5"), ("iou_0.5:0.95", "IoU 0.5:0.95 (mean)")):
+            axes.plot(curve["k"], [v if v is not None else float("nan") for v in curve[key]], marker="o", label=label)
+        axes.set_xscale("log")
+        axes.set_xlabel("K (top proposals)")
+        axes.set_ylabel("recall")
+        axes.set_ylim(0, 1)
+        axes.set_title(f"Proposal recall vs K ({result.inputs.get('proposal_backend', 'recorded')})")
+        axes.grid(True, alpha=0.3)
+        axes.legend()
+        written["recall"] = out / PLOT_FILES["recall"]
+        figure.savefig(written["recall"])
+
+    per_class = _per_class_series(result.metrics)
+    if per_class:
+        names, series, title = per_class
+        figure = _figure(max(6.4, 0.5 * len(names) + 2))
+        axes = figure.add_subplot()
+        width = 0.8 / len(series)
+        for offset, (label, values) in enumerate(series.items()):
+            positions = [i + (offset - (len(series) - 1) / 2) * width for i in range(len(names))]
+            axes.bar(positions, [v if v is not None else 0.0 for v in values], width=width, label=label)
+        axes.set_xticks(range(len(names)), names, rotation=45, ha="right")
+        axes.set_ylim(0, 1)
+        axes.set_title(title)
+        axes.legend()
+        written["per_class"] = out / PLOT_FILES["per_class"]
+        figure.savefig(written["per_class"])
+
+    samples = {stage: values for stage, values in result.stage_ms.items() if values and stage not in ("frame",)}
+    if samples:
+        figure = _figure()
+        axes = figure.add_subplot()
+        # Stages differ by orders of magnitude (decode ~1 ms, a model ~1 s): shared log-spaced bins.
+        positive = [v for values in samples.values() for v in values if v > 0]
+        low, high = (min(positive), max(positive)) if positive else (1e-3, 1.0)
+        bins = np.logspace(np.log10(low) - 0.05, np.log10(high) + 0.05, 40)
+        for stage, values in samples.items():
+            axes.hist(np.clip(values, low, None), bins=bins, alpha=0.6, label=stage)
+        axes.set_xscale("log")
+        axes.set_xlabel("milliseconds (log scale)")
+        axes.set_ylabel("frames")
+        axes.set_title("Latency per stage")
+        axes.legend()
+        written["latency"] = out / PLOT_FILES["latency"]
+        figure.savefig(written["latency"])
+    return written
+
+
+def _per_class_series(metrics: Mapping[str, Any]) -> tuple[list[str], dict[str, list[float | None]], str] | None:
+    answers = metrics.get("answers")
+    if answers and answers["detection"]["per_class"]:
+        per_class = answers["detection"]["per_class"]
+        names = list(per_class)
+        return names, {"precision": [per_class[n]["precision"] for n in names],
+                       "recall": [per_class[n]["recall"] for n in names]}, "Detection precision / recall per class (IoU 0.5)"
+    proposals = metrics.get("proposals")
+    if proposals and proposals["recall_at_100_per_class_iou_0.5"]:
+        per_class = proposals["recall_at_100_per_class_iou_0.5"]
+        names = list(per_class)
+        return names, {"proposal recall@100": [per_class[n] for n in names]}, \
+            "Proposal recall@100 per class, IoU 0.5 (no language model: no P/R)"
+    return None

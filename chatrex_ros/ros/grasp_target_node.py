@@ -1,0 +1,477 @@
+"""grasp_target_node: Answer + aligned depth + camera_info -> a 3-D grasp target for one chosen detection.
+
+The answer of a language model arrives seconds after the image it is about, so the node pairs it with the
+depth frame of the SAME stamp (exactly, or within ``stamp_tolerance_s``), not with the newest depth frame:
+the robot or the object may have moved since. Depth frames are kept in a small ring buffer, and the frames
+that proposals were computed for (topic ``proposals``, the only frames an answer can refer to) are pinned in a
+second small store so they survive the model's latency. An answer whose depth frame is not there waits up to
+``pairing_timeout_s`` and is then published as not valid (``REASON_STALE``): every answer gets a GraspTarget.
+
+The geometry is ``chatrex_ros.core.grasp`` (numpy only); this module converts messages, pairs, publishes.
+Outputs carry the answer's image stamp and the depth image's optical frame.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+from geometry_msgs.msg import Point, PointStamped, PoseStamped
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Header
+from visualization_msgs.msg import Marker
+
+from chatrex_ros.core.answering import AnswerStatus
+from chatrex_ros.core.grasp import (
+    REASON_NO_CAMERA_INFO,
+    REASON_NO_DETECTION,
+    REASON_STALE,
+    CameraGeometry,
+    Target,
+    target_from_colour_box,
+)
+from chatrex_ros.core.images import ImageFormatError, image_to_array
+from chatrex_ros.msg import Answer, GraspTarget, ProposalArray
+from chatrex_ros.ros.conversions import stamp_to_ns
+from chatrex_ros.ros.health import Diagnostics, ProblemLog
+from chatrex_ros.ros.node_runtime import StartupError, run_node
+from chatrex_ros.ros.params import ParamSpec, declare_parameters, install_validator
+from chatrex_ros.ros.qos import reliable_qos, sensor_qos, sensor_qos_specs
+
+SELECTIONS = ("highest_score", "phrase", "index")
+DEPTH_ENCODINGS = ("16UC1", "32FC1")  # REP 118: millimetres, metres
+
+PARAMETERS: list[ParamSpec] = [
+    ParamSpec("selection", "highest_score", "Which detection of an answer to target.", SELECTIONS),
+    ParamSpec("phrase", "", "With selection=phrase: the grounded phrase to target (case-insensitive; whole words of the label)."),
+    ParamSpec("proposal_index", -1, "With selection=index: the proposal index (<objK>) to target.", minimum=-1, maximum=99),
+    ParamSpec("stamp_tolerance_s", 0.0, "Largest difference between the answer's and a depth frame's stamps that still pairs (0 = exact).", minimum=0.0, maximum=1.0),
+    ParamSpec("pairing_timeout_s", 2.0, "How long an answer waits for its depth frame before it is published as stale.", minimum=0.0, maximum=60.0),
+    ParamSpec("margin", 0.1, "Fraction of the box's width/height removed on each side before the depth statistics.", minimum=0.0, maximum=0.45),
+    ParamSpec("percentile", 50.0, "Depth percentile of the used pixels that becomes the target's z.", minimum=0.0, maximum=100.0),
+    ParamSpec("foreground", True, "Use only the nearest dense depth mode in the box (the object, not the wall behind it)."),
+    ParamSpec("depth_scale", 0.0, "Metres per depth unit; 0 = REP 118 (16UC1 millimetres, 32FC1 metres).", minimum=0.0, maximum=1.0),
+    ParamSpec("color_width", 0, "Colour image width when no `color/camera_info` arrives (boxes scaled by size ratio); 0 = boxes already in depth pixels.", minimum=0, maximum=16384),
+    ParamSpec("color_height", 0, "Colour image height, as color_width.", minimum=0, maximum=16384),
+    ParamSpec("depth_buffer_size", 30, "Recent depth frames kept for pairing by stamp.", minimum=1, maximum=300, read_only=True),
+    ParamSpec("pinned_frames", 8, "Depth frames kept because proposals were computed for them (0 = do not subscribe `proposals`).", minimum=0, maximum=64, read_only=True),
+    *sensor_qos_specs("depth_qos"),
+]
+
+MAX_PENDING = 16
+"""Answers waiting for their depth frame; beyond this the oldest is published as stale."""
+MARKER_NAMESPACE = "grasp_target"
+ARROW_LENGTH_M = 0.15
+
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------------------------
+# ROS-free pieces (duck-typed, unit-tested without DDS)
+# --------------------------------------------------------------------------------------------
+
+
+def choose_detection(detections: Sequence[Any], selection: str, phrase: str = "", proposal_index: int = -1) -> tuple[Any | None, str]:
+    """(detection, "") or (None, reason) for an Answer's detections (objects with label, proposal_index, score).
+
+    highest_score: the best UPN score (ChatRex does not score its choices; ties keep answer order).
+    phrase: exact label matches (case and spacing ignored) win over labels that contain the phrase as whole
+    words ("mug" matches "the red mug", not "mugs"); the best score among them.
+    index: the detection of that proposal index.
+    """
+    if not detections:
+        return None, REASON_NO_DETECTION
+    if selection == "highest_score":
+        candidates = list(detections)
+    elif selection == "phrase":
+        wanted = _words(phrase)
+        if not wanted:
+            raise ValueError("selection 'phrase' needs a non-empty phrase")
+        exact = [d for d in detections if _words(d.label) == wanted]
+        candidates = exact or [d for d in detections if _contains_words(_words(d.label), wanted)]
+        if not candidates:
+            return None, f"{REASON_NO_DETECTION} for phrase {phrase!r}"
+    elif selection == "index":
+        candidates = [d for d in detections if int(d.proposal_index) == proposal_index]
+        if not candidates:
+            return None, f"{REASON_NO_DETECTION} with proposal index {proposal_index}"
+    else:
+        raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
+    return max(candidates, key=lambda d: float(d.score)), ""  # max keeps the first of equal scores
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(text.lower().split())
+
+
+def _contains_words(label: tuple[str, ...], wanted: tuple[str, ...]) -> bool:
+    n = len(wanted)
+    return any(label[i : i + n] == wanted for i in range(len(label) - n + 1))
+
+
+class DepthStore(Generic[T]):
+    """Depth frames by stamp: a ring of the most recent ones plus a few pinned ones.
+
+    Why pinning: at 30 fps a ring that covers a 5 s model latency holds 150 frames; only the frames that got
+    proposals can be asked about, so those are pinned (``pin``) when their proposals arrive and the ring stays
+    small. A pin for a frame that has not arrived yet is remembered until a newer frame shows it never will.
+    Frames from one publisher arrive in stamp order, which ``may_still_arrive`` relies on.
+    """
+
+    def __init__(self, recent: int, pinned: int) -> None:
+        if recent < 1:
+            raise ValueError(f"the depth ring must hold at least 1 frame, got {recent}")
+        if pinned < 0:
+            raise ValueError(f"pinned frames must be >= 0, got {pinned}")
+        self._recent: deque[tuple[int, T]] = deque(maxlen=recent)
+        self._pinned: dict[int, T] = {}
+        self._pinned_capacity = pinned
+        self._wanted: deque[tuple[int, int]] = deque(maxlen=max(1, 2 * pinned))  # (stamp, tolerance) to pin
+        self.newest_ns: int | None = None
+        self.received = 0
+
+    def add(self, stamp_ns: int, item: T) -> None:
+        self._recent.append((stamp_ns, item))
+        self.received += 1
+        self.newest_ns = stamp_ns if self.newest_ns is None else max(self.newest_ns, stamp_ns)
+        for wanted, tolerance in self._wanted:
+            if abs(wanted - stamp_ns) <= tolerance:
+                self._pin(stamp_ns, item)
+        # A wish no later frame can fulfil is dropped.
+        self._wanted = deque(((s, t) for s, t in self._wanted if s + t >= self.newest_ns), maxlen=self._wanted.maxlen)
+
+    def pin(self, stamp_ns: int, tolerance_ns: int = 0) -> None:
+        """Keep the frame(s) within ``tolerance_ns`` of ``stamp_ns``, now or when they arrive."""
+        if self._pinned_capacity == 0:
+            return
+        for stamp, item in list(self._recent):
+            if abs(stamp - stamp_ns) <= tolerance_ns:
+                self._pin(stamp, item)
+        if self.may_still_arrive(stamp_ns, tolerance_ns):
+            self._wanted.append((stamp_ns, tolerance_ns))
+
+    def find(self, stamp_ns: int, tolerance_ns: int = 0) -> tuple[int, T] | None:
+        """(stamp, frame) nearest to ``stamp_ns`` within the tolerance, or None."""
+        best: tuple[int, int, T] | None = None
+        for stamp, item in itertools.chain(self._recent, self._pinned.items()):
+            distance = abs(stamp - stamp_ns)
+            if distance <= tolerance_ns and (best is None or distance < best[0]):
+                best = (distance, stamp, item)
+        return None if best is None else (best[1], best[2])
+
+    def may_still_arrive(self, stamp_ns: int, tolerance_ns: int = 0) -> bool:
+        """False once a frame newer than the tolerance window was seen: frames arrive in stamp order."""
+        return self.newest_ns is None or self.newest_ns <= stamp_ns + tolerance_ns
+
+    @property
+    def pinned_count(self) -> int:
+        return len(self._pinned)
+
+    def __len__(self) -> int:
+        return len(self._recent)
+
+    def _pin(self, stamp_ns: int, item: T) -> None:
+        self._pinned[stamp_ns] = item
+        while len(self._pinned) > self._pinned_capacity:
+            del self._pinned[min(self._pinned)]  # the oldest frame is the least likely to be asked about
+
+
+def check_parameters(values: dict[str, Any]) -> str | None:
+    """Rules that span parameters; None when consistent, else the reason."""
+    if values["selection"] == "phrase" and not values["phrase"].strip():
+        return "selection 'phrase' needs a non-empty `phrase` parameter"
+    if values["selection"] == "index" and values["proposal_index"] < 0:
+        return "selection 'index' needs `proposal_index` >= 0"
+    if (values["color_width"] == 0) != (values["color_height"] == 0):
+        return "color_width and color_height must both be 0 (boxes in depth pixels) or both set"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# The node
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Pending:
+    answer: Answer
+    detection: Any
+    received: float
+
+
+class GraspTargetNode(Node):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("grasp_target_node", **kwargs)
+        self.values = declare_parameters(self, PARAMETERS)
+        problem = check_parameters(self.values)
+        if problem:
+            raise StartupError(problem)
+        install_validator(self, PARAMETERS, self._on_parameters)
+        self.problems = ProblemLog(self.get_logger())
+        self._lock = threading.Lock()  # the diagnostics timer runs beside the intake callbacks
+        self.depth: DepthStore[Image] = DepthStore(self.values["depth_buffer_size"], self.values["pinned_frames"])
+        self.depth_infos: dict[str, CameraGeometry] = {}  # latest per frame_id
+        self.colour_infos: dict[str, CameraGeometry] = {}
+        self.pending: list[_Pending] = []
+        self.last_depth_frame = ""
+        self.outcomes: Counter[str] = Counter()
+        self.last_latency_ms = 0.0
+
+        self.target_pub = self.create_publisher(GraspTarget, "grasp_target", reliable_qos())
+        self.point_pub = self.create_publisher(PointStamped, "grasp_point", reliable_qos())
+        self.pose_pub = self.create_publisher(PoseStamped, "grasp_pose", reliable_qos())
+        self.marker_pub = self.create_publisher(Marker, "grasp_marker", reliable_qos(2))
+        group = MutuallyExclusiveCallbackGroup()
+        # camera_info comes from the same driver as the depth stream, with the same QoS.
+        qos = sensor_qos(self.values["depth_qos.reliability"], self.values["depth_qos.depth"])
+        self.create_subscription(Image, "depth", self._on_depth, qos, callback_group=group)
+        self.create_subscription(CameraInfo, "depth/camera_info", self._on_depth_info, qos, callback_group=group)
+        self.create_subscription(CameraInfo, "color/camera_info", self._on_colour_info, qos, callback_group=group)
+        self.create_subscription(Answer, "answer", self._on_answer, reliable_qos(), callback_group=group)
+        if self.values["pinned_frames"] > 0:
+            self.create_subscription(ProposalArray, "proposals", self._on_proposals, reliable_qos(), callback_group=group)
+        self.create_timer(0.05, self._expire, callback_group=group)
+        self.diagnostics = Diagnostics(self, self._diagnostic_values, self.problems)
+        self.get_logger().info(
+            f"grasp targets: selection={self.values['selection']} tolerance={self.values['stamp_tolerance_s']} s "
+            f"timeout={self.values['pairing_timeout_s']} s"
+        )
+
+    # ---- parameters ----
+    def _on_parameters(self, changed: dict[str, Any]) -> str | None:
+        merged = {**self.values, **changed}
+        problem = check_parameters(merged)
+        if problem:
+            return problem
+        with self._lock:
+            self.values = merged
+        return None
+
+    @property
+    def _tolerance_ns(self) -> int:
+        return int(round(self.values["stamp_tolerance_s"] * 1e9))
+
+    # ---- intake ----
+    def _on_depth_info(self, msg: CameraInfo) -> None:
+        self._store_info(msg, self.depth_infos, "bad_depth_camera_info")
+
+    def _on_colour_info(self, msg: CameraInfo) -> None:
+        self._store_info(msg, self.colour_infos, "bad_color_camera_info")
+
+    def _store_info(self, msg: CameraInfo, into: dict[str, CameraGeometry], cause: str) -> None:
+        try:
+            geometry = CameraGeometry(K=np.asarray(msg.k, np.float64), width=int(msg.width), height=int(msg.height),
+                                      frame_id=msg.header.frame_id)
+        except ValueError as error:
+            self.problems.report(cause, f"dropped CameraInfo from {msg.header.frame_id!r}: {error}")
+            return
+        with self._lock:
+            into.pop(msg.header.frame_id, None)  # re-inserted last: "the latest" is the dict's last entry
+            into[msg.header.frame_id] = geometry
+
+    def _on_proposals(self, msg: ProposalArray) -> None:
+        with self._lock:
+            self.depth.pin(stamp_to_ns(msg.header.stamp), self._tolerance_ns)
+
+    def _on_depth(self, msg: Image) -> None:
+        # Decoded only when an answer needs it: most frames are never asked about.
+        with self._lock:
+            self.depth.add(stamp_to_ns(msg.header.stamp), msg)
+            self.last_depth_frame = msg.header.frame_id
+            waiting, self.pending = self.pending, []
+            for pending in waiting:
+                if not self._try_pair(pending):
+                    self.pending.append(pending)
+
+    def _on_answer(self, msg: Answer) -> None:
+        received = time.monotonic()
+        with self._lock:
+            if msg.status != AnswerStatus.OK:
+                name = _status_name(msg.status)
+                reason = f"answer status {name}: {msg.status_message}"
+                self.problems.report(f"answer_{name.lower()}", f"query {msg.query_id!r}: {reason}")
+                self._publish(msg, None, Target.invalid(reason), self._frame_hint(msg), received)
+                return
+            try:
+                detection, reason = choose_detection(
+                    msg.detections, self.values["selection"], self.values["phrase"], self.values["proposal_index"])
+            except ValueError as error:  # not reachable through the validated parameters; kept as a guard
+                detection, reason = None, str(error)
+            if detection is None:
+                self._publish(msg, None, Target.invalid(reason), self._frame_hint(msg), received)
+                return
+            pending = _Pending(msg, detection, received)
+            if not self._try_pair(pending):
+                self.pending.append(pending)
+                while len(self.pending) > MAX_PENDING:
+                    self._expire_one(self.pending.pop(0), f"more than {MAX_PENDING} answers waiting for depth")
+
+    # ---- pairing ----
+    def _try_pair(self, pending: _Pending) -> bool:
+        """Publish ``pending`` when its depth frame is here (or can no longer come); False to keep waiting."""
+        stamp = stamp_to_ns(pending.answer.header.stamp)
+        found = self.depth.find(stamp, self._tolerance_ns)
+        if found is not None:
+            self._compute_and_publish(pending, found[1])
+            return True
+        if not self.depth.may_still_arrive(stamp, self._tolerance_ns):
+            self._expire_one(pending, "newer depth frames arrived but none within the tolerance is kept")
+            return True
+        return False
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            keep: list[_Pending] = []
+            for pending in self.pending:
+                if now - pending.received >= self.values["pairing_timeout_s"]:
+                    self._expire_one(pending, f"no depth frame arrived within pairing_timeout_s={self.values['pairing_timeout_s']}")
+                else:
+                    keep.append(pending)
+            self.pending = keep
+
+    def _expire_one(self, pending: _Pending, why: str) -> None:
+        stamp = stamp_to_ns(pending.answer.header.stamp)
+        self.problems.report("stale", f"answer {pending.answer.query_id!r} at stamp {stamp} ns: {REASON_STALE} ({why})")
+        self._publish(pending.answer, pending.detection, Target.invalid(REASON_STALE),
+                      self._frame_hint(pending.answer), pending.received)
+
+    # ---- pre-process / infer / decode ----
+    def _compute_and_publish(self, pending: _Pending, depth_msg: Image) -> None:
+        frame = depth_msg.header.frame_id
+        try:
+            target = self._target(pending, depth_msg)
+        except Exception as error:  # last line of defence: a callback that raises would stop the node
+            target = Target.invalid(f"internal error: {type(error).__name__}: {error}")
+        if not target.valid:
+            self.problems.report(f"invalid:{_cause(target.reason)}", f"query {pending.answer.query_id!r}: {target.reason}")
+        self._publish(pending.answer, pending.detection, target, frame, pending.received)
+
+    def _target(self, pending: _Pending, depth_msg: Image) -> Target:
+        # Pre-process: decode and check the depth image, look up both cameras.
+        if depth_msg.encoding not in DEPTH_ENCODINGS:
+            return Target.invalid(
+                f"unsupported depth encoding {depth_msg.encoding!r} (REP 118: 16UC1 millimetres or 32FC1 metres)")
+        try:
+            depth = image_to_array(depth_msg)
+        except ImageFormatError as error:
+            return Target.invalid(f"bad depth image: {error}")
+        depth_camera = self._depth_camera(depth_msg.header.frame_id)
+        if depth_camera is None:
+            return Target.invalid(REASON_NO_CAMERA_INFO)
+        colour_camera = self._colour_camera(pending.answer.header.frame_id)
+        colour_size = (self.values["color_width"], self.values["color_height"]) if self.values["color_width"] else None
+        scale = self.values["depth_scale"] or None
+        # Infer + decode: the shared geometry (refusals come back as invalid Targets).
+        try:
+            return target_from_colour_box(
+                depth, pending.detection.box, depth_camera=depth_camera, colour_camera=colour_camera,
+                colour_size=colour_size, depth_frame_id=depth_msg.header.frame_id, depth_scale=scale,
+                margin=self.values["margin"], percentile=self.values["percentile"], foreground=self.values["foreground"])
+        except ValueError as error:  # e.g. a NaN box in the answer: refuse this one, keep serving
+            return Target.invalid(f"bad input: {error}")
+
+    def _depth_camera(self, frame_id: str) -> CameraGeometry | None:
+        """The camera_info of the depth frame; another frame's (refused as a frame mismatch) if only those came."""
+        if frame_id in self.depth_infos:
+            return self.depth_infos[frame_id]
+        return next(reversed(self.depth_infos.values()), None)
+
+    def _colour_camera(self, frame_id: str) -> CameraGeometry | None:
+        if frame_id in self.colour_infos:
+            return self.colour_infos[frame_id]
+        return next(reversed(self.colour_infos.values()), None)
+
+    def _frame_hint(self, answer: Answer) -> str:
+        """Frame for a target refused without depth: the paired frame's if here, else the depth stream's latest,
+        else a depth camera_info's, else (nothing known yet) the answer's own frame."""
+        found = self.depth.find(stamp_to_ns(answer.header.stamp), self._tolerance_ns)
+        if found is not None:
+            return found[1].header.frame_id
+        return self.last_depth_frame or next(iter(self.depth_infos), "") or answer.header.frame_id
+
+    # ---- output ----
+    def _publish(self, answer: Answer, detection: Any | None, target: Target, frame_id: str, received: float) -> None:
+        header = Header(stamp=answer.header.stamp, frame_id=frame_id)
+        msg = GraspTarget(header=header, query_id=answer.query_id, valid=target.valid, reason=target.reason)
+        if detection is not None:
+            msg.phrase = detection.label
+            msg.proposal_index = int(detection.proposal_index)
+            msg.box = np.asarray(detection.box, np.float32)
+        else:
+            msg.proposal_index = -1
+            msg.box = np.full(4, np.nan, np.float32)
+        msg.point = Point(x=target.point[0], y=target.point[1], z=target.point[2])
+        msg.depth_median, msg.depth_spread = target.depth_median, target.depth_spread
+        msg.valid_fraction = target.valid_fraction
+        msg.width_m, msg.height_m = target.width_m, target.height_m
+        self.target_pub.publish(msg)
+        if target.valid:
+            self.point_pub.publish(PointStamped(header=header, point=msg.point))
+            pose = PoseStamped(header=header)
+            pose.pose.position = msg.point
+            qx, qy, qz, qw = target.approach_orientation
+            pose.pose.orientation.x, pose.pose.orientation.y, pose.pose.orientation.z, pose.pose.orientation.w = qx, qy, qz, qw
+            self.pose_pub.publish(pose)
+        self.marker_pub.publish(_marker(header, target))
+        self.outcomes["valid" if target.valid else _cause(target.reason)] += 1
+        self.last_latency_ms = (time.monotonic() - received) * 1e3
+
+    def _diagnostic_values(self) -> dict[str, object]:
+        with self._lock:
+            return {
+                "selection": self.values["selection"],
+                "pending_answers": len(self.pending),
+                "depth.received": self.depth.received,
+                "depth.buffered": len(self.depth),
+                "depth.pinned": self.depth.pinned_count,
+                "depth_camera_info_frames": ",".join(sorted(self.depth_infos)),
+                "color_camera_info_frames": ",".join(sorted(self.colour_infos)),
+                "last_latency_ms": self.last_latency_ms,
+                **{f"targets.{name}": count for name, count in sorted(self.outcomes.items())},
+            }
+
+
+def _cause(reason: str) -> str:
+    """The fixed part of a reason ("unsupported depth encoding 'x' (...)" -> "unsupported depth encoding"), for counting."""
+    return re.split(r"[:('0-9]", reason, maxsplit=1)[0].strip()
+
+
+def _status_name(status: int) -> str:
+    try:
+        return AnswerStatus(status).name
+    except ValueError:
+        return f"UNKNOWN({status})"
+
+
+def _marker(header: Header, target: Target) -> Marker:
+    """An arrow along the camera ray ending at the target; a DELETE when not valid so no old arrow lingers."""
+    marker = Marker(header=header, ns=MARKER_NAMESPACE, id=0)
+    if not target.valid:
+        marker.action = Marker.DELETE
+        return marker
+    marker.type, marker.action = Marker.ARROW, Marker.ADD
+    end = np.asarray(target.point, np.float64)
+    start = end - ARROW_LENGTH_M * end / np.linalg.norm(end)
+    marker.points = [Point(x=float(start[0]), y=float(start[1]), z=float(start[2])), Point(x=end[0], y=end[1], z=end[2])]
+    marker.pose.orientation.w = 1.0
+    marker.scale.x, marker.scale.y, marker.scale.z = 0.01, 0.025, 0.04  # shaft diameter, head diameter, head length
+    marker.color.r, marker.color.g, marker.color.b, marker.color.a = 0.1, 0.9, 0.2, 1.0
+    return marker
+
+
+def main(args: list[str] | None = None) -> None:
+    raise SystemExit(run_node(GraspTargetNode, args, threads=2))
+
+
+if __name__ == "__main__":
+    main()
