@@ -228,8 +228,8 @@ def test_cli_eval_on_sqlite_bag_with_gt_topic(sample, tmp_path):
     [
         (["--image-topic", "/nope"], "no topic '/nope'"),
         (["--stamp-tolerance-ms", "-1"], "--stamp-tolerance-ms must be >= 0"),
-        (["--proposal-backend", "magic"], "unknown proposal backend 'magic'"),
-        (["--model-path", "/x"], "--language-backend is 'none'"),
+        (["--proposal-backend", "magic"], "backend must be one of"),
+        (["--model-path", "/x"], "the language backend is 'none'"),
         (["--proposal-param", "long_side"], "expected KEY=VALUE"),
     ],
 )

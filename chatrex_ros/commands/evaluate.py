@@ -53,18 +53,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    models = parser.add_argument_group("models (the same backends the nodes use)")
-    models.add_argument("--proposal-backend", default="selective_search",
-                        help="selective_search (default, no weights) | torch | onnxruntime | tensorrt | python:module:Class")
+    models = parser.add_argument_group(
+        "models (the same backends and config the nodes use; flags override the config file)")
+    models.add_argument("--config", type=Path,
+                        help="ROS params file whose proposal_node/language_node sections pick the backends "
+                             "(default: the package's config/chatrex.yaml)")
+    models.add_argument("--proposal-backend", help="selective_search | torch | onnxruntime | tensorrt | python:module:Class")
     models.add_argument("--proposal-param", action="append", default=[], metavar="KEY=VALUE",
                         help="proposal backend constructor keyword, e.g. checkpoint=upn_large.pth (repeatable)")
-    models.add_argument("--language-backend", default="none", help="none (default) | chatrex | python:module:Class")
+    models.add_argument("--language-backend", help="none | chatrex | python:module:Class")
     models.add_argument("--model-path", help="ChatRex-7B directory (passed as model_path=)")
     models.add_argument("--language-param", action="append", default=[], metavar="KEY=VALUE",
                         help="language backend constructor keyword, e.g. device=cpu (repeatable)")
-    models.add_argument("--min-score", type=float, default=0.3, help="proposal score threshold (default 0.3)")
-    models.add_argument("--nms-iou", type=float, default=0.8, help="proposal NMS IoU (default 0.8)")
-    models.add_argument("--max-proposals", type=int, default=100, help="top-K proposals given to the model (default 100)")
+    models.add_argument("--min-score", type=float, help="proposal score threshold (config default 0.3)")
+    models.add_argument("--nms-iou", type=float, help="proposal NMS IoU (config default 0.8)")
+    models.add_argument("--max-proposals", type=int, help="top-K proposals given to the model (config default 100)")
     output = parser.add_argument_group("output")
     output.add_argument("--max-frames", type=int, help="evaluate only the first N matched frames")
     output.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -98,18 +101,41 @@ def _literal(text: str) -> Any:
 
 
 def _build_models(args: argparse.Namespace) -> tuple[Any, Any]:
-    from chatrex_ros.models.base import ProposalPipeline, SelectionPolicy
+    """Backends from the config file's node sections (as the nodes build them), flags taking precedence."""
+    from chatrex_ros.models.base import ProposalPipeline
     from chatrex_ros.models.registry import make_language_backend, make_proposal_backend
+    from chatrex_ros.models.settings import (
+        LANGUAGE_NODE_PARAMETERS,
+        PROPOSAL_NODE_PARAMETERS,
+        language_backend_kwargs,
+        proposal_backend_kwargs,
+        selection_policy,
+    )
+    from chatrex_ros.parameters import node_section, resolve
+    from chatrex_ros.paths import config_file
 
-    policy = SelectionPolicy(args.min_score, args.nms_iou, args.max_proposals)
-    proposal = make_proposal_backend(args.proposal_backend, **parse_params(args.proposal_param, "--proposal-param"))
-    language_params = parse_params(args.language_param, "--language-param")
+    config = args.config or config_file("chatrex.yaml")
+    proposal_values = node_section(config, "proposal_node")
+    language_values = node_section(config, "language_node")
+    for flag, key in (("proposal_backend", "backend"), ("min_score", "min_score"), ("nms_iou", "nms_iou"),
+                      ("max_proposals", "max_proposals")):
+        if getattr(args, flag) is not None:
+            proposal_values[key] = getattr(args, flag)
+    if args.language_backend is not None:
+        language_values["language_backend"] = args.language_backend
     if args.model_path:
-        language_params["model_path"] = args.model_path
-    if args.language_backend == "none" and language_params:
-        raise ValueError("--model-path/--language-param given but --language-backend is 'none'; add --language-backend chatrex")
-    language = make_language_backend(args.language_backend, **language_params)
-    return ProposalPipeline(proposal, policy), language
+        language_values["model_path"] = args.model_path
+    proposal_values = resolve(PROPOSAL_NODE_PARAMETERS, proposal_values)
+    language_values = resolve(LANGUAGE_NODE_PARAMETERS, language_values)
+    proposal_kwargs = {**proposal_backend_kwargs(proposal_values), **parse_params(args.proposal_param, "--proposal-param")}
+    proposal = make_proposal_backend(proposal_values["backend"], **proposal_kwargs)
+    extra_language = parse_params(args.language_param, "--language-param")
+    if language_values["language_backend"] == "none" and (extra_language or args.model_path):
+        raise ValueError("--model-path/--language-param given but the language backend is 'none'; "
+                         "add --language-backend chatrex")
+    language_kwargs = {**language_backend_kwargs(language_values), **extra_language}
+    language = make_language_backend(language_values["language_backend"], **language_kwargs)
+    return ProposalPipeline(proposal, selection_policy(proposal_values)), language
 
 
 def _fail(command: str, error: BaseException) -> int:

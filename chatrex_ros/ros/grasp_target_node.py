@@ -64,7 +64,7 @@ PARAMETERS: list[ParamSpec] = [
     ParamSpec("color_height", 0, "Colour image height, as color_width.", minimum=0, maximum=16384),
     ParamSpec("depth_buffer_size", 30, "Recent depth frames kept for pairing by stamp.", minimum=1, maximum=300, read_only=True),
     ParamSpec("pinned_frames", 8, "Depth frames kept because proposals were computed for them (0 = do not subscribe `proposals`).", minimum=0, maximum=64, read_only=True),
-    *sensor_qos_specs("depth_qos"),
+    *sensor_qos_specs("depth_qos", "Depth and camera_info"),
 ]
 
 MAX_PENDING = 16

@@ -8,7 +8,6 @@ status: a query never goes unanswered.
 
 from __future__ import annotations
 
-import json
 import queue
 import threading
 import time
@@ -28,32 +27,17 @@ from chatrex_ros.core.answering import AnswerResult, AnswerStatus, QueryError, Q
 from chatrex_ros.core.frame_cache import Frame, FrameCache
 from chatrex_ros.core.images import ImageFormatError, decode_rgb
 from chatrex_ros.core.types import Proposals
-from chatrex_ros.models.registry import LANGUAGE_BACKENDS, make_language_backend
+from chatrex_ros.models.settings import LANGUAGE_NODE_PARAMETERS, language_backend
 from chatrex_ros.msg import Answer, ProposalArray, Query
 from chatrex_ros.ros.annotate import draw_detections
-from chatrex_ros.ros.conversions import answer_msg, image_msg, msg_to_proposals, ns_to_stamp, stamp_to_ns
+from chatrex_ros.ros.conversions import answer_msg, image_msg, msg_to_proposals, stamp_to_ns
 from chatrex_ros.ros.health import Diagnostics, ProblemLog
 from chatrex_ros.ros.node_runtime import StartupError, run_node
-from chatrex_ros.ros.params import ParamSpec, declare_parameters, install_validator
-from chatrex_ros.ros.qos import reliable_qos, sensor_qos, sensor_qos_specs
+from chatrex_ros.ros.params import declare_parameters, install_validator
+from chatrex_ros.ros.qos import reliable_qos, sensor_qos
 from chatrex_ros.srv import Ask
 
-PARAMETERS: list[ParamSpec] = [
-    ParamSpec("language_backend", "none", "Language model backend ('none' answers MODEL_ERROR).", LANGUAGE_BACKENDS, read_only=True, allow_plugin=True),
-    ParamSpec("model_path", "", "Local ChatRex checkpoint directory (e.g. a download of IDEA-Research/ChatRex-7B).", read_only=True),
-    ParamSpec("trust_remote_code", False, "Allow the checkpoint's own Python code to run (ChatRex needs it).", read_only=True),
-    ParamSpec("device", "cuda", "Model device.", ("cpu", "cuda"), read_only=True),
-    ParamSpec("dtype", "auto", "Model dtype (auto: bfloat16 on CUDA, float32 on CPU).", ("auto", "float32", "float16", "bfloat16"), read_only=True),
-    ParamSpec("backend_options", "", "JSON object of extra keyword arguments for the language backend.", read_only=True),
-    ParamSpec("max_new_tokens", 512, "Default generation budget per query.", minimum=1, maximum=8192),
-    ParamSpec("query_timeout_s", 60.0, "Default per-query timeout (queue + model), seconds.", minimum=0.01, maximum=3600.0),
-    ParamSpec("queue_size", 4, "Queries waiting beyond this are answered BUSY.", minimum=1, maximum=100, read_only=True),
-    ParamSpec("frame_cache_size", 8, "Recent frames (image + proposals) kept for pairing.", minimum=1, maximum=256, read_only=True),
-    ParamSpec("pairing_wait_s", 1.0, "How long a query waits for its frame's proposals to arrive.", minimum=0.0, maximum=30.0),
-    ParamSpec("publish_annotated", False, "Publish the answered frame with boxes drawn on `answer_image`.", read_only=True),
-    ParamSpec("image_transport", "raw", "raw: subscribe `image`; compressed: `image/compressed`.", ("raw", "compressed"), read_only=True),
-    *sensor_qos_specs(),
-]
+PARAMETERS = LANGUAGE_NODE_PARAMETERS
 
 
 @dataclass(frozen=True)
@@ -82,29 +66,16 @@ class _Job:
     done: threading.Event = field(default_factory=threading.Event)
 
 
-def language_backend_params(values: dict[str, Any]) -> dict[str, Any]:
-    """Constructor keywords for the language backend, from the node's parameters."""
-    try:
-        options = json.loads(values["backend_options"]) if values["backend_options"].strip() else {}
-    except json.JSONDecodeError as error:
-        raise StartupError(f"backend_options is not valid JSON: {error}") from None
-    if not isinstance(options, dict):
-        raise StartupError("backend_options must be a JSON object")
-    if values["language_backend"] == "chatrex":
-        base = {"model_path": values["model_path"], "device": values["device"],
-                "dtype": None if values["dtype"] == "auto" else values["dtype"],
-                "trust_remote_code": values["trust_remote_code"]}
-        return {**base, **options}
-    return options
-
-
 class LanguageNode(Node):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("language_node", **kwargs)
         self.values = declare_parameters(self, PARAMETERS)
         install_validator(self, PARAMETERS, self._on_parameters)
         self.problems = ProblemLog(self.get_logger())
-        self.backend = make_language_backend(self.values["language_backend"], **language_backend_params(self.values))
+        try:
+            self.backend = language_backend(self.values)
+        except (ValueError, TypeError) as error:
+            raise StartupError(str(error)) from error
         self.cache: FrameCache[_StoredImage, _StoredProposals] = FrameCache(self.values["frame_cache_size"])
         self.jobs: queue.Queue[_Job] = queue.Queue(maxsize=self.values["queue_size"])
         self.status_counts = {status.name: 0 for status in AnswerStatus}

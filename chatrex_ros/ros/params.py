@@ -1,64 +1,33 @@
 """Parameters declared from one table per node: typed, described, range-checked, validated on change.
 
-A node lists its parameters as :class:`ParamSpec` rows; the same rows drive declaration, validation at start
-and at runtime, the README table and the launch-file test (every config entry must be a declared parameter
-of the right type).
+A node lists its parameters as :class:`~chatrex_ros.parameters.ParamSpec` rows; the same rows drive
+declaration, validation at start and at runtime, the README table, the offline tools' config reading and the
+launch-file test (every config entry must be a declared parameter of the right type).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
+from chatrex_ros.parameters import ParamSpec, markdown_table, sensor_qos_specs
 
-@dataclass(frozen=True)
-class ParamSpec:
-    """One parameter: its type is the type of ``default``."""
+__all__ = ["ParamSpec", "declare_parameters", "descriptor", "install_validator", "markdown_table", "sensor_qos_specs"]
 
-    name: str
-    default: Any
-    description: str
-    choices: tuple[Any, ...] = ()
-    minimum: float | None = None
-    maximum: float | None = None
-    read_only: bool = False
-    allow_plugin: bool = False  # a string choice may also be 'python:module:Class'
 
-    @property
-    def type_name(self) -> str:
-        return type(self.default).__name__
-
-    def validate(self, value: Any) -> str | None:
-        """None when ``value`` is acceptable, else the reason."""
-        expected = type(self.default)
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            return f"{self.name} must be {self.type_name}, got {type(value).__name__} {value!r}"
-        if self.choices and value not in self.choices and not (
-            self.allow_plugin and isinstance(value, str) and value.startswith("python:")
-        ):
-            extra = " or 'python:module:Class'" if self.allow_plugin else ""
-            return f"{self.name} must be one of {', '.join(map(str, self.choices))}{extra}; got {value!r}"
-        if self.minimum is not None and value < self.minimum:
-            return f"{self.name} must be >= {self.minimum}, got {value}"
-        if self.maximum is not None and value > self.maximum:
-            return f"{self.name} must be <= {self.maximum}, got {value}"
-        return None
-
-    def descriptor(self) -> ParameterDescriptor:
-        text = self.description + (f" One of: {', '.join(map(str, self.choices))}." if self.choices else "")
-        descriptor = ParameterDescriptor(description=text, read_only=self.read_only)
-        if isinstance(self.default, float) and self.minimum is not None and self.maximum is not None:
-            descriptor.floating_point_range = [FloatingPointRange(from_value=float(self.minimum), to_value=float(self.maximum))]
-        elif isinstance(self.default, int) and not isinstance(self.default, bool) and self.minimum is not None and self.maximum is not None:
-            descriptor.integer_range = [IntegerRange(from_value=int(self.minimum), to_value=int(self.maximum), step=1)]
-        return descriptor
+def descriptor(spec: ParamSpec) -> ParameterDescriptor:
+    text = spec.description + (f" One of: {', '.join(map(str, spec.choices))}." if spec.choices else "")
+    result = ParameterDescriptor(description=text, read_only=spec.read_only)
+    bounded = spec.minimum is not None and spec.maximum is not None
+    if isinstance(spec.default, float) and bounded:
+        result.floating_point_range = [FloatingPointRange(from_value=float(spec.minimum), to_value=float(spec.maximum))]
+    elif isinstance(spec.default, int) and not isinstance(spec.default, bool) and bounded:
+        result.integer_range = [IntegerRange(from_value=int(spec.minimum), to_value=int(spec.maximum), step=1)]
+    return result
 
 
 def declare_parameters(node: Node, specs: Sequence[ParamSpec]) -> dict[str, Any]:
@@ -67,7 +36,7 @@ def declare_parameters(node: Node, specs: Sequence[ParamSpec]) -> dict[str, Any]
     errors: list[str] = []
     for spec in specs:
         try:
-            value = node.declare_parameter(spec.name, spec.default, spec.descriptor()).value
+            value = node.declare_parameter(spec.name, spec.default, descriptor(spec)).value
         except Exception as error:  # rclpy raises on a type or range mismatch from the params file
             errors.append(f"{spec.name}: {error}")
             continue
@@ -105,12 +74,3 @@ def install_validator(
         return SetParametersResult(successful=True)
 
     node.add_on_set_parameters_callback(callback)
-
-
-def markdown_table(specs: Sequence[ParamSpec]) -> str:
-    """The README's parameter table for a node (kept in sync by a test)."""
-    rows = ["| parameter | type | default | description |", "|---|---|---|---|"]
-    for spec in specs:
-        default = f"`{spec.default}`" if spec.default != "" else '`""`'
-        rows.append(f"| `{spec.name}` | {spec.type_name} | {default} | {spec.description} |")
-    return "\n".join(rows)

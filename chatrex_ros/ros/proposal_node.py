@@ -18,51 +18,15 @@ from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image
 
 from chatrex_ros.core.images import ImageFormatError, decode_rgb
-from chatrex_ros.models.base import ProposalPipeline, SelectionPolicy
-from chatrex_ros.models.registry import PROPOSAL_BACKENDS, make_proposal_backend
+from chatrex_ros.models.settings import PROPOSAL_NODE_PARAMETERS, proposal_pipeline, selection_policy
 from chatrex_ros.msg import ProposalArray
 from chatrex_ros.ros.conversions import proposals_to_msg
 from chatrex_ros.ros.health import Diagnostics, ProblemLog
 from chatrex_ros.ros.node_runtime import StartupError, run_node
-from chatrex_ros.ros.params import ParamSpec, declare_parameters, install_validator
-from chatrex_ros.ros.qos import reliable_qos, sensor_qos, sensor_qos_specs
+from chatrex_ros.ros.params import declare_parameters, install_validator
+from chatrex_ros.ros.qos import reliable_qos, sensor_qos
 
-PARAMETERS: list[ParamSpec] = [
-    ParamSpec("backend", "selective_search", "Proposal backend.", PROPOSAL_BACKENDS, read_only=True, allow_plugin=True),
-    ParamSpec("granularity", "fine", "UPN prompt: fine (parts, anything) or coarse (instances).", ("fine", "coarse"), read_only=True),
-    ParamSpec("checkpoint", "", "UPN checkpoint (.pth or .safetensors) for the torch backend.", read_only=True),
-    ParamSpec("model_variant", "large", "UPN architecture for the torch backend (large or tiny).", ("large", "tiny"), read_only=True),
-    ParamSpec("onnx", "", "UPN ONNX file (chatrex-ros export-upn) for the onnxruntime and tensorrt backends.", read_only=True),
-    ParamSpec("engine_cache_dir", "~/.cache/chatrex_ros/engines", "TensorRT engine cache directory.", read_only=True),
-    ParamSpec("device", "cpu", "Device for torch / onnxruntime backends.", ("cpu", "cuda"), read_only=True),
-    ParamSpec("precision", "fp32", "Inference precision (torch: fp32/fp16/bf16, tensorrt: fp32/fp16).", ("fp32", "fp16", "bf16"), read_only=True),
-    ParamSpec("selective_search_long_side", 400, "Selective search works on a copy this long (px).", minimum=64, maximum=4096, read_only=True),
-    ParamSpec("min_score", 0.3, "Drop proposals scoring below this.", minimum=0.0, maximum=1.0),
-    ParamSpec("nms_iou", 0.8, "Greedy NMS IoU threshold (<= 0 disables NMS).", minimum=-1.0, maximum=1.0),
-    ParamSpec("max_proposals", 100, "Keep at most this many (ChatRex has 100 index tokens).", minimum=1, maximum=100),
-    ParamSpec("image_transport", "raw", "raw: subscribe `image`; compressed: `image/compressed`.", ("raw", "compressed"), read_only=True),
-    ParamSpec("warmup", True, "Run the backend once on a blank frame before serving.", read_only=True),
-    *sensor_qos_specs(),
-]
-
-_PRECISION_TO_DTYPE = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-
-
-def backend_params(values: dict[str, Any]) -> dict[str, Any]:
-    """Constructor keywords for the chosen backend, from the node's parameters."""
-    name = values["backend"]
-    if name == "selective_search":
-        return {"long_side": values["selective_search_long_side"]}
-    if name == "torch":
-        return {"checkpoint": values["checkpoint"] or None, "variant": values["model_variant"],
-                "granularity": values["granularity"], "device": values["device"],
-                "dtype": _PRECISION_TO_DTYPE[values["precision"]]}
-    if name == "onnxruntime":
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if values["device"] == "cuda" else ["CPUExecutionProvider"]
-        return {"onnx_path": values["onnx"], "providers": providers}
-    if name == "tensorrt":
-        return {"onnx_path": values["onnx"], "engine_cache_dir": values["engine_cache_dir"], "precision": values["precision"]}
-    return {}
+PARAMETERS = PROPOSAL_NODE_PARAMETERS
 
 
 @dataclass
@@ -77,11 +41,10 @@ class ProposalNode(Node):
         self.values = declare_parameters(self, PARAMETERS)
         self.problems = ProblemLog(self.get_logger())
         try:
-            backend = make_proposal_backend(self.values["backend"], **backend_params(self.values))
-            policy = self._policy(self.values)
+            self.pipeline = proposal_pipeline(self.values)
         except (ValueError, TypeError) as error:
             raise StartupError(str(error)) from error
-        self.pipeline = ProposalPipeline(backend, policy)
+        backend, policy = self.pipeline.backend, self.pipeline.policy
         install_validator(self, PARAMETERS, self._on_parameters)
         if self.values["warmup"]:
             self.pipeline.run(np.zeros((480, 640, 3), np.uint8))
@@ -107,14 +70,10 @@ class ProposalNode(Node):
             f"min_score={policy.min_score} nms_iou={policy.nms_iou} max_proposals={policy.max_count}"
         )
 
-    @staticmethod
-    def _policy(values: dict[str, Any]) -> SelectionPolicy:
-        return SelectionPolicy(values["min_score"], values["nms_iou"], values["max_proposals"])
-
     def _on_parameters(self, changed: dict[str, Any]) -> str | None:
         merged = {**self.values, **changed}
         try:
-            policy = self._policy(merged)
+            policy = selection_policy(merged)
         except ValueError as error:
             return str(error)
         self.values = merged

@@ -4,18 +4,9 @@ from __future__ import annotations
 
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-from chatrex_ros.ros.params import ParamSpec
+from chatrex_ros.parameters import RELIABILITIES, sensor_qos_specs
 
-RELIABILITIES = ("best_effort", "reliable")
-
-
-def sensor_qos_specs(prefix: str = "image_qos") -> list[ParamSpec]:
-    """Parameters that configure an image subscription's QoS."""
-    return [
-        ParamSpec(f"{prefix}.reliability", "best_effort", "Image subscription reliability.", RELIABILITIES, read_only=True),
-        ParamSpec(f"{prefix}.depth", 1, "Image subscription KEEP_LAST depth.", minimum=1, maximum=100, read_only=True),
-    ]
-
+__all__ = ["RELIABILITIES", "reliable_qos", "sensor_qos", "sensor_qos_specs"]
 
 def sensor_qos(reliability: str, depth: int) -> QoSProfile:
     return QoSProfile(

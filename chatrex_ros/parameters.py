@@ -1,0 +1,105 @@
+"""Node parameters as data: typed, described, range-checked. ROS-free, so the offline tools read the same
+config file and defaults as the nodes (the ROS layer turns a spec into a declared parameter)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One parameter: its type is the type of ``default``."""
+
+    name: str
+    default: Any
+    description: str
+    choices: tuple[Any, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    read_only: bool = False
+    allow_plugin: bool = False  # a string choice may also be 'python:module:Class'
+
+    @property
+    def type_name(self) -> str:
+        return type(self.default).__name__
+
+    def validate(self, value: Any) -> str | None:
+        """None when ``value`` is acceptable, else the reason."""
+        expected = type(self.default)
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            return f"{self.name} must be {self.type_name}, got {type(value).__name__} {value!r}"
+        if self.choices and value not in self.choices and not (
+            self.allow_plugin and isinstance(value, str) and value.startswith("python:")
+        ):
+            extra = " or 'python:module:Class'" if self.allow_plugin else ""
+            return f"{self.name} must be one of {', '.join(map(str, self.choices))}{extra}; got {value!r}"
+        if self.minimum is not None and value < self.minimum:
+            return f"{self.name} must be >= {self.minimum}, got {value}"
+        if self.maximum is not None and value > self.maximum:
+            return f"{self.name} must be <= {self.maximum}, got {value}"
+        return None
+
+
+RELIABILITIES = ("best_effort", "reliable")
+
+
+def sensor_qos_specs(prefix: str = "image_qos", what: str = "Image") -> list[ParamSpec]:
+    """Parameters that configure a sensor subscription's QoS (default best-effort KEEP_LAST(1))."""
+    return [
+        ParamSpec(f"{prefix}.reliability", "best_effort", f"{what} subscription reliability.", RELIABILITIES, read_only=True),
+        ParamSpec(f"{prefix}.depth", 1, f"{what} subscription KEEP_LAST depth.", minimum=1, maximum=100, read_only=True),
+    ]
+
+
+def resolve(specs: Sequence[ParamSpec], values: Mapping[str, Any]) -> dict[str, Any]:
+    """Defaults overlaid with ``values`` (nested dicts flattened to dotted names); ValueError on any bad one."""
+    flat = _flatten(values)
+    by_name = {spec.name: spec for spec in specs}
+    unknown = sorted(set(flat) - set(by_name))
+    errors = [f"unknown parameter {name!r}" for name in unknown]
+    resolved: dict[str, Any] = {}
+    for spec in specs:
+        value = flat.get(spec.name, spec.default)
+        if isinstance(spec.default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        problem = spec.validate(value)
+        if problem:
+            errors.append(problem)
+        resolved[spec.name] = value
+    if errors:
+        raise ValueError("invalid parameters:\n  " + "\n  ".join(errors))
+    return resolved
+
+
+def node_section(config_path: str | Path, node: str) -> dict[str, Any]:
+    """The ``ros__parameters`` of one node in a ROS 2 params file ({} when the node has no section)."""
+    import yaml
+
+    with open(config_path, encoding="utf-8") as stream:
+        data = yaml.safe_load(stream) or {}
+    section = (data.get(node) or {}) if isinstance(data, dict) else {}
+    return dict(section.get("ros__parameters") or {})
+
+
+def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def markdown_table(specs: Sequence[ParamSpec]) -> str:
+    """The README's parameter table for a node (kept in sync by a test)."""
+    rows = ["| parameter | type | default | description |", "|---|---|---|---|"]
+    for spec in specs:
+        default = f"`{spec.default}`" if spec.default != "" else '`""`'
+        rows.append(f"| `{spec.name}` | {spec.type_name} | {default} | {spec.description} |")
+    return "\n".join(rows)
