@@ -272,6 +272,7 @@ class LanguageNode(Node):
             "queue_depth": self.jobs.qsize(),
             "last_latency_ms": self.last_latency_ms,
             "cached_frames": len(self.cache),
+            "images_received": self.cache.images_seen,
             **{f"answers.{name}": count for name, count in self.status_counts.items()},
         }
 

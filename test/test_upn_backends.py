@@ -1,0 +1,249 @@
+"""UPN proposal backends on the tiny model: torch, ONNX export + ONNX Runtime, TensorRT start-up, the engine cache."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from chatrex_ros.core.proposals import select_proposals
+from chatrex_ros.models.base import ProposalBackend, ProposalPipeline, SelectionPolicy
+from chatrex_ros.models.upn.engine_cache import EngineKey, cache_entry
+from chatrex_ros.models.upn.processing import decode_outputs
+from chatrex_ros.models.upn_backends import make_upn_backend
+
+skimage_data = pytest.importorskip("skimage.data", reason="the golden images come from scikit-image's bundled data")
+
+DATA = Path(__file__).parent / "data" / "upn"
+WEIGHTS = str(DATA / "tiny_state_dict.safetensors")
+
+
+@pytest.fixture(scope="module")
+def golden() -> dict[str, np.ndarray]:
+    with np.load(DATA / "tiny_golden.npz") as data:
+        return {k: data[k] for k in data.files}
+
+
+@pytest.fixture(scope="module")
+def coffee() -> np.ndarray:
+    return skimage_data.coffee()  # 600x400: the tiny resize gives 373x559, the golden coffee input
+
+
+@pytest.fixture(scope="module")
+def torch_backend():
+    return make_upn_backend("torch", checkpoint=WEIGHTS, variant="tiny", granularity="coarse")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> Path:
+    """The tiny model exported through the CLI subcommand, as a user would."""
+    from chatrex_ros.commands import upn as upn_commands
+
+    out = tmp_path_factory.mktemp("onnx") / "upn_tiny_coarse.onnx"
+    parser = argparse.ArgumentParser()
+    upn_commands.register(parser.add_subparsers())
+    args = parser.parse_args(["export-upn", "--checkpoint", WEIGHTS, "--variant", "tiny", "--camera", "600x400",
+                              "--prompt", "coarse", "--out", str(out)])
+    assert args.func(args) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def torch_outputs(torch_backend, golden) -> tuple[np.ndarray, np.ndarray]:
+    """Raw torch outputs for the coffee input (prepare_image(coffee) equals it bit for bit, see test_upn_processing)."""
+    return torch_backend.infer(golden["coffee__input"])
+
+
+def test_torch_backend_reproduces_the_golden_proposals(torch_backend, torch_outputs, golden, coffee):
+    assert isinstance(torch_backend, ProposalBackend) and torch_backend.name == "torch"
+    np.testing.assert_allclose(torch_outputs[0], golden["coffee__coarse__pred_boxes"], atol=1e-5, rtol=0)
+    raw = decode_outputs(torch_outputs[0][0], torch_outputs[1][0], coffee.shape[:2])
+    order = golden["coffee__coarse__post_order"][0]
+    np.testing.assert_allclose(raw.boxes[order], golden["coffee__coarse__post_boxes_xyxy"][0], atol=1e-2, rtol=0)
+
+
+def test_bfloat16_autocast_keeps_selection_and_box_head_in_float32(golden):
+    import torch
+
+    backend = make_upn_backend("torch", checkpoint=WEIGHTS, variant="tiny", granularity="coarse", dtype="bfloat16")
+    boxes, logits = backend.infer(np.zeros((1, 3, 128, 128), dtype=np.float32))
+    assert boxes.dtype == np.float32 and boxes.shape == (1, 100, 4) and np.isfinite(logits).all()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        trace = backend.model.trace(torch.from_numpy(golden["coffee__input"]), "coarse")
+    assert trace["memory"].dtype == torch.bfloat16  # autocast really ran the encoder in bf16
+    for name in ("enc_logits", "dec_init_refpoint_unsig", "dec_references", "pred_boxes", "pred_logits"):
+        assert trace[name].dtype == torch.float32, name
+    selected = set(trace["enc_topk_indices"][0].tolist())
+    assert len(selected & set(golden["coffee__coarse__enc_topk_indices"][0].tolist())) >= 90
+
+
+def test_onnx_export_runs_in_onnxruntime_like_pytorch(exported, torch_outputs, coffee, golden):
+    backend = make_upn_backend("onnxruntime", onnx_path=str(exported), providers=["CPUExecutionProvider"])
+    assert backend.provider == "CPUExecutionProvider"
+    assert backend.input_hw == (373, 559) and backend.prompt == "coarse"
+    ort_boxes, ort_logits = backend.infer(golden["coffee__input"])
+    np.testing.assert_allclose(ort_boxes, torch_outputs[0], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(ort_logits, torch_outputs[1], atol=1e-3, rtol=0)
+    # the whole path: same pre-processing, same decoding, same selection -> the same kept proposals
+    proposals = ProposalPipeline(backend, SelectionPolicy(min_score=0.3, nms_iou=0.8)).run(coffee)
+    theirs = decode_outputs(torch_outputs[0][0], torch_outputs[1][0], coffee.shape[:2])
+    keep_torch = select_proposals(theirs.boxes, theirs.scores, 0.3, 0.8, 100)
+    np.testing.assert_allclose(proposals.boxes, theirs.boxes[keep_torch], atol=0.1, rtol=0)
+    expected = golden["coffee__coarse__filt_s030_n080_boxes"]
+    assert len(proposals) == len(expected) == 84 and proposals.backend == "onnxruntime"
+    np.testing.assert_allclose(np.sort(proposals.boxes.astype(np.int32), axis=0), np.sort(expected, axis=0), atol=1)
+    backend.warmup()
+    with pytest.raises(ValueError, match="export-upn --size"):
+        backend.propose(skimage_data.astronaut())  # 512x512 needs its own export
+
+
+def test_onnx_metadata_records_the_resize_rule(exported):
+    import onnx
+
+    metadata = {p.key: p.value for p in onnx.load(str(exported), load_external_data=False).metadata_props}
+    assert metadata["chatrex_ros.upn.resize_short"] == "400" and metadata["chatrex_ros.upn.input_hw"] == "373x559"
+    patterns = json.loads(metadata["chatrex_ros.upn.fp32_name_patterns"])
+    names = [n.name for n in onnx.load(str(exported), load_external_data=False).graph.node]
+    for pattern in patterns:  # every fp32 pin of a TensorRT build must hit real nodes
+        assert any(pattern in name for name in names), pattern
+    assert any("/query_selection/" in n and "TopK" in n for n in names)
+
+
+def test_backend_errors_say_what_to_do(tmp_path):
+    with pytest.raises(ValueError, match="unknown UPN backend"):
+        make_upn_backend("openvino")
+    with pytest.raises(FileNotFoundError, match="export-upn"):
+        make_upn_backend("onnxruntime", onnx_path=str(tmp_path / "missing.onnx"))
+    with pytest.raises(FileNotFoundError, match="upn-large"):
+        make_upn_backend("torch", checkpoint=str(tmp_path / "missing.pth"), variant="tiny")
+    with pytest.raises(ValueError, match="dtype"):
+        make_upn_backend("torch", checkpoint=None, variant="tiny", dtype="int8")
+    with pytest.raises(ValueError, match="unknown UPN prompt"):
+        make_upn_backend("torch", checkpoint=None, variant="tiny", granularity="medium")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="needs onnxruntime to reach the provider check")
+def test_onnxruntime_refuses_providers_it_does_not_have(exported):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA: the missing-provider path cannot be exercised")
+    with pytest.raises(RuntimeError, match="onnxruntime-gpu"):
+        make_upn_backend("onnxruntime", onnx_path=str(exported), providers=["CUDAExecutionProvider"])
+
+
+def test_tensorrt_backend_without_tensorrt_fails_at_start_up(exported, tmp_path, capsys):
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed: the missing-package path cannot be exercised")
+    with pytest.raises(ImportError, match=r"pip install chatrex_ros\[tensorrt\]"):
+        make_upn_backend("tensorrt", onnx_path=str(exported), engine_cache_dir=str(tmp_path))
+    from chatrex_ros.commands import upn as upn_commands
+
+    parser = argparse.ArgumentParser()
+    upn_commands.register(parser.add_subparsers())
+    args = parser.parse_args(["build-engine", "--onnx", str(exported), "--cache-dir", str(tmp_path), "--precision", "fp32"])
+    assert args.func(args) == 1
+    assert "pip install chatrex_ros[tensorrt]" in capsys.readouterr().err
+
+
+# --- engine cache (pure Python: runs without TensorRT) ---------------------------------------------------
+
+def key(**changes) -> EngineKey:
+    values = dict(gpu_name="NVIDIA H100 80GB HBM3", tensorrt_version="10.3.0", precision="fp16",
+                  input_shape=(1, 3, 750, 1333), onnx_sha256="a" * 64)
+    values.update(changes)
+    return EngineKey(**values)
+
+
+@pytest.mark.parametrize("change", [
+    {"gpu_name": "NVIDIA RTX 4090"}, {"tensorrt_version": "10.4.0"}, {"precision": "fp32"},
+    {"input_shape": (1, 3, 800, 1066)}, {"onnx_sha256": "b" * 64},
+])
+def test_any_key_change_selects_another_engine_file(tmp_path, change):
+    assert cache_entry(tmp_path, key()).engine_path != cache_entry(tmp_path, key(**change)).engine_path
+
+
+def test_cache_entry_is_valid_only_after_a_complete_store(tmp_path):
+    entry = cache_entry(tmp_path / "engines", key())
+    assert not entry.is_valid()
+    entry.store(b"plan bytes")
+    assert entry.is_valid() and entry.engine_path.read_bytes() == b"plan bytes"
+    assert "750x1333_fp16_NVIDIA-H100-80GB-HBM3_trt10.3.0" in entry.engine_path.name
+    entry.sidecar_path.write_text(json.dumps({"precision": "fp32"}))  # a sidecar from another key
+    assert not entry.is_valid()
+    entry.store(b"plan bytes")
+    entry.engine_path.write_bytes(b"")
+    assert not entry.is_valid()
+    assert not list((tmp_path / "engines").glob("*.tmp"))
+
+
+def test_engine_key_validation():
+    with pytest.raises(ValueError, match="precision"):
+        key(precision="int8")
+    with pytest.raises(ValueError, match="sha256"):
+        key(onnx_sha256="xyz")
+    with pytest.raises(ValueError, match="static"):
+        key(input_shape=(1, 3, -1, 1333))
+
+
+# --- TensorRT build logic against a stand-in for the tensorrt module (TensorRT itself is not installable here)
+
+class FakeTensorRTModule:
+    """Test double of the ``tensorrt`` module: only the attributes the precision pinning reads."""
+
+    float32, float16, int32, bool_ = "float32", "float16", "int32", "bool"
+
+    class BuilderFlag:  # TensorRT 11 style: no weak typing flags
+        TF32 = "tf32"
+
+    __version__ = "11.0.0"
+
+
+class FakeLayer:
+    def __init__(self, name: str, output_dtypes: list[str]) -> None:
+        self.name = name
+        self.outputs = [type("FakeTensor", (), {"dtype": d})() for d in output_dtypes]
+        self.num_outputs = len(self.outputs)
+        self.precision = None
+        self.output_types: dict[int, str] = {}
+
+    def get_output(self, index: int):
+        return self.outputs[index]
+
+    def set_output_type(self, index: int, dtype: str) -> None:
+        self.output_types[index] = dtype
+
+
+class FakeNetwork:
+    def __init__(self, layers: list[FakeLayer]) -> None:
+        self.layers = layers
+        self.num_layers = len(layers)
+
+    def get_layer(self, index: int) -> FakeLayer:
+        return self.layers[index]
+
+
+def test_fp16_engines_pin_only_the_float_layers_of_the_fp32_scopes():
+    from chatrex_ros.models.upn.artifacts import FP32_NAME_PATTERNS
+    from chatrex_ros.models.upn.runtime_tensorrt import pin_fp32_layers
+
+    layers = [
+        FakeLayer("/model/transformer/query_selection/proposals/Log", ["float16"]),
+        FakeLayer("/model/transformer/query_selection/TopK", ["float16", "int32"]),  # indices: leave alone
+        FakeLayer("/model/transformer/decoder/box_update/Sigmoid", ["float32"]),
+        FakeLayer("/model/transformer/encoder/layers.0/self_attn/GridSample", ["float16"]),  # may run fp16
+    ]
+    assert pin_fp32_layers(FakeTensorRTModule, FakeNetwork(layers), FP32_NAME_PATTERNS) == 2
+    assert [layer.precision for layer in layers] == ["float32", None, "float32", None]
+    assert layers[0].output_types == {0: "float32"} and layers[1].output_types == {}
+
+
+def test_fp16_on_tensorrt_without_weak_typing_says_what_to_do(tmp_path):
+    from chatrex_ros.models.upn.runtime_tensorrt import build_serialized_engine
+
+    with pytest.raises(RuntimeError, match="precision='fp32'"):
+        build_serialized_engine(FakeTensorRTModule, None, tmp_path / "upn.onnx", "fp16", ())
