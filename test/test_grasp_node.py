@@ -33,7 +33,8 @@ from chatrex_ros.core.grasp import (
 )
 from chatrex_ros.msg import Answer, Detection, GraspTarget, ProposalArray
 from chatrex_ros.ros.conversions import image_msg, stamp_to_ns
-from chatrex_ros.ros.grasp_target_node import DepthStore, check_parameters, choose_detection
+from chatrex_ros.core.grasp_pairing import DepthStore, choose_detection
+from chatrex_ros.ros.grasp_target_node import check_parameters
 from ros_harness import NodeProcess, RosClient, header, wait_until
 from test_grasp import FACE_CENTRE, HEIGHT, K_COLOUR, TIGHT_BOX, WALL_Z, WIDTH, encode, render_depth, rotate, scaled_intrinsics
 

@@ -1,0 +1,125 @@
+"""Which detection and which depth frame a grasp target is computed from (ROS-free, duck-typed).
+
+``choose_detection`` picks one detection of an answer; ``DepthStore`` keeps depth frames by stamp long enough
+for a language model's answer (seconds late) to still find its frame.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Sequence
+from typing import Any, Generic, TypeVar
+
+from chatrex_ros.core.grasp import REASON_NO_DETECTION
+
+SELECTIONS = ("highest_score", "phrase", "index")
+
+T = TypeVar("T")
+
+
+
+
+def choose_detection(detections: Sequence[Any], selection: str, phrase: str = "", proposal_index: int = -1) -> tuple[Any | None, str]:
+    """(detection, "") or (None, reason) for an Answer's detections (objects with label, proposal_index, score).
+
+    highest_score: the best UPN score (ChatRex does not score its choices; ties keep answer order).
+    phrase: exact label matches (case and spacing ignored) win over labels that contain the phrase as whole
+    words ("mug" matches "the red mug", not "mugs"); the best score among them.
+    index: the detection of that proposal index.
+    """
+    if not detections:
+        return None, REASON_NO_DETECTION
+    if selection == "highest_score":
+        candidates = list(detections)
+    elif selection == "phrase":
+        wanted = _words(phrase)
+        if not wanted:
+            raise ValueError("selection 'phrase' needs a non-empty phrase")
+        exact = [d for d in detections if _words(d.label) == wanted]
+        candidates = exact or [d for d in detections if _contains_words(_words(d.label), wanted)]
+        if not candidates:
+            return None, f"{REASON_NO_DETECTION} for phrase {phrase!r}"
+    elif selection == "index":
+        candidates = [d for d in detections if int(d.proposal_index) == proposal_index]
+        if not candidates:
+            return None, f"{REASON_NO_DETECTION} with proposal index {proposal_index}"
+    else:
+        raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
+    return max(candidates, key=lambda d: float(d.score)), ""  # max keeps the first of equal scores
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(text.lower().split())
+
+
+def _contains_words(label: tuple[str, ...], wanted: tuple[str, ...]) -> bool:
+    n = len(wanted)
+    return any(label[i : i + n] == wanted for i in range(len(label) - n + 1))
+
+
+class DepthStore(Generic[T]):
+    """Depth frames by stamp: a ring of the most recent ones plus a few pinned ones.
+
+    Why pinning: at 30 fps a ring that covers a 5 s model latency holds 150 frames; only the frames that got
+    proposals can be asked about, so those are pinned (``pin``) when their proposals arrive and the ring stays
+    small. A pin for a frame that has not arrived yet is remembered until a newer frame shows it never will.
+    Frames from one publisher arrive in stamp order, which ``may_still_arrive`` relies on.
+    """
+
+    def __init__(self, recent: int, pinned: int) -> None:
+        if recent < 1:
+            raise ValueError(f"the depth ring must hold at least 1 frame, got {recent}")
+        if pinned < 0:
+            raise ValueError(f"pinned frames must be >= 0, got {pinned}")
+        self._recent: deque[tuple[int, T]] = deque(maxlen=recent)
+        self._pinned: dict[int, T] = {}
+        self._pinned_capacity = pinned
+        self._wanted: deque[tuple[int, int]] = deque(maxlen=max(1, 2 * pinned))  # (stamp, tolerance) to pin
+        self.newest_ns: int | None = None
+        self.received = 0
+
+    def add(self, stamp_ns: int, item: T) -> None:
+        self._recent.append((stamp_ns, item))
+        self.received += 1
+        self.newest_ns = stamp_ns if self.newest_ns is None else max(self.newest_ns, stamp_ns)
+        for wanted, tolerance in self._wanted:
+            if abs(wanted - stamp_ns) <= tolerance:
+                self._pin(stamp_ns, item)
+        # A wish no later frame can fulfil is dropped.
+        self._wanted = deque(((s, t) for s, t in self._wanted if s + t >= self.newest_ns), maxlen=self._wanted.maxlen)
+
+    def pin(self, stamp_ns: int, tolerance_ns: int = 0) -> None:
+        """Keep the frame(s) within ``tolerance_ns`` of ``stamp_ns``, now or when they arrive."""
+        if self._pinned_capacity == 0:
+            return
+        for stamp, item in list(self._recent):
+            if abs(stamp - stamp_ns) <= tolerance_ns:
+                self._pin(stamp, item)
+        if self.may_still_arrive(stamp_ns, tolerance_ns):
+            self._wanted.append((stamp_ns, tolerance_ns))
+
+    def find(self, stamp_ns: int, tolerance_ns: int = 0) -> tuple[int, T] | None:
+        """(stamp, frame) nearest to ``stamp_ns`` within the tolerance, or None."""
+        best: tuple[int, int, T] | None = None
+        for stamp, item in itertools.chain(self._recent, self._pinned.items()):
+            distance = abs(stamp - stamp_ns)
+            if distance <= tolerance_ns and (best is None or distance < best[0]):
+                best = (distance, stamp, item)
+        return None if best is None else (best[1], best[2])
+
+    def may_still_arrive(self, stamp_ns: int, tolerance_ns: int = 0) -> bool:
+        """False once a frame newer than the tolerance window was seen: frames arrive in stamp order."""
+        return self.newest_ns is None or self.newest_ns <= stamp_ns + tolerance_ns
+
+    @property
+    def pinned_count(self) -> int:
+        return len(self._pinned)
+
+    def __len__(self) -> int:
+        return len(self._recent)
+
+    def _pin(self, stamp_ns: int, item: T) -> None:
+        self._pinned[stamp_ns] = item
+        while len(self._pinned) > self._pinned_capacity:
+            del self._pinned[min(self._pinned)]  # the oldest frame is the least likely to be asked about
