@@ -83,3 +83,49 @@ def test_more_than_100_proposals_is_refused_at_startup() -> None:
     assert node.process.wait(60) != 0
     assert "max_proposals" in node.output()
     node.stop()
+
+
+def test_a_upn_backend_slots_in_without_touching_the_node(tmp_path) -> None:
+    """The tiny UPN (reference weights shipped in test/data) through the torch backend, as the node runs it."""
+    from pathlib import Path
+
+    from chatrex_ros.models.settings import PROPOSAL_NODE_PARAMETERS, proposal_pipeline
+    from chatrex_ros.parameters import resolve
+
+    checkpoint = Path(__file__).parent / "data" / "upn" / "tiny_state_dict.safetensors"
+    params = {"backend": "torch", "model_variant": "tiny", "checkpoint": str(checkpoint), "warmup": False,
+              "image_qos.reliability": "reliable"}
+    image = textured_image(240, 320, seed=3)
+    expected = proposal_pipeline(resolve(PROPOSAL_NODE_PARAMETERS, params)).run(image)
+    with NodeProcess("chatrex_ros.ros.proposal_node", "proposal_node", params=params, namespace="/upn") as node:
+        client = RosClient()
+        try:
+            image_pub = client.publisher(Image, "/upn/image")
+            proposals = client.subscribe(ProposalArray, "/upn/proposals")
+            wait_until(lambda: image_pub.get_subscription_count() > 0 or not node.alive(), 60, "proposal_node")
+            assert node.alive(), node.output()
+            image_pub.publish(image_msg(image, "rgb8", header(77)))
+            wait_until(lambda: len(proposals) > 0, 60, "UPN proposals")
+        finally:
+            client.close()
+    out = proposals[0]
+    assert out.backend == "torch" and _ns(out) == 77
+    boxes = np.asarray(out.boxes, np.float32).reshape(-1, 4)
+    assert len(out.scores) == len(expected) > 0
+    np.testing.assert_allclose(boxes[:5], expected.boxes[:5], atol=0.05)
+    np.testing.assert_allclose(np.asarray(out.scores)[:5], expected.scores[:5], atol=1e-4)
+
+
+@pytest.mark.parametrize("params,message", [
+    ({"backend": "onnxruntime", "onnx": "/nonexistent/upn.onnx"}, "/nonexistent/upn.onnx"),
+    ({"backend": "torch", "checkpoint": "/nonexistent/upn_large.pth"}, "/nonexistent/upn_large.pth"),
+    ({"backend": "torch", "device": "cuda", "model_variant": "tiny"}, "cuda"),
+    ({"backend": "python:no_such_module:Backend"}, "no_such_module"),
+])
+def test_a_missing_model_file_or_device_fails_at_startup_with_a_clear_message(params, message) -> None:
+    node = NodeProcess("chatrex_ros.ros.proposal_node", "proposal_node", params=params)
+    assert node.process.wait(120) == 1
+    output = node.output()
+    node.stop()
+    assert "start-up failed" in output and message in output
+    assert "Traceback" not in output

@@ -19,15 +19,18 @@ def run_node(factory: Callable[[], Node], args: list[str] | None = None, threads
     rclpy.init(args=args if args is not None else sys.argv)
     node: Node | None = None
     try:
-        node = factory()
+        try:
+            node = factory()
+        except (KeyboardInterrupt, ExternalShutdownException):
+            raise
+        except Exception as error:  # a configuration problem: one readable line, not a traceback
+            print(f"[chatrex_ros] start-up failed: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+            return 1
         executor = MultiThreadedExecutor(num_threads=threads)
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except (StartupError, ValueError, FileNotFoundError, ImportError, PermissionError) as error:
-        print(f"[chatrex_ros] start-up failed: {error}", file=sys.stderr, flush=True)
-        return 1
     finally:
         if node is not None:
             close = getattr(node, "close", None)
