@@ -70,7 +70,7 @@ class Client:
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
             if "language_node" in status.name:
-                self.diagnostics.append({kv.key: kv.value for kv in status.values})
+                self.diagnostics.append({"t": time.perf_counter(), **{kv.key: kv.value for kv in status.values}})
 
     def _spin(self) -> None:
         while not self._stop.is_set():
@@ -169,11 +169,19 @@ def intake_under_slow_model(duration_s: float, rate_hz: float = 30.0) -> dict:
         assert process.alive(), process.output()
     client.close()
     settled = [mb for t, mb in memory if t >= min(20.0, duration_s / 3)]
+    # Intake rate per 10 s of the publishing period, from the node's own counter (a degrading rate shows here).
+    history = [(d["t"] - start, int(d["images_received"])) for d in client.diagnostics if "images_received" in d]
+    windows = []
+    for begin in range(0, int(elapsed) - 9, 10):
+        inside = [(t, n) for t, n in history if begin <= t <= begin + 10.5]
+        if len(inside) >= 2:
+            (t0, n0), (t1, n1) = inside[0], inside[-1]
+            windows.append(round((n1 - n0) / (t1 - t0), 1))
     return {"duration_s": elapsed, "published": published, "received": received,
             "publish_hz": published / elapsed, "intake_hz": received / elapsed,
             "queries": queries, "answers": sum(1 for q in client.answers if q.startswith("slow-")),
             "rss_mb_first": memory[0][1], "rss_mb_settled_start": settled[0] if settled else float("nan"),
-            "rss_mb_end": memory[-1][1], "rss_samples": memory}
+            "rss_mb_end": memory[-1][1], "rss_samples": memory, "intake_hz_per_10s": windows}
 
 
 def main() -> None:
@@ -196,6 +204,8 @@ def main() -> None:
     print_table(["published Hz", "received Hz", "answers / queries", "RSS MB start", "RSS MB after warm-up", "RSS MB end"],
                 [[intake["publish_hz"], intake["intake_hz"], f"{intake['answers']}/{intake['queries']}",
                   intake["rss_mb_first"], intake["rss_mb_settled_start"], intake["rss_mb_end"]]])
+    print(f"intake Hz per 10 s window: {intake['intake_hz_per_10s']}")
+    print(f"RSS MB every 5 s: {[round(mb) for _, mb in intake['rss_samples']]}")
     print(f"wrote {write_results('language_node', {'overhead': overhead, 'intake': intake})}")
 
 

@@ -123,7 +123,9 @@ def test_a_query_can_name_an_older_frame_by_stamp(graph) -> None:
     np.testing.assert_allclose(answer.detections[0].box, BOXES[2])
     stale = Query(id="stale", task="detect", text="cup")
     stale.image_stamp = header(5).stamp
-    assert ask(graph, stale).status == Answer.STATUS_NO_IMAGE
+    stale_answer = ask(graph, stale)
+    assert stale_answer.status == Answer.STATUS_NO_IMAGE
+    assert stale_answer.header.stamp == stale.image_stamp, "an answer without a frame still names the stamp asked about"
 
 
 @pytest.mark.parametrize("query,expected", [

@@ -59,7 +59,8 @@ def evaluate_recorded(
     image_ids.sort(key=lambda i: gt.image(i).stamp_ns)
     latency_ms = {  # before any stamp snapping: latency is measured from the stamp the image really had
         "proposals": [(p.received_ns - p.stamp_ns) / 1e6 for p in proposals if p.received_ns is not None],
-        "answers": [(a.received_ns - a.stamp_ns) / 1e6 for a in answers if a.received_ns is not None],
+        # An answer without a frame (NO_IMAGE, BUSY, ...) has no image stamp to measure from.
+        "answers": [(a.received_ns - a.stamp_ns) / 1e6 for a in answers if a.received_ns is not None and a.stamp_ns > 0],
         "answer_model": [a.model_ms for a in answers if a.ok],
         "answer_total": [a.total_ms for a in answers],
     }

@@ -240,7 +240,10 @@ class LanguageNode(Node):
         frame: Frame[_StoredImage, _StoredProposals] | None = None, result: AnswerResult | None = None,
         queue_ms: float = 0.0,
     ) -> Answer:
-        header = frame.image.header if frame is not None and frame.image is not None else Header()
+        if frame is not None and frame.image is not None:
+            header = frame.image.header
+        else:  # no frame: the stamp the query asked about (zero for "newest"), so the answer is still placed
+            header = Header(stamp=query.image_stamp)
         proposals = frame.proposals if frame is not None else None
         return answer_msg(
             header, query.id, query.task, status, message, result,
