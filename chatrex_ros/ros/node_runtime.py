@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
 
 
@@ -14,7 +14,7 @@ class StartupError(RuntimeError):
     """A configuration problem found before spinning (missing file, dependency, bad parameter)."""
 
 
-def run_node(factory: Callable[[], Node], args: list[str] | None = None, threads: int = 2) -> int:
+def run_node(factory: Callable[[], Node], args: list[str] | None = None, threads: int = 1) -> int:
     """rclpy.init, build the node, spin until shutdown; exit code 1 with one readable line on a start-up error."""
     rclpy.init(args=args if args is not None else sys.argv)
     node: Node | None = None
@@ -26,7 +26,8 @@ def run_node(factory: Callable[[], Node], args: list[str] | None = None, threads
         except Exception as error:  # a configuration problem: one readable line, not a traceback
             print(f"[chatrex_ros] start-up failed: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
             return 1
-        executor = MultiThreadedExecutor(num_threads=threads)
+        # rclpy's multi-threaded executor costs per callback; nodes whose callbacks never block use one thread.
+        executor = SingleThreadedExecutor() if threads == 1 else MultiThreadedExecutor(num_threads=threads)
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
