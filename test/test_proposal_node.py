@@ -129,3 +129,27 @@ def test_a_missing_model_file_or_device_fails_at_startup_with_a_clear_message(pa
     node.stop()
     assert "start-up failed" in output and message in output
     assert "Traceback" not in output
+
+
+def test_compressed_images_are_served_with_image_transport_compressed() -> None:
+    from sensor_msgs.msg import CompressedImage
+
+    from chatrex_ros.core.images import array_to_compressed
+    from chatrex_ros.ros.conversions import compressed_image_msg
+
+    params = {"image_transport": "compressed", "selective_search_long_side": 160, "warmup": False,
+              "image_qos.reliability": "reliable"}
+    with NodeProcess("chatrex_ros.ros.proposal_node", "proposal_node", params=params, namespace="/jpeg") as node:
+        client = RosClient()
+        try:
+            publisher = client.publisher(CompressedImage, "/jpeg/image/compressed")
+            proposals = client.subscribe(ProposalArray, "/jpeg/proposals")
+            wait_until(lambda: publisher.get_subscription_count() > 0 or not node.alive(), 60, "proposal_node")
+            fmt, payload = array_to_compressed(textured_image(180, 250, seed=5), "rgb8", "jpeg")
+            publisher.publish(compressed_image_msg(fmt, payload, header(91, "jpeg_cam")))
+            wait_until(lambda: len(proposals) > 0, 30, "proposals for the compressed frame")
+        finally:
+            client.close()
+    out = proposals[0]
+    assert _ns(out) == 91 and out.header.frame_id == "jpeg_cam"
+    assert (out.image_width, out.image_height) == (250, 180) and len(out.scores) > 0
