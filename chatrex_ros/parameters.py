@@ -58,7 +58,7 @@ def sensor_qos_specs(prefix: str = "image_qos", what: str = "Image") -> list[Par
 
 def resolve(specs: Sequence[ParamSpec], values: Mapping[str, Any]) -> dict[str, Any]:
     """Defaults overlaid with ``values`` (nested dicts flattened to dotted names); ValueError on any bad one."""
-    flat = _flatten(values)
+    flat = flatten(values)
     by_name = {spec.name: spec for spec in specs}
     unknown = sorted(set(flat) - set(by_name))
     errors = [f"unknown parameter {name!r}" for name in unknown]
@@ -86,11 +86,12 @@ def node_section(config_path: str | Path, node: str) -> dict[str, Any]:
     return dict(section.get("ros__parameters") or {})
 
 
-def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"image_qos": {"depth": 1}}`` -> ``{"image_qos.depth": 1}``, as ROS names nested parameters."""
     flat: dict[str, Any] = {}
     for key, value in values.items():
         if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat

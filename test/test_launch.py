@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from chatrex_ros.launcher import GRAPH, NAMESPACE, dds_environment, load_config, plan_graph
+from chatrex_ros.parameters import flatten
 from chatrex_ros.ros import grasp_target_node, language_node, proposal_node
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,23 +105,13 @@ def test_launch_overrides_are_declared_parameters(description) -> None:
             assert set(entry) <= declared, name
 
 
-def _flatten(parameters: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in parameters.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def test_config_entries_are_declared_with_the_right_type() -> None:
     config = yaml.safe_load((ROOT / "config" / "chatrex.yaml").read_text())
     for node_name, specs in NODE_PARAMETERS.items():
         if node_name not in config:
             continue
         by_name = {spec.name: spec for spec in specs}
-        for name, value in _flatten(config[node_name]["ros__parameters"]).items():
+        for name, value in flatten(config[node_name]["ros__parameters"]).items():
             assert name in by_name, f"{node_name}.{name} is not declared by the node"
             assert by_name[name].validate(value) is None, by_name[name].validate(value)
 
@@ -129,7 +120,7 @@ def test_config_defaults_equal_the_declared_defaults() -> None:
     """So that `ros2 run` without a params file behaves like the launched graph."""
     config = yaml.safe_load((ROOT / "config" / "chatrex.yaml").read_text())
     for node_name, specs in NODE_PARAMETERS.items():
-        flat = _flatten(config.get(node_name, {}).get("ros__parameters", {}))
+        flat = flatten(config.get(node_name, {}).get("ros__parameters", {}))
         for spec in specs:
             if spec.name in flat:
                 assert flat[spec.name] == spec.default, f"{node_name}.{spec.name}"

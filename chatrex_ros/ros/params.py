@@ -14,7 +14,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
-from chatrex_ros.parameters import ParamSpec, markdown_table, sensor_qos_specs
+from chatrex_ros.parameters import ParamSpec, markdown_table, resolve, sensor_qos_specs
 
 __all__ = ["ParamSpec", "declare_parameters", "descriptor", "install_validator", "markdown_table", "sensor_qos_specs"]
 
@@ -36,19 +36,12 @@ def declare_parameters(node: Node, specs: Sequence[ParamSpec]) -> dict[str, Any]
     errors: list[str] = []
     for spec in specs:
         try:
-            value = node.declare_parameter(spec.name, spec.default, descriptor(spec)).value
+            values[spec.name] = node.declare_parameter(spec.name, spec.default, descriptor(spec)).value
         except Exception as error:  # rclpy raises on a type or range mismatch from the params file
             errors.append(f"{spec.name}: {error}")
-            continue
-        if isinstance(spec.default, float) and isinstance(value, int):
-            value = float(value)
-        problem = spec.validate(value)
-        if problem:
-            errors.append(problem)
-        values[spec.name] = value
     if errors:
         raise ValueError("invalid parameters:\n  " + "\n  ".join(errors))
-    return values
+    return resolve(specs, values)
 
 
 def install_validator(
