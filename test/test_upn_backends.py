@@ -247,3 +247,16 @@ def test_fp16_on_tensorrt_without_weak_typing_says_what_to_do(tmp_path):
 
     with pytest.raises(RuntimeError, match="precision='fp32'"):
         build_serialized_engine(FakeTensorRTModule, None, tmp_path / "upn.onnx", "fp16", ())
+
+
+def test_user_paths_expand_the_home_directory(monkeypatch, tmp_path) -> None:
+    """Node parameters such as engine_cache_dir default to '~/...'; no literal '~' directory may appear."""
+    from chatrex_ros.models.upn.artifacts import require_file
+    from chatrex_ros.models.upn.checkpoint import read_state_dict
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    weights = tmp_path / "tiny.safetensors"
+    weights.write_bytes((Path(__file__).parent / "data" / "upn" / "tiny_state_dict.safetensors").read_bytes())
+    assert require_file("~/tiny.safetensors", "UPN weights", "") == weights
+    assert len(read_state_dict("~/tiny.safetensors")) > 0
+    assert cache_entry("~/engines", key()).engine_path.is_relative_to(tmp_path / "engines")

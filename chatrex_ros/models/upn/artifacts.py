@@ -44,7 +44,7 @@ def read_metadata(metadata: dict[str, str]) -> dict[str, str]:
 
 def require_file(path: str | Path, what: str, hint: str) -> Path:
     """The path if it is a file, else FileNotFoundError naming it and how to get it."""
-    file = Path(path)
+    file = Path(path).expanduser()
     if not file.is_file():
         raise FileNotFoundError(f"{what} not found: {file}; {hint}")
     return file

@@ -32,7 +32,7 @@ _DETERMINISTIC_BUFFER = "relative_position_index"
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Raw tensors of a ``.pth`` (``["model"]`` when present) or ``.safetensors`` file."""
-    file = Path(path)
+    file = Path(path).expanduser()
     if not file.is_file():
         raise FileNotFoundError(f"UPN checkpoint not found: {file}; {CHECKPOINT_HINT}")
     if file.suffix == ".safetensors":

@@ -73,7 +73,7 @@ class CachedEngine:
 
 def cache_entry(cache_dir: str | Path, key: EngineKey) -> CachedEngine:
     stem = key.file_stem()
-    directory = Path(cache_dir)
+    directory = Path(cache_dir).expanduser()
     return CachedEngine(directory / f"{stem}.engine", directory / f"{stem}.json", key)
 
 
