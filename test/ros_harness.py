@@ -137,3 +137,19 @@ def textured_image(height: int, width: int, seed: int = 0) -> np.ndarray:
         x2, y2 = x1 + int(rng.integers(width // 10, width // 4)), y1 + int(rng.integers(height // 10, height // 4))
         image[y1:y2, x1:x2] = rng.integers(0, 255, 3)
     return image
+
+
+def set_parameters(client: RosClient, node_name: str, **values: Any) -> list[Any]:
+    """Set parameters of a running node through its standard service (what `ros2 param set` does)."""
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter
+
+    service = client.node.create_client(SetParameters, f"{node_name}/set_parameters")
+    try:
+        assert service.wait_for_service(timeout_sec=10), f"no parameter service for {node_name}"
+        request = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
+        future = service.call_async(request)
+        wait_until(future.done, 10, "set_parameters")
+        return list(future.result().results)
+    finally:
+        client.node.destroy_client(service)

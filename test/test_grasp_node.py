@@ -18,8 +18,6 @@ import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PointStamped, PoseStamped
-from rcl_interfaces.srv import SetParameters
-from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, Image
 from visualization_msgs.msg import Marker
 
@@ -35,7 +33,7 @@ from chatrex_ros.msg import Answer, Detection, GraspTarget, ProposalArray
 from chatrex_ros.ros.conversions import image_msg, stamp_to_ns
 from chatrex_ros.core.grasp_pairing import DepthStore, choose_detection
 from chatrex_ros.ros.grasp_target_node import check_parameters
-from ros_harness import NodeProcess, RosClient, header, wait_until
+from ros_harness import NodeProcess, RosClient, header, set_parameters, wait_until
 from test_grasp import FACE_CENTRE, HEIGHT, K_COLOUR, TIGHT_BOX, WALL_Z, WIDTH, encode, render_depth, rotate, scaled_intrinsics
 
 ros = pytest.mark.ros
@@ -208,15 +206,7 @@ class Graph:
         wait_until(lambda: predicate(self.diagnostic_values(name)), 15, what)
 
     def set_parameters(self, **values: object) -> list[object]:
-        service = self.client.node.create_client(SetParameters, "/grasp_target_node/set_parameters")
-        try:
-            assert service.wait_for_service(timeout_sec=10)
-            request = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
-            future = service.call_async(request)
-            wait_until(future.done, 10, "set_parameters")
-            return list(future.result().results)
-        finally:
-            self.client.node.destroy_client(service)
+        return set_parameters(self.client, "/grasp_target_node", **values)
 
 
 @pytest.fixture(scope="module")

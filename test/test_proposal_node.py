@@ -8,7 +8,7 @@ from sensor_msgs.msg import Image
 
 from chatrex_ros.msg import ProposalArray
 from chatrex_ros.ros.conversions import image_msg
-from ros_harness import NodeProcess, RosClient, header, textured_image, wait_until
+from ros_harness import NodeProcess, RosClient, header, set_parameters, textured_image, wait_until
 
 pytestmark = pytest.mark.ros
 
@@ -153,3 +153,16 @@ def test_compressed_images_are_served_with_image_transport_compressed() -> None:
     out = proposals[0]
     assert _ns(out) == 91 and out.header.frame_id == "jpeg_cam"
     assert (out.image_width, out.image_height) == (250, 180) and len(out.scores) > 0
+
+
+def test_selection_parameters_change_at_runtime_and_bad_values_are_refused(graph) -> None:
+    client, image_pub, proposals, _ = graph
+    refused = set_parameters(client, "/proposal_node", max_proposals=101)
+    assert not refused[0].successful and "max_proposals" in refused[0].reason
+    assert set_parameters(client, "/proposal_node", max_proposals=3)[0].successful
+    try:
+        stamp = 1_700_000_000_700_000_000
+        out = _send_until_answered(image_pub, proposals, image_msg(textured_image(120, 160, seed=8), "rgb8", header(stamp)), stamp)
+        assert 0 < len(out.scores) <= 3
+    finally:
+        assert set_parameters(client, "/proposal_node", max_proposals=40)[0].successful
