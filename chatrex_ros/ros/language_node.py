@@ -79,6 +79,7 @@ class LanguageNode(Node):
         self.cache: FrameCache[_StoredImage, _StoredProposals] = FrameCache(self.values["frame_cache_size"])
         self.jobs: queue.Queue[_Job] = queue.Queue(maxsize=self.values["queue_size"])
         self.status_counts = {status.name: 0 for status in AnswerStatus}
+        self._counts_lock = threading.Lock()  # answers are finished on the worker and on intake threads
         self.last_latency_ms = 0.0
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="language_model")
         self._pending_generation: Future[AnswerResult] | None = None
@@ -90,14 +91,17 @@ class LanguageNode(Node):
         self.annotated_pub = (
             self.create_publisher(Image, "answer_image", reliable_qos(2)) if self.values["publish_annotated"] else None
         )
-        intake = MutuallyExclusiveCallbackGroup()
+        # Each input has its own group: a burst on one (proposals, queries) never delays camera frames. The
+        # callbacks only touch thread-safe structures (the frame cache, the job queue).
         qos = sensor_qos(self.values["image_qos.reliability"], self.values["image_qos.depth"])
         if self.values["image_transport"] == "compressed":
-            self.create_subscription(CompressedImage, "image/compressed", self._on_image, qos, callback_group=intake)
+            self.create_subscription(CompressedImage, "image/compressed", self._on_image, qos,
+                                     callback_group=MutuallyExclusiveCallbackGroup())
         else:
-            self.create_subscription(Image, "image", self._on_image, qos, callback_group=intake)
-        self.create_subscription(ProposalArray, "proposals", self._on_proposals, reliable_qos(), callback_group=intake)
-        self.create_subscription(Query, "query", self._on_query, reliable_qos(), callback_group=intake)
+            self.create_subscription(Image, "image", self._on_image, qos, callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_subscription(ProposalArray, "proposals", self._on_proposals, reliable_qos(),
+                                 callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_subscription(Query, "query", self._on_query, reliable_qos(), callback_group=MutuallyExclusiveCallbackGroup())
         self.create_service(Ask, "ask", self._on_ask, callback_group=ReentrantCallbackGroup())
         self._worker = threading.Thread(target=self._serve, name="query_worker", daemon=True)
         self._worker.start()
@@ -253,8 +257,9 @@ class LanguageNode(Node):
         )
 
     def _finish(self, answer: Answer, reply: Callable[[Answer], None] | None) -> None:
-        self.status_counts[AnswerStatus(answer.status).name] += 1
-        self.last_latency_ms = answer.total_ms
+        with self._counts_lock:
+            self.status_counts[AnswerStatus(answer.status).name] += 1
+            self.last_latency_ms = answer.total_ms
         self.answer_pub.publish(answer)
         if reply is not None:
             reply(answer)
