@@ -12,7 +12,7 @@ ROS_FREE_MODULES = [
     "chatrex_ros.models.selective_search", "chatrex_ros.models.upn", "chatrex_ros.models.upn_backends",
     "chatrex_ros.models.chatrex", "chatrex_ros.parameters", "chatrex_ros.launcher",
     "chatrex_ros.eval.metrics", "chatrex_ros.eval.scoring", "chatrex_ros.eval.bagio", "chatrex_ros.eval.offline",
-    "chatrex_ros.eval.recorded", "chatrex_ros.eval.report", "chatrex_ros.eval.sample",
+    "chatrex_ros.eval.recorded", "chatrex_ros.eval.report", "chatrex_ros.eval.sample", "chatrex_ros.eval.replay_plan",
 ]
 
 
