@@ -12,10 +12,11 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
@@ -43,8 +44,7 @@ PARAMETERS = LANGUAGE_NODE_PARAMETERS
 @dataclass(frozen=True)
 class _StoredImage:
     header: Header
-    rgb: np.ndarray
-    keepalive: Any  # the message owning the buffer that ``rgb`` views
+    rgb: np.ndarray  # may be a view of the message's buffer (numpy keeps that buffer alive)
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,6 @@ class _StoredProposals:
     proposals: Proposals
     width: int
     height: int
-    keepalive: Any
 
 
 @dataclass
@@ -120,7 +119,7 @@ class LanguageNode(Node):
         except ImageFormatError as error:
             self.problems.report("bad_image", f"dropped image: {error}")
             return
-        self.cache.add_image(stamp_to_ns(msg.header.stamp), _StoredImage(msg.header, rgb, msg))
+        self.cache.add_image(stamp_to_ns(msg.header.stamp), _StoredImage(msg.header, rgb))
 
     def _on_proposals(self, msg: ProposalArray) -> None:
         try:
@@ -128,7 +127,7 @@ class LanguageNode(Node):
         except ValueError as error:
             self.problems.report("bad_proposals", f"dropped ProposalArray: {error}")
             return
-        stored = _StoredProposals(msg.header, proposals, int(msg.image_width), int(msg.image_height), msg)
+        stored = _StoredProposals(msg.header, proposals, int(msg.image_width), int(msg.image_height))
         self.cache.add_proposals(stamp_to_ns(msg.header.stamp), stored)
 
     def _on_query(self, msg: Query) -> None:
