@@ -15,30 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 from pathlib import Path
-from typing import Any
+
+from _common import time_cuda
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "gpu_language.json"
 LLAMA2_7B = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
              "num_key_value_heads": 32, "vocab_size": 32000 + 104, "max_position_embeddings": 4096}
-
-
-def cuda_ms(torch: Any, run: Any, repeats: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        run()
-    torch.cuda.synchronize()
-    samples = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        run()
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end))
-    return samples
 
 
 def main() -> int:
@@ -66,15 +51,15 @@ def main() -> int:
                                   eos_token_id=None, pad_token_id=0)
 
     with torch.inference_mode():
-        prefill = cuda_ms(torch, lambda: model(context, use_cache=True), args.repeats, args.warmup)
-        query = cuda_ms(torch, lambda: model.generate(context, generation_config=generation), max(5, args.repeats // 4), 1)
-    prefill_ms, query_ms = statistics.median(prefill), statistics.median(query)
+        prefill = time_cuda(torch, lambda: model(context, use_cache=True), args.repeats, args.warmup)
+        query = time_cuda(torch, lambda: model.generate(context, generation_config=generation), max(5, args.repeats // 4), 1)
+    prefill_ms, query_ms = prefill["median_ms"], query["median_ms"]
     result = {
         "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "python": platform.python_version(),
         "shape": "Llama-2-7B (random weights), bf16", "context_tokens": args.context, "new_tokens": args.new_tokens,
         "prefill_ms": prefill_ms, "query_ms": query_ms,
         "decode_ms_per_token": (query_ms - prefill_ms) / args.new_tokens,
-        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "peak_mem_gib": max(prefill["peak_mem_gib"], query["peak_mem_gib"]),
     }
     print(f"| GPU | context | prefill ms | {args.new_tokens} new tokens: query ms | ms/token | peak GiB |")
     print("|---|---|---|---|---|---|")

@@ -20,28 +20,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _common import time_cuda
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results" / "gpu_upn.json"
 MIN_REPEATS = 20
-
-
-def time_cuda(torch: Any, run: Any, repeats: int, warmup: int) -> dict[str, float]:
-    """Median / min / max milliseconds of ``run()`` measured with CUDA events, plus peak memory."""
-    for _ in range(warmup):
-        run()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    samples = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        run()
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end))
-    return {"median_ms": statistics.median(samples), "min_ms": min(samples), "max_ms": max(samples),
-            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30}
 
 
 def main() -> int:

@@ -391,7 +391,6 @@ def test_missing_transformers_says_what_to_pip_install(tiny_dir: Path, monkeypat
         ChatRexBackend(str(tiny_dir), device="cpu", trust_remote_code=True)
 
 
-@pytest.mark.skipif(not PYPROJECT.exists(), reason="pyproject.toml not written yet")
 def test_pyproject_chatrex_extra_pins_the_same_transformers_range() -> None:
     from packaging.requirements import Requirement
     from packaging.specifiers import SpecifierSet
