@@ -155,7 +155,7 @@ def _finish(result: Any, args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     from chatrex_ros.eval.bagio import BagReader
-    from chatrex_ros.eval.groundtruth import GroundTruth, load_queries
+    from chatrex_ros.eval.groundtruth import GroundTruth, load_queries, stamp_tolerance_ns
     from chatrex_ros.eval.offline import evaluate_bag
     from chatrex_ros.eval.recorded import evaluate_recorded
 
@@ -164,7 +164,7 @@ def run_eval(args: argparse.Namespace) -> int:
             raise ValueError("give --bag BAG (run the models on its images) or --answers REC (score recorded answers)")
         if (args.gt is None) == (args.gt_topic is None):
             raise ValueError("give exactly one of --gt GT.json or --gt-topic TOPIC")
-        tolerance_ns = _tolerance_ns(args.stamp_tolerance_ms)
+        tolerance_ns = stamp_tolerance_ns(args.stamp_tolerance_ms)
         if args.gt is not None:
             gt = GroundTruth.load(args.gt)
         else:
@@ -181,12 +181,6 @@ def run_eval(args: argparse.Namespace) -> int:
         return _finish(result, args)
     except (ValueError, FileNotFoundError, ImportError, TypeError) as error:
         return _fail("eval", error)
-
-
-def _tolerance_ns(milliseconds: float) -> int:
-    if not milliseconds >= 0:
-        raise ValueError(f"--stamp-tolerance-ms must be >= 0, got {milliseconds}")
-    return int(round(milliseconds * 1e6))
 
 
 def run_make_sample(args: argparse.Namespace) -> int:

@@ -89,13 +89,8 @@ def _load_ground_truth(args: argparse.Namespace) -> tuple[Any, tuple[Any, ...]]:
     return gt, (load_queries(args.queries, gt) if args.queries else ())
 
 
-def _tolerance_ns(milliseconds: float) -> int:
-    if not milliseconds >= 0:
-        raise ValueError(f"--stamp-tolerance-ms must be >= 0, got {milliseconds}")
-    return int(round(milliseconds * 1e6))
-
-
 def run(args: argparse.Namespace) -> int:
+    from chatrex_ros.eval.groundtruth import stamp_tolerance_ns
     from chatrex_ros.launcher import dds_environment
     from chatrex_ros.ros.replay import ReplayOptions, plan_replay, run_replay
 
@@ -107,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         )
         options.validate()  # before reading a long bag
         gt, referring = _load_ground_truth(args)
-        plan = plan_replay(args.bag, args.image_topic, gt, referring, args.ask, _tolerance_ns(args.stamp_tolerance_ms),
+        plan = plan_replay(args.bag, args.image_topic, gt, referring, args.ask, stamp_tolerance_ns(args.stamp_tolerance_ms),
                            args.max_frames)
     except (ValueError, FileNotFoundError, ImportError) as error:
         return _fail(error)

@@ -280,3 +280,10 @@ def match_stamps(gt: GroundTruth, stamps_ns: Sequence[int], tolerance_ns: int = 
             "bag/topic, that images[].stamp_ns is header.stamp in nanoseconds, or pass a stamp tolerance"
         )
     return {stamp: gt.image(image_id) for image_id, (_, stamp) in best.items()}
+
+
+def stamp_tolerance_ns(milliseconds: float) -> int:
+    """A ``--stamp-tolerance-ms`` value in nanoseconds (ValueError when negative or NaN)."""
+    if not milliseconds >= 0:
+        raise ValueError(f"--stamp-tolerance-ms must be >= 0, got {milliseconds}")
+    return int(round(milliseconds * 1e6))
