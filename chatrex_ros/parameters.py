@@ -77,13 +77,24 @@ def resolve(specs: Sequence[ParamSpec], values: Mapping[str, Any]) -> dict[str, 
 
 
 def node_section(config_path: str | Path, node: str) -> dict[str, Any]:
-    """The ``ros__parameters`` of one node in a ROS 2 params file ({} when the node has no section)."""
-    import yaml
+    """The parameters a ROS 2 params file gives ``node`` as the robot runs it ({} when no section applies).
 
-    with open(config_path, encoding="utf-8") as stream:
-        data = yaml.safe_load(stream) or {}
-    section = (data.get(node) or {}) if isinstance(data, dict) else {}
-    return dict(section.get("ros__parameters") or {})
+    ``node`` is a node of the chatrex graph (``"proposal_node"``, read as ``/chatrex/proposal_node``, the name
+    `chatrex-ros up` and the launch file give it) or a fully qualified name. Sections are matched as rcl matches
+    them (``/**/proposal_node``, ``/chatrex/*``, ... in file order, later wins; see :mod:`chatrex_ros.params_file`),
+    so `chatrex-ros eval/demo --config` read exactly the values the running node gets; a bare ``proposal_node:``
+    section is read as the graph's node too, as `chatrex-ros up` reads it. Nested parameters come back with
+    dotted names (``image_qos.depth``), which :func:`resolve` takes like nested ones. ROS's built-in
+    ``use_sim_time`` (often set for every node with ``/**``) is left out: it is no entry of a node's table, and
+    the offline tools have no ROS clock.
+    """
+    from chatrex_ros.launcher import NAMESPACE, USE_SIM_TIME
+    from chatrex_ros.params_file import bare_names_in_namespace, load_sections, node_parameters, qualified_name
+
+    sections = bare_names_in_namespace(load_sections(config_path), NAMESPACE)
+    values = node_parameters(sections, node if node.startswith("/") else qualified_name(NAMESPACE, node))
+    values.pop(USE_SIM_TIME.name, None)
+    return values
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -1,38 +1,81 @@
-"""Launch the chatrex graph: proposal_node + language_node (+ grasp_target_node with grasp:=true).
+"""Launch the chatrex graph: proposal_node + language_node (+ grasp_target_node with grasp:=true), in /chatrex.
 
     ros2 launch chatrex_ros chatrex.launch.py image_topic:=/camera/color/image_raw \
-        proposal_backend:=onnxruntime language_backend:=chatrex model_path:=/models/ChatRex-7B
+        proposal_backend:=onnxruntime language_backend:=chatrex model_path:=/models/ChatRex-7B grasp:=true
 
-Parameters come from config/chatrex.yaml (or params_file:=...); the launch arguments below override the most
-common ones. `chatrex-ros up` starts the same graph without the ROS CLI.
+Parameters come from config/chatrex.yaml (or params_file:=...). The launch arguments proposal_backend,
+language_backend and model_path override their parameter only when given: they default to "" so that the params
+file, not a launch-file default, decides. The topic arguments remap the nodes' inputs (defaults: RealSense
+realsense-ros 4.x with align_depth.enable:=true). `chatrex-ros up` starts the same graph without the ROS CLI.
 """
 
 import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.conditions import IfCondition
 from launch.substitutions import EnvironmentVariable, LaunchConfiguration
 from launch_ros.actions import Node
 
+NAMESPACE = "chatrex"
+
+# (launch argument, node, parameter, description): applied over the params file only when not empty.
+PARAMETER_ARGUMENTS = (
+    ("proposal_backend", "proposal_node", "backend", "selective_search | torch | onnxruntime | tensorrt"),
+    ("language_backend", "language_node", "language_backend", "none | chatrex"),
+    ("model_path", "language_node", "model_path", "local ChatRex-7B directory"),
+)
+
+# (launch argument, default topic, description)
+TOPIC_ARGUMENTS = (
+    ("image_topic", "/camera/image_raw", "camera image topic"),
+    ("depth_topic", "/camera/camera/aligned_depth_to_color/image_raw",
+     "depth image aligned to the colour camera"),
+    ("depth_info_topic", "/camera/camera/aligned_depth_to_color/camera_info", "camera_info of the depth image"),
+    ("color_info_topic", "/camera/camera/color/camera_info", "camera_info of the colour image"),
+)
+
+# node -> (input topic of the node, launch argument remapping it)
+NODE_INPUTS = {
+    "proposal_node": (("image", "image_topic"),),
+    "language_node": (("image", "image_topic"),),
+    "grasp_target_node": (("depth", "depth_topic"), ("depth/camera_info", "depth_info_topic"),
+                          ("color/camera_info", "color_info_topic")),
+}
+OPTIONAL_NODES = {"grasp_target_node": "grasp"}  # node -> boolean launch argument that starts it
+
+
+def _nodes(context, *args, **kwargs):
+    """The Node actions, built once the launch arguments are known (an empty override is not applied)."""
+    params_file = LaunchConfiguration("params_file").perform(context)
+    actions = []
+    for name, inputs in NODE_INPUTS.items():
+        overrides = {}
+        for argument, node, parameter, _ in PARAMETER_ARGUMENTS:
+            value = LaunchConfiguration(argument).perform(context) if node == name else ""
+            if value:
+                overrides[parameter] = value
+        extra = {"condition": IfCondition(LaunchConfiguration(OPTIONAL_NODES[name]))} if name in OPTIONAL_NODES else {}
+        actions.append(Node(
+            package="chatrex_ros", executable=name, name=name, namespace=NAMESPACE,
+            parameters=[params_file, overrides] if overrides else [params_file],
+            remappings=[(topic, LaunchConfiguration(argument).perform(context)) for topic, argument in inputs],
+            output="screen", **extra,
+        ))
+    return actions
+
 
 def generate_launch_description():
     share = get_package_share_directory("chatrex_ros")
-    params_file = LaunchConfiguration("params_file")
-    image_topic = LaunchConfiguration("image_topic")
     arguments = [
         DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "chatrex.yaml"),
                               description="ROS params file for the nodes"),
-        DeclareLaunchArgument("image_topic", default_value="/camera/image_raw", description="camera image topic"),
-        DeclareLaunchArgument("depth_topic", default_value="/camera/aligned_depth_to_color/image_raw",
-                              description="depth image aligned to the colour camera"),
-        DeclareLaunchArgument("depth_info_topic", default_value="/camera/aligned_depth_to_color/camera_info",
-                              description="camera_info of the depth image"),
-        DeclareLaunchArgument("proposal_backend", default_value="selective_search",
-                              description="selective_search | torch | onnxruntime | tensorrt"),
-        DeclareLaunchArgument("language_backend", default_value="none", description="none | chatrex"),
-        DeclareLaunchArgument("model_path", default_value="", description="local ChatRex-7B directory"),
+        *(DeclareLaunchArgument(name, default_value=default, description=text)
+          for name, default, text in TOPIC_ARGUMENTS),
+        *(DeclareLaunchArgument(name, default_value="",
+                                description=f"{text} (default: the params file's {node} {param})")
+          for name, node, param, text in PARAMETER_ARGUMENTS),
         DeclareLaunchArgument("grasp", default_value="false", description="also start grasp_target_node"),
         # Camera frames do not fit Fast DDS's default shared-memory segment; the shipped profile has a 32 MB one
         # (single host: UDP on loopback only; use config/fastdds_multihost.xml across machines).
@@ -46,22 +89,4 @@ def generate_launch_description():
         SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", LaunchConfiguration("fastdds_profile")),
         SetEnvironmentVariable("RMW_FASTRTPS_USE_QOS_FROM_XML", "0"),
     ]
-    proposal_node = Node(
-        package="chatrex_ros", executable="proposal_node", name="proposal_node", namespace="chatrex",
-        parameters=[params_file, {"backend": LaunchConfiguration("proposal_backend")}],
-        remappings=[("image", image_topic)], output="screen",
-    )
-    language_node = Node(
-        package="chatrex_ros", executable="language_node", name="language_node", namespace="chatrex",
-        parameters=[params_file, {"language_backend": LaunchConfiguration("language_backend"),
-                                  "model_path": LaunchConfiguration("model_path")}],
-        remappings=[("image", image_topic)], output="screen",
-    )
-    grasp_target_node = Node(
-        package="chatrex_ros", executable="grasp_target_node", name="grasp_target_node", namespace="chatrex",
-        parameters=[params_file],
-        remappings=[("depth", LaunchConfiguration("depth_topic")),
-                    ("depth/camera_info", LaunchConfiguration("depth_info_topic"))],
-        output="screen", condition=IfCondition(LaunchConfiguration("grasp")),
-    )
-    return LaunchDescription([*arguments, *environment, proposal_node, language_node, grasp_target_node])
+    return LaunchDescription([*arguments, *environment, OpaqueFunction(function=_nodes)])

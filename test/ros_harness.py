@@ -153,3 +153,21 @@ def set_parameters(client: RosClient, node_name: str, **values: Any) -> list[Any
         return list(future.result().results)
     finally:
         client.node.destroy_client(service)
+
+
+def get_parameters(client: RosClient, node_name: str, *names: str) -> dict[str, Any]:
+    """Read parameters of a running node through its standard service (what `ros2 param get` does).
+
+    An undeclared name comes back as None (PARAMETER_NOT_SET).
+    """
+    from rcl_interfaces.srv import GetParameters
+    from rclpy.parameter import parameter_value_to_python
+
+    service = client.node.create_client(GetParameters, f"{node_name}/get_parameters")
+    try:
+        assert service.wait_for_service(timeout_sec=10), f"no parameter service for {node_name}"
+        future = service.call_async(GetParameters.Request(names=list(names)))
+        wait_until(future.done, 10, "get_parameters")
+        return {name: parameter_value_to_python(value) for name, value in zip(names, future.result().values)}
+    finally:
+        client.node.destroy_client(service)

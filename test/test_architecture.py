@@ -8,6 +8,7 @@ import sys
 ROS_FREE_MODULES = [
     "chatrex_ros.core.protocol", "chatrex_ros.core.proposals", "chatrex_ros.core.answering", "chatrex_ros.core.grasp",
     "chatrex_ros.core.grasp_pairing", "chatrex_ros.core.frame_cache", "chatrex_ros.core.images",
+    "chatrex_ros.core.stamps", "chatrex_ros.core.time_jumps", "chatrex_ros.params_file",
     "chatrex_ros.models.base", "chatrex_ros.models.registry", "chatrex_ros.models.settings",
     "chatrex_ros.models.selective_search", "chatrex_ros.models.upn", "chatrex_ros.models.upn_backends",
     "chatrex_ros.models.chatrex", "chatrex_ros.parameters", "chatrex_ros.launcher",

@@ -16,13 +16,15 @@ import numpy as np
 import pytest
 
 from chatrex_ros.cli import main
+from chatrex_ros.core.answering import AnswerStatus
 from chatrex_ros.core.types import RawProposals
 from chatrex_ros.eval.bagio import BagError, BagReader, BagWriter
 from chatrex_ros.eval.groundtruth import GroundTruth, load_queries
 from chatrex_ros.eval.offline import NO_LANGUAGE_NOTE, evaluate_bag
-from chatrex_ros.eval.recorded import evaluate_recorded
-from chatrex_ros.eval.report import render_markdown, write_outputs
-from chatrex_ros.eval.scoring import score_answers
+from chatrex_ros.eval.records import AnswerRecord, evaluation_requests
+from chatrex_ros.eval.recorded import evaluate_recorded, log_time_rate
+from chatrex_ros.eval.report import UNMEASURED_LABEL, ZERO_LABEL, per_class_figure, render_markdown, write_outputs
+from chatrex_ros.eval.scoring import answers_not_available, score_answers
 from chatrex_ros.eval.sample import (
     SAMPLE_FRAME_ID,
     SAMPLE_IMAGE_TOPIC,
@@ -209,6 +211,89 @@ def test_recorded_answers_score_like_the_offline_run_and_report_drops_and_latenc
     assert scored.inputs["answer_topic"] == "/chatrex/answer" and scored.inputs["proposal_topic"] == "/chatrex/proposals"
     files = write_outputs(scored, tmp_path / "out", plots=False)
     assert "## Referring" in files["report"].read_text()
+    # throughput is the recorded pipeline's (log time), not the scorer's speed
+    assert "frames_per_s" not in scored.timing and scored.timing["scoring_s"] > 0
+    span_s = (gt.images[-1].stamp_ns - gt.images[0].stamp_ns) / 1e9
+    answers_rate = scored.timing["recorded_throughput"]["answers"]
+    assert answers_rate["count"] == len(result.answers) and answers_rate["span_s"] == pytest.approx(span_s)
+    assert answers_rate["per_s"] == pytest.approx((len(result.answers) - 1) / span_s)
+    assert "answers/s" in files["report"].read_text() and "Throughput:" not in files["report"].read_text()
+
+
+NO_MODEL = "no language model configured: set language_backend:=chatrex and model_path:=<ChatRex-7B dir>"
+
+
+def _record_without_a_model(oracle_run, sample, path):
+    """What `chatrex-ros replay --gt` records from a graph started without a language model."""
+    result, _ = oracle_run
+    gt = sample["gt"]
+    failed = [AnswerRecord(image.stamp_ns, query_id, "detect", status=int(AnswerStatus.MODEL_ERROR),
+                           status_message=NO_MODEL, received_ns=image.stamp_ns + 50_000_000)
+              for image in gt.images for query_id, _ in evaluation_requests(gt, image.id, sample["queries"])]
+    with BagWriter(path) as writer:
+        for image in gt.images:
+            writer.write_image(SAMPLE_IMAGE_TOPIC, load_sample_image(image), image.stamp_ns, SAMPLE_FRAME_ID)
+        for record in result.proposals:
+            writer.write_proposals("/chatrex/proposals", record, SAMPLE_FRAME_ID,
+                                   log_time_ns=record.stamp_ns + 40_000_000)
+        for record in failed:
+            writer.write_answer("/chatrex/answer", record, SAMPLE_FRAME_ID)
+    return failed
+
+
+def test_recorded_answers_without_a_language_model_are_not_available_not_zero(oracle_run, sample, tmp_path, capsys):
+    failed = _record_without_a_model(oracle_run, sample, tmp_path / "rec")
+    count = len(failed)
+    scored = evaluate_recorded(tmp_path / "rec", sample["gt"], sample["queries"])
+    answers = scored.metrics["answers"]
+    assert answers["available"] is False and answers["detection"] is None and answers["referring"] is None
+    assert answers["no_language_model"] and answers["status_counts"] == {"MODEL_ERROR": count}
+    assert f'MODEL_ERROR: {count} ("no language model configured' in answers["reason"]
+    assert scored.metrics["proposals"]["recall"]["10"]["iou_0.5"] == 1.0  # proposal metrics still reported
+    assert any("not available" in note and "language_backend:=chatrex" in note for note in scored.notes)
+    markdown = render_markdown(scored.to_json())
+    assert "Not available: no answer in the recording is OK" in markdown
+    assert "Precision" not in markdown and "## Referring" not in markdown
+
+    out = tmp_path / "out"  # the CLI, plots included: the same message, even with --quiet
+    assert main(["eval", "--answers", str(tmp_path / "rec"), "--gt", str(sample_annotations_path()), "--queries",
+                 str(sample_queries_path()), "--out", str(out), "--quiet"]) == 0
+    assert f"not available: no answer in the recording is OK (MODEL_ERROR: {count}" in capsys.readouterr().err
+    stored = json.loads((out / "metrics.json").read_text())["metrics"]["answers"]
+    assert stored["detection"] is None and stored["status_counts"] == {"MODEL_ERROR": count}
+    assert (out / "per_class_pr.png").stat().st_size > 0  # proposal recall per class, as offline without a model
+
+
+def test_answers_not_available_only_without_any_ok_answer():
+    assert answers_not_available([])["reason"] == "the recording has no answers"
+    busy = AnswerRecord(1, "eval-detect/1", "detect", status=int(AnswerStatus.BUSY), status_message="queue full")
+    entry = answers_not_available([busy])
+    assert entry["reason"] == 'no answer in the recording is OK (BUSY: 1 ("queue full"))'
+    assert entry["no_language_model"] is False
+    assert answers_not_available([busy, AnswerRecord(1, "eval-detect/2", "detect")]) is None
+
+
+def test_log_time_rate_counts_intervals():
+    assert log_time_rate([3_000_000_000, 1_000_000_000, 2_000_000_000]) == {"count": 3, "span_s": 2.0, "per_s": 1.0}
+    assert log_time_rate([5])["per_s"] is None and log_time_rate([])["count"] == 0
+
+
+def test_per_class_plot_draws_zero_and_not_measured_distinctly():
+    pytest.importorskip("matplotlib")
+    names = ["cup", "tower", "bird"]
+    figure = per_class_figure(names, {"precision": [0.5, None, 0.0], "recall": [1.0, 0.0, None]}, "P/R")
+    axes = figure.axes[0]
+    width = 0.8 / 2
+    precision_x, recall_x = [i - width / 2 for i in range(3)], [i + width / 2 for i in range(3)]
+    markers = [line for line in axes.get_lines() if line.get_marker() == "D"]
+    zero_points = sorted((round(float(x), 6), float(y)) for line in markers for x, y in zip(*line.get_data()))
+    assert zero_points == [(round(recall_x[1], 6), 0.0), (round(precision_x[2], 6), 0.0)]
+    assert all(not line.get_clip_on() for line in markers)  # not hidden under the axis
+    labels = sorted((t.get_text(), round(t.get_position()[0], 6)) for t in axes.texts)
+    assert labels == sorted([(ZERO_LABEL, round(recall_x[1], 6)), (ZERO_LABEL, round(precision_x[2], 6)),
+                             (UNMEASURED_LABEL, round(precision_x[1], 6)), (UNMEASURED_LABEL, round(recall_x[2], 6))])
+    heights = [patch.get_height() for patch in axes.patches]
+    assert heights == [0.5, 0.0, 0.0, 1.0, 0.0, 0.0]
 
 
 def test_cli_eval_on_sqlite_bag_with_gt_topic(sample, tmp_path):

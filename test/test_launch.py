@@ -1,7 +1,8 @@
 """launch/chatrex.launch.py, config/chatrex.yaml and `chatrex-ros up` describe one and the same graph.
 
 launch/launch_ros are not installable here, so the launch file is loaded with small recording stand-ins for
-those modules (test doubles of ROS tooling outside the package) and its description is checked.
+those modules (test doubles of ROS tooling outside the package) and its description is checked; its
+OpaqueFunction is called with a stand-in context holding the launch arguments.
 """
 
 from __future__ import annotations
@@ -12,17 +13,31 @@ import sys
 import time
 import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-from chatrex_ros.launcher import GRAPH, NAMESPACE, dds_environment, load_config, plan_graph
-from chatrex_ros.parameters import flatten
+from chatrex_ros.launcher import (
+    GRAPH,
+    NAMESPACE,
+    GraphConfig,
+    GraphConfigError,
+    dds_environment,
+    load_config,
+    plan_graph,
+)
+from chatrex_ros.parameters import node_section
+from chatrex_ros.params_file import load_sections, matches, node_parameters, sections
 from chatrex_ros.ros import grasp_target_node, language_node, proposal_node
 
 ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "config" / "chatrex.yaml"
 NODE_PARAMETERS = {"proposal_node": proposal_node.PARAMETERS, "language_node": language_node.PARAMETERS,
                    "grasp_target_node": grasp_target_node.PARAMETERS}
+REALSENSE = {"depth": "/camera/camera/aligned_depth_to_color/image_raw",
+             "depth/camera_info": "/camera/camera/aligned_depth_to_color/camera_info",
+             "color/camera_info": "/camera/camera/color/camera_info"}
 
 
 class Recorded:
@@ -32,12 +47,20 @@ class Recorded:
         self.args, self.kwargs = args, kwargs
 
 
+class LaunchConfigurationStandIn(Recorded):
+    """As launch's LaunchConfiguration: ``perform`` reads the argument's value from the context."""
+
+    def perform(self, context) -> str:
+        return context.launch_configurations[self.args[0]]
+
+
 def _stub_modules(monkeypatch) -> None:
     modules = {
         "launch": {"LaunchDescription": Recorded},
-        "launch.actions": {"DeclareLaunchArgument": Recorded, "SetEnvironmentVariable": Recorded},
+        "launch.actions": {"DeclareLaunchArgument": Recorded, "SetEnvironmentVariable": Recorded,
+                           "OpaqueFunction": Recorded},
         "launch.conditions": {"IfCondition": Recorded},
-        "launch.substitutions": {"LaunchConfiguration": Recorded, "EnvironmentVariable": Recorded},
+        "launch.substitutions": {"LaunchConfiguration": LaunchConfigurationStandIn, "EnvironmentVariable": Recorded},
         "launch_ros": {},
         "launch_ros.actions": {"Node": Recorded},
     }
@@ -59,19 +82,19 @@ def description(monkeypatch):
     return module.generate_launch_description()
 
 
-def _nodes(description) -> dict[str, Recorded]:
-    return {a.kwargs["name"]: a for a in description.args[0] if "executable" in a.kwargs}
-
-
 def _arguments(description) -> dict[str, Recorded]:
     return {a.args[0]: a for a in description.args[0] if "default_value" in a.kwargs}
 
 
-def _value(substitution, arguments) -> str:
-    """Resolve a recorded LaunchConfiguration to its argument's default."""
-    if isinstance(substitution, Recorded) and substitution.args and substitution.args[0] in arguments:
-        return arguments[substitution.args[0]].kwargs["default_value"]
-    return substitution
+def _nodes(description, **given: str) -> dict[str, Recorded]:
+    """The Node actions the OpaqueFunction builds for these launch arguments (the others at their defaults)."""
+    values: dict[str, Any] = {name: a.kwargs["default_value"] for name, a in _arguments(description).items()}
+    unknown = set(given) - set(values)
+    assert not unknown, f"not launch arguments: {unknown}"
+    context = types.SimpleNamespace(launch_configurations={**values, **given})
+    functions = [a.kwargs["function"] for a in description.args[0] if "function" in a.kwargs]
+    assert len(functions) == 1
+    return {node.kwargs["name"]: node for node in functions[0](context)}
 
 
 def test_every_executable_is_an_entry_point_and_a_ros2_run_script(description) -> None:
@@ -92,54 +115,244 @@ def test_launch_file_matches_the_launcher_graph(description) -> None:
     for spec in GRAPH:
         node = nodes[spec.name]
         assert node.kwargs["namespace"] == NAMESPACE
-        remaps = {source: _value(target, arguments) for source, target in node.kwargs["remappings"]}
-        assert remaps == dict(spec.remaps), spec.name
+        assert dict(node.kwargs["remappings"]) == dict(spec.remaps), spec.name
         assert ("condition" in node.kwargs) == spec.optional
     assert arguments["params_file"].kwargs["default_value"] == "/opt/share/chatrex_ros/config/chatrex.yaml"
+    assert dict(next(spec for spec in GRAPH if spec.name == "grasp_target_node").remaps) == REALSENSE
+
+
+def test_without_launch_arguments_the_params_file_alone_configures_the_nodes(description) -> None:
+    for name, node in _nodes(description).items():
+        assert node.kwargs["parameters"] == ["/opt/share/chatrex_ros/config/chatrex.yaml"], name
+
+
+def test_given_launch_arguments_are_applied(description) -> None:
+    nodes = _nodes(description, params_file="/robot.yaml", proposal_backend="onnxruntime",
+                   language_backend="chatrex", model_path="/models/ChatRex-7B", image_topic="/cam/rgb",
+                   depth_topic="/d", depth_info_topic="/d/info", color_info_topic="/c/info")
+    assert nodes["proposal_node"].kwargs["parameters"] == ["/robot.yaml", {"backend": "onnxruntime"}]
+    assert nodes["language_node"].kwargs["parameters"] == [
+        "/robot.yaml", {"language_backend": "chatrex", "model_path": "/models/ChatRex-7B"}]
+    assert nodes["grasp_target_node"].kwargs["parameters"] == ["/robot.yaml"]
+    assert dict(nodes["proposal_node"].kwargs["remappings"]) == {"image": "/cam/rgb"}
+    assert dict(nodes["language_node"].kwargs["remappings"]) == {"image": "/cam/rgb"}
+    assert dict(nodes["grasp_target_node"].kwargs["remappings"]) == {
+        "depth": "/d", "depth/camera_info": "/d/info", "color/camera_info": "/c/info"}
+    only_model = _nodes(description, model_path="/m")
+    assert only_model["language_node"].kwargs["parameters"][1] == {"model_path": "/m"}
 
 
 def test_launch_overrides_are_declared_parameters(description) -> None:
-    for name, node in _nodes(description).items():
+    nodes = _nodes(description, proposal_backend="torch", language_backend="chatrex", model_path="/m")
+    for name, node in nodes.items():
         declared = {spec.name for spec in NODE_PARAMETERS[name]}
         for entry in node.kwargs["parameters"][1:]:
             assert set(entry) <= declared, name
+    overridable = {argument.args[0] for argument in _arguments(description).values()
+                   if argument.kwargs["default_value"] == ""}
+    assert overridable == {"proposal_backend", "language_backend", "model_path"}
+
+
+# ---- config/chatrex.yaml ----
 
 
 def test_config_entries_are_declared_with_the_right_type() -> None:
-    config = yaml.safe_load((ROOT / "config" / "chatrex.yaml").read_text())
     for node_name, specs in NODE_PARAMETERS.items():
-        if node_name not in config:
-            continue
         by_name = {spec.name: spec for spec in specs}
-        for name, value in flatten(config[node_name]["ros__parameters"]).items():
+        values = node_section(CONFIG, node_name)
+        assert values, f"config/chatrex.yaml has nothing for /chatrex/{node_name}"
+        for name, value in values.items():
             assert name in by_name, f"{node_name}.{name} is not declared by the node"
             assert by_name[name].validate(value) is None, by_name[name].validate(value)
 
 
 def test_config_defaults_equal_the_declared_defaults() -> None:
     """So that `ros2 run` without a params file behaves like the launched graph."""
-    config = yaml.safe_load((ROOT / "config" / "chatrex.yaml").read_text())
     for node_name, specs in NODE_PARAMETERS.items():
-        flat = flatten(config.get(node_name, {}).get("ros__parameters", {}))
+        flat = node_section(CONFIG, node_name)
         for spec in specs:
             if spec.name in flat:
                 assert flat[spec.name] == spec.default, f"{node_name}.{spec.name}"
 
 
+def test_config_sections_apply_to_the_graph_in_any_namespace_and_to_ros2_run() -> None:
+    found = load_sections(CONFIG)
+    assert [s.pattern for s in found] == ["/**/proposal_node", "/**/language_node", "/**/grasp_target_node"]
+    for spec in GRAPH:
+        for node in (f"/chatrex/{spec.name}", f"/{spec.name}", f"/robot/{spec.name}"):
+            assert node_parameters(found, node) == node_section(CONFIG, spec.name), node
+
+
+def test_eval_reads_the_language_node_section_of_the_shipped_config() -> None:
+    """`chatrex-ros eval/demo --config` use node_section: the same values as the running node."""
+    values = node_section(CONFIG, "language_node")
+    assert values["language_backend"] == "none" and values["queue_size"] == 4
+    assert values["image_qos.reliability"] == "best_effort"
+    assert node_section(CONFIG, "/chatrex/language_node") == values
+
+
+# ---- params-file matching, as rcl does it ----
+
+
+@pytest.mark.parametrize(("pattern", "node", "expected"), [
+    ("/**/proposal_node", "/chatrex/proposal_node", True),
+    ("/**/proposal_node", "/proposal_node", True),
+    ("/**/proposal_node", "/a/b/proposal_node", True),
+    ("/**", "/chatrex/proposal_node", True),
+    ("chatrex/proposal_node", "/chatrex/proposal_node", True),
+    ("/chatrex/proposal_node", "/chatrex/proposal_node", True),
+    ("proposal_node", "/chatrex/proposal_node", False),
+    ("proposal_node", "/proposal_node", True),
+    ("/*/proposal_node", "/chatrex/proposal_node", True),
+    ("/*/proposal_node", "/proposal_node", False),
+    ("/*", "/chatrex/proposal_node", False),
+    ("/*", "/proposal_node", True),
+    ("/chatrex/*", "/chatrex/language_node", True),
+    ("/chatrex/**", "/chatrex/proposal_node", True),
+    ("/chatrex/**", "/proposal_node", False),
+    ("/**/chatrex/**/proposal_node", "/a/chatrex/b/proposal_node", True),
+    ("/**/**/proposal_node", "/proposal_node", True),
+    ("/**/langauge_node", "/chatrex/language_node", False),
+])
+def test_pattern_matching(pattern: str, node: str, expected: bool) -> None:
+    assert matches(pattern, node) is expected
+
+
+def test_sections_apply_in_file_order_and_nested_names_join() -> None:
+    document = yaml.safe_load("""
+/chatrex/proposal_node: {ros__parameters: {a: 2, q: {y: 2}}}
+/**: {ros__parameters: {a: 1, b: 1, q: {x: 1}}}
+chatrex:
+  proposal_node: {ros__parameters: {c: 3}}
+/**/proposal_node: {ros__parameters: {b: 3}}
+""")
+    found = sections(document)
+    assert [s.pattern for s in found] == ["/chatrex/proposal_node", "/**", "chatrex/proposal_node", "/**/proposal_node"]
+    assert node_parameters(found, "/chatrex/proposal_node") == {"a": 1, "q.y": 2, "b": 3, "q.x": 1, "c": 3}
+    assert node_parameters(found, "/proposal_node") == {"a": 1, "b": 3, "q.x": 1}
+
+
+@pytest.mark.parametrize("text", ["/**: {ros__parameters: 5}", "/**: {foo: 5}", "ros__parameters: {a: 1}",
+                                  "/chatrex/prop*: {ros__parameters: {a: 1}}", "[1, 2]"])
+def test_malformed_params_files_are_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        sections(yaml.safe_load(text))
+
+
+@pytest.mark.ros
+def test_matching_agrees_with_rclpy(tmp_path) -> None:
+    """Our reading of a params file is rclpy's, for several names and overlapping sections."""
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.node import Node
+
+    text = """
+/**: {ros__parameters: {a: 1, b: 1}}
+/chatrex/proposal_node: {ros__parameters: {a: 2, c: 2}}
+/*/proposal_node: {ros__parameters: {d: 3}}
+/*: {ros__parameters: {e: 4}}
+chatrex:
+  language_node: {ros__parameters: {f: 5}}
+/chatrex/**: {ros__parameters: {g: 6}}
+/**/proposal_node: {ros__parameters: {b: 7, q: {x: 7}}}
+proposal_node: {ros__parameters: {h: 8}}
+"""
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    found = load_sections(path)
+    builtins = {"use_sim_time", "start_type_description_service"}  # rclpy declares these on every node
+    context = Context()
+    rclpy.init(context=context, args=["--ros-args", "--params-file", str(path)])
+    try:
+        for namespace, name in (("/chatrex", "proposal_node"), ("/", "proposal_node"), ("/chatrex", "language_node"),
+                                ("/a/b", "proposal_node"), ("/", "language_node")):
+            node = Node(name, namespace=namespace, context=context,
+                        automatically_declare_parameters_from_overrides=True)
+            try:
+                theirs = {key: p.value for key, p in node.get_parameters_by_prefix("").items() if key not in builtins}
+                ours = node_parameters(found, node.get_fully_qualified_name())
+            finally:
+                node.destroy_node()
+            assert ours == theirs, (namespace, name)
+    finally:
+        rclpy.shutdown(context=context)
+
+
+# ---- chatrex-ros up's plan ----
+
+
+def _config(text: str, path: str = "robot.yaml") -> GraphConfig:
+    return GraphConfig(Path(path), sections(yaml.safe_load(text), path))
+
+
 def test_up_plans_the_same_graph_with_overrides() -> None:
-    planned = plan_graph(load_config(None), {"proposal_node": {"backend": "onnxruntime"}}, "/cam/rgb", with_grasp=False)
+    planned = plan_graph(load_config(None), {"proposal_node": {"backend": "onnxruntime", "min_score": 1}},
+                         {"image": "/cam/rgb"}, with_grasp=False)
     assert [p.spec.name for p in planned] == ["proposal_node", "language_node"]
     assert planned[0].parameters["backend"] == "onnxruntime" and planned[0].remaps == {"image": "/cam/rgb"}
+    assert planned[0].parameters["min_score"] == 1.0 and isinstance(planned[0].parameters["min_score"], float)
+    assert planned[0].params_document() == {"/chatrex/proposal_node": {"ros__parameters": planned[0].parameters}}
     command = planned[1].command(Path("/tmp/p.yaml"))
     assert command[1:3] == ["-m", "chatrex_ros.ros.language_node"]
     assert "__ns:=/chatrex" in command and "image:=/cam/rgb" in command
+
+
+def test_up_grasp_remaps_all_three_camera_inputs() -> None:
+    planned = plan_graph(load_config(None), with_grasp=True)
+    grasp = next(p for p in planned if p.spec.name == "grasp_target_node")
+    assert grasp.remaps == REALSENSE
+    planned = plan_graph(load_config(None), topics={"depth": "/d", "color/camera_info": "/c"}, with_grasp=True)
+    grasp = next(p for p in planned if p.spec.name == "grasp_target_node")
+    assert grasp.remaps == {**REALSENSE, "depth": "/d", "color/camera_info": "/c"}
+    command = grasp.command(Path("/tmp/g.yaml"))
+    assert "__ns:=/chatrex" in command and "color/camera_info:=/c" in command
+
+
+def test_up_reads_sections_as_rcl_does_and_bare_names_as_the_graph_nodes(tmp_path) -> None:
+    path = tmp_path / "robot.yaml"
+    path.write_text("/**:\n  ros__parameters:\n    use_sim_time: true\n"
+                    "/chatrex/proposal_node:\n  ros__parameters:\n    min_score: 0.5\n"
+                    "language_node:\n  ros__parameters:\n    queue_size: 7\n")
+    config = load_config(path)
+    assert config.bare_names == ["language_node"]
+    planned = {p.spec.name: p.parameters for p in plan_graph(config)}
+    assert planned["proposal_node"]["min_score"] == 0.5 and planned["proposal_node"]["use_sim_time"] is True
+    assert planned["language_node"]["queue_size"] == 7 and planned["language_node"]["use_sim_time"] is True
+    assert node_section(path, "language_node") == {"queue_size": 7}  # eval/demo read it the same way
+
+
+@pytest.mark.parametrize(("overrides", "text", "expected"), [
+    ({"language_node": {"bogus": 1}}, "", ["unknown parameter 'bogus'", "the parameters of language_node are:",
+                                           "queue_size", "use_sim_time"]),
+    ({"nosuchnode": {"x": 1}}, "", ["unknown node 'nosuchnode'", "proposal_node, language_node, grasp_target_node"]),
+    ({"proposal_node": {"max_proposals": 500}}, "", ["max_proposals must be <= 100"]),
+    ({"grasp_target_node": {"selection": "nearest"}}, "", ["selection must be one of"]),
+    ({}, "/**/langauge_node: {ros__parameters: {queue_size: 7}}", ["'/**/langauge_node' applies to no node",
+                                                                   "/chatrex/language_node"]),
+    ({}, "/**: {ros__parameters: {min_score: 0.5}}",
+     ["/** (for /chatrex/language_node): unknown parameter 'min_score'"]),
+    ({}, "/**/grasp_target_node: {ros__parameters: {margin: 0.9}}", ["margin must be <= 0.45"]),
+])
+def test_up_refuses_what_the_nodes_would_ignore_or_reject(overrides, text, expected) -> None:
+    with pytest.raises(GraphConfigError) as caught:
+        plan_graph(_config(text or "{}"), overrides)
+    message = str(caught.value)
+    for part in expected:
+        assert part in message, message
+
+
+def test_up_accepts_use_sim_time_for_every_node() -> None:
+    overrides = {spec.name: {"use_sim_time": True} for spec in GRAPH}
+    planned = plan_graph(_config("{}"), overrides, with_grasp=True)
+    assert all(p.parameters["use_sim_time"] is True for p in planned)
 
 
 def test_up_uses_the_shipped_fastdds_profile_unless_one_is_set() -> None:
     env = dds_environment({})
     assert Path(env["FASTDDS_DEFAULT_PROFILES_FILE"]).name == "fastdds.xml"
     assert env["RMW_FASTRTPS_USE_QOS_FROM_XML"] == "0"
-    assert dds_environment({"FASTDDS_DEFAULT_PROFILES_FILE": "/mine.xml"})["FASTDDS_DEFAULT_PROFILES_FILE"] == "/mine.xml"
+    mine = dds_environment({"FASTDDS_DEFAULT_PROFILES_FILE": "/mine.xml"})
+    assert mine["FASTDDS_DEFAULT_PROFILES_FILE"] == "/mine.xml"
 
 
 @pytest.mark.ros
@@ -147,7 +360,7 @@ def test_up_starts_the_graph_and_stops_cleanly_on_ctrl_c(tmp_path) -> None:
     import signal
 
     config = tmp_path / "graph.yaml"
-    config.write_text(yaml.safe_dump({"proposal_node": {"ros__parameters": {"warmup": False}}}))
+    config.write_text(yaml.safe_dump({"/**/proposal_node": {"ros__parameters": {"warmup": False}}}))
     process = subprocess.Popen([sys.executable, "-m", "chatrex_ros", "up", "--config", str(config)],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines: list[str] = []

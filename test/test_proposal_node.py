@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sensor_msgs.msg import Image
@@ -11,6 +17,8 @@ from chatrex_ros.ros.conversions import image_msg
 from ros_harness import NodeProcess, RosClient, header, set_parameters, textured_image, wait_until
 
 pytestmark = pytest.mark.ros
+
+TINY_CHECKPOINT = Path(__file__).parent / "data" / "upn" / "tiny_state_dict.safetensors"
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +127,8 @@ def test_a_upn_backend_slots_in_without_touching_the_node(tmp_path) -> None:
 @pytest.mark.parametrize("params,message", [
     ({"backend": "onnxruntime", "onnx": "/nonexistent/upn.onnx"}, "/nonexistent/upn.onnx"),
     ({"backend": "torch", "checkpoint": "/nonexistent/upn_large.pth"}, "/nonexistent/upn_large.pth"),
-    ({"backend": "torch", "device": "cuda", "model_variant": "tiny"}, "cuda"),
+    ({"backend": "torch", "device": "cuda", "model_variant": "tiny",
+      "checkpoint": str(TINY_CHECKPOINT)}, "cuda"),
     ({"backend": "python:no_such_module:Backend"}, "no_such_module"),
 ])
 def test_a_missing_model_file_or_device_fails_at_startup_with_a_clear_message(params, message) -> None:
@@ -129,6 +138,20 @@ def test_a_missing_model_file_or_device_fails_at_startup_with_a_clear_message(pa
     node.stop()
     assert "start-up failed" in output and message in output
     assert "Traceback" not in output
+
+
+def test_torch_backend_without_a_checkpoint_refuses_to_start_in_one_line() -> None:
+    """backend:=torch alone must not serve random-weight proposals: the process exits at once, saying what to pass."""
+    started = time.monotonic()
+    command = [sys.executable, "-m", "chatrex_ros.ros.proposal_node", "--ros-args", "-p", "backend:=torch"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, env=dict(os.environ))
+    elapsed = time.monotonic() - started
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert elapsed < 10, f"took {elapsed:.1f} s to refuse"
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert "start-up failed" in lines[0] and "checkpoint:=/path/to/upn_large.pth" in lines[0]
+    assert "model_variant" in lines[0]
 
 
 def test_compressed_images_are_served_with_image_transport_compressed() -> None:

@@ -121,9 +121,26 @@ def test_backend_errors_say_what_to_do(tmp_path):
     with pytest.raises(FileNotFoundError, match="upn-large"):
         make_upn_backend("torch", checkpoint=str(tmp_path / "missing.pth"), variant="tiny")
     with pytest.raises(ValueError, match="dtype"):
-        make_upn_backend("torch", checkpoint=None, variant="tiny", dtype="int8")
+        make_upn_backend("torch", checkpoint=WEIGHTS, variant="tiny", dtype="int8")
     with pytest.raises(ValueError, match="unknown UPN prompt"):
-        make_upn_backend("torch", checkpoint=None, variant="tiny", granularity="medium")
+        make_upn_backend("torch", checkpoint=None, variant="tiny", granularity="medium", random_weights=True)
+
+
+@pytest.mark.parametrize("checkpoint", [None, ""])
+def test_torch_backend_without_a_checkpoint_refuses_to_start(checkpoint):
+    """No checkpoint (None from Python, "" from the node parameter) never means random weights silently."""
+    with pytest.raises(ValueError, match=r"checkpoint:=/path/to/upn_large\.pth") as raised:
+        make_upn_backend("torch", checkpoint=checkpoint, variant="tiny")
+    message = str(raised.value)
+    assert "\n" not in message and "model_variant" in message and "random_weights=True" in message
+    with pytest.raises(ValueError, match="not both"):
+        make_upn_backend("torch", checkpoint=WEIGHTS, variant="tiny", random_weights=True)
+
+
+def test_torch_backend_random_weights_only_when_asked():
+    backend = make_upn_backend("torch", checkpoint=None, variant="tiny", random_weights=True)
+    boxes, logits = backend.infer(np.zeros((1, 3, 64, 64), np.float32))
+    assert boxes.shape[:2] == logits.shape[:2] and np.isfinite(boxes).all()
 
 
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="needs onnxruntime to reach the provider check")

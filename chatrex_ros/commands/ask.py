@@ -1,4 +1,12 @@
-"""`chatrex-ros ask "the red mug"`: publish a Query, wait for its Answer, print it (a table, or --json)."""
+"""`chatrex-ros ask "the red mug"`: publish a Query, wait for its Answer, print it (a table, or --json).
+
+The answer's image stamp is printed as exact decimal seconds (image_stamp, nine fraction digits) and
+--stamp reads that same text back to the nanosecond, so `ask --stamp <printed image_stamp>` asks about
+the very frame the previous answer was about (the language node pairs stamps exactly).
+
+Exit status: 0 answer OK, 1 error status, 2 usage error, 3 timeout (no answer, or status TIMEOUT),
+4 no language_node found on the query/answer topics within --wait-for-node seconds.
+"""
 
 from __future__ import annotations
 
@@ -7,32 +15,90 @@ import json
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
-EXIT_OK, EXIT_ERROR_STATUS, EXIT_TIMEOUT, EXIT_NO_NODE = 0, 1, 3, 4
+from chatrex_ros.core.stamps import NS_PER_S, format_stamp, parse_stamp
+
+EXIT_OK, EXIT_ERROR_STATUS, EXIT_USAGE, EXIT_TIMEOUT, EXIT_NO_NODE = 0, 1, 2, 3, 4
+QUERY_TYPE = "chatrex_ros/msg/Query"
+SPIN_S = 0.05
+
+
+def parse_indices(text: str) -> list[int]:
+    """``"3,5"`` -> ``[3, 5]``; argparse turns the ValueError into a usage error (exit 2)."""
+    try:
+        indices = [int(item) for item in text.replace(";", ",").split(",") if item.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected proposal indices like 3,5; got {text!r}") from None
+    if any(index < 0 for index in indices):
+        raise argparse.ArgumentTypeError(f"proposal indices are >= 0; got {text!r}")
+    return indices
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("ask", help="ask the running language_node a question", description=__doc__)
+    parser = subparsers.add_parser("ask", help="ask the running language_node a question", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("text", help="target phrase(s) for detect/count ('a; b'), the question for chat")
     parser.add_argument("--task", default="detect", help="detect, count, region_category, ..., chat (default detect)")
-    parser.add_argument("--indices", default="", help="proposal indices for region tasks, e.g. 3,5")
-    parser.add_argument("--stamp", type=float, default=0.0, help="image stamp in seconds (default: newest frame)")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the answer")
+    parser.add_argument("--indices", default=[], type=parse_indices, help="proposal indices for region tasks, e.g. 3,5")
+    parser.add_argument("--stamp", type=stamp_argument, default=0, metavar="SEC[.NANOS]",
+                        help="exact image stamp to ask about, as a previous answer printed it (image_stamp); "
+                             "default: the newest frame")
+    parser.add_argument("--timeout", type=seconds_argument(allow_zero=False), default=60.0, metavar="SECONDS",
+                        help="seconds to wait for the answer once the query is sent (default 60)")
+    parser.add_argument("--wait-for-node", type=seconds_argument(allow_zero=True), default=5.0, metavar="SECONDS",
+                        help="seconds to wait for a language_node on the query/answer topics before giving up "
+                             "with exit status 4 (default 5)")
     parser.add_argument("--max-new-tokens", type=int, default=0)
-    parser.add_argument("--namespace", default="/chatrex", help="namespace of the language_node topics")
+    parser.add_argument("--namespace", default="/chatrex",
+                        help="namespace of the language_node topics (default /chatrex)")
     parser.add_argument("--json", action="store_true", help="print the answer as JSON")
     parser.set_defaults(func=run)
 
 
+def stamp_argument(text: str) -> int:
+    """argparse type for --stamp: :func:`parse_stamp`, its message kept, so a bad value is a usage error (2)."""
+    try:
+        return parse_stamp(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def seconds_argument(allow_zero: bool) -> Callable[[str], float]:
+    """argparse type for a duration: a finite float, > 0 (or >= 0), refused at parse time rather than hanging."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        if not (value >= 0 if allow_zero else value > 0) or value == float("inf"):
+            bound = ">= 0" if allow_zero else "> 0"
+            raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds {bound}")
+        return value
+
+    parse.__name__ = "seconds"
+    return parse
+
+
+def topic_names(namespace: str) -> tuple[str, str, str]:
+    """(namespace as shown, query topic, answer topic): '/chatrex', 'chatrex/' and '/' all normalise."""
+    stripped = namespace.strip("/")
+    prefix = f"/{stripped}" if stripped else ""
+    return prefix or "/", f"{prefix}/query", f"{prefix}/answer"
+
+
 def answer_to_dict(answer: Any) -> dict[str, Any]:
+    """An Answer message as the JSON ``ask --json`` prints; ``image_stamp`` is exact (feed it to --stamp)."""
     from chatrex_ros.core.answering import AnswerStatus
 
+    stamp_ns = int(answer.header.stamp.sec) * NS_PER_S + int(answer.header.stamp.nanosec)
     return {
         "query_id": answer.query_id, "task": answer.task, "status": AnswerStatus(answer.status).name,
         "status_message": answer.status_message, "text": answer.text, "raw_output": answer.raw_output,
         "question": answer.question,
-        "image_stamp": answer.header.stamp.sec + answer.header.stamp.nanosec * 1e-9,
+        "image_stamp": format_stamp(stamp_ns), "image_stamp_ns": stamp_ns,
         "frame_id": answer.header.frame_id, "num_proposals": answer.num_proposals,
         "detections": [{"index": d.proposal_index, "label": d.label, "box": [round(float(v), 2) for v in d.box],
                         "score": round(float(d.score), 4)} for d in answer.detections],
@@ -43,6 +109,11 @@ def answer_to_dict(answer: Any) -> dict[str, Any]:
 def format_table(summary: dict[str, Any]) -> str:
     lines = [f"status: {summary['status']}" + (f" ({summary['status_message']})" if summary["status_message"] else ""),
              f"answer: {summary['text']}"]
+    if summary["image_stamp_ns"]:
+        stamp, frame = summary["image_stamp"], f", frame_id {summary['frame_id']}" if summary["frame_id"] else ""
+        lines.append(f"image stamp: {stamp}{frame} (ask about it again with --stamp {stamp})")
+    else:
+        lines.append("image stamp: none (no frame was answered about)")
     if summary["detections"]:
         lines.append(f"{'index':>5}  {'label':<24} {'score':>6}  box (x1 y1 x2 y2)")
         for d in summary["detections"]:
@@ -53,44 +124,84 @@ def format_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
-    import rclpy
-    from rclpy.node import Node
+def no_node_message(namespace: str, query_topic: str, answer_topic: str, query_served: bool, wait_s: float,
+                    elsewhere: list[str]) -> str:
+    """The one stderr line when no language_node shows up: which topics were looked on, and what to do."""
+    if query_served:
+        problem = (f"something subscribes to {query_topic} but nothing publishes {answer_topic} "
+                   f"(namespace {namespace}) after {wait_s:g} s")
+    else:
+        problem = f"no language_node subscribes to {query_topic} (namespace {namespace}) after {wait_s:g} s"
+    if elsewhere:
+        hint = (f"a Query topic is served at {', '.join(elsewhere)}: pass "
+                f"--namespace {elsewhere[0].rsplit('/', 1)[0] or '/'}")
+    else:
+        hint = "start it with `chatrex-ros up`, or pass --namespace if it runs elsewhere"
+    return f"chatrex-ros ask: {problem}: {hint}"
 
-    from chatrex_ros.msg import Answer, Query
+
+def build_query(args: argparse.Namespace) -> Any:
+    """The Query message for the parsed arguments; ``--stamp`` goes in as the exact nanoseconds it names."""
+    from chatrex_ros.msg import Query
     from chatrex_ros.ros.conversions import ns_to_stamp
-    from chatrex_ros.ros.qos import reliable_qos
 
     query = Query(id=uuid.uuid4().hex[:12], task=args.task, text=args.text, max_new_tokens=max(0, args.max_new_tokens),
                   timeout_s=float(args.timeout))
     if args.task.startswith("region"):
         query.text = ""
-        query.indices = [int(i) for i in args.indices.replace(";", ",").split(",") if i.strip()]
-    if args.stamp > 0:
-        query.image_stamp = ns_to_stamp(int(round(args.stamp * 1e9)))
-    namespace = args.namespace.rstrip("/")
+        query.indices = list(args.indices)
+    if args.stamp:  # 0 (the default) is the Query's "newest frame"
+        query.image_stamp = ns_to_stamp(args.stamp)
+    return query
+
+
+def run(args: argparse.Namespace) -> int:
+    import rclpy
+    from rclpy.node import Node
+
+    from chatrex_ros.msg import Answer, Query
+    from chatrex_ros.ros.qos import reliable_qos
+
+    query = build_query(args)
+    namespace, query_topic, answer_topic = topic_names(args.namespace)
     rclpy.init(args=[])
     node = Node(f"chatrex_ask_{query.id}")
     answers: list[Answer] = []
-    node.create_subscription(Answer, f"{namespace}/answer", lambda a: answers.append(a) if a.query_id == query.id else None,
-                             reliable_qos())
-    publisher = node.create_publisher(Query, f"{namespace}/query", reliable_qos())
-    deadline = time.monotonic() + args.timeout
+    subscription = node.create_subscription(
+        Answer, answer_topic, lambda a: answers.append(a) if a.query_id == query.id else None, reliable_qos())
+    publisher = node.create_publisher(Query, query_topic, reliable_qos())
     try:
-        while publisher.get_subscription_count() == 0 or node.count_publishers(f"{namespace}/answer") == 0:
-            if time.monotonic() > deadline:
-                print(f"no language_node is listening on {namespace}/query", file=sys.stderr)
+        # Both directions must be matched before publishing: a reliable, volatile Query sent earlier is lost.
+        node_deadline = time.monotonic() + args.wait_for_node
+        while True:
+            rclpy.spin_once(node, timeout_sec=SPIN_S)
+            query_served = publisher.get_subscription_count() > 0
+            if query_served and subscription.get_publisher_count() > 0:
+                break
+            if time.monotonic() >= node_deadline:
+                elsewhere = _served_query_topics(node, exclude=query_topic)
+                message = no_node_message(namespace, query_topic, answer_topic, query_served, args.wait_for_node,
+                                          elsewhere)
+                print(message, file=sys.stderr)
                 return EXIT_NO_NODE
-            rclpy.spin_once(node, timeout_sec=0.05)
         publisher.publish(query)
-        while not answers and time.monotonic() < deadline:
-            rclpy.spin_once(node, timeout_sec=0.05)
+        answer_deadline = time.monotonic() + args.timeout
+        while not answers and time.monotonic() < answer_deadline:
+            rclpy.spin_once(node, timeout_sec=SPIN_S)
     finally:
         node.destroy_node()
         rclpy.shutdown()
     if not answers:
-        print(f"no answer within {args.timeout:.1f} s", file=sys.stderr)
+        print(f"chatrex-ros ask: no answer on {answer_topic} within {args.timeout:g} s", file=sys.stderr)
         return EXIT_TIMEOUT
     summary = answer_to_dict(answers[0])
     print(json.dumps(summary, indent=2) if args.json else format_table(summary))
     return EXIT_OK if summary["status"] == "OK" else (EXIT_TIMEOUT if summary["status"] == "TIMEOUT" else EXIT_ERROR_STATUS)
+
+
+def _served_query_topics(node: Any, exclude: str) -> list[str]:
+    """Other ``.../query`` topics of type Query that something subscribes to: a language_node elsewhere."""
+    return sorted(
+        name for name, types in node.get_topic_names_and_types()
+        if QUERY_TYPE in types and name != exclude and name.endswith("/query") and node.count_subscribers(name) > 0
+    )

@@ -1,7 +1,9 @@
 """`chatrex-ros eval | make-sample | demo`: offline evaluation from rosbags, the sample bag, the main demo.
 
 * ``eval --bag BAG --gt GT.json [--queries Q.json] [--out DIR]``: run the proposal and language backends
-  on the bag's images and score them (``--answers REC`` scores a bag recorded from the running nodes).
+  on the bag's images and score them (``--answers REC`` scores a bag recorded from the running nodes; a
+  recording without any OK answer, e.g. from a graph without a language model, reports detection and
+  referring as not available, with the answer statuses, rather than as zeros).
 * ``make-sample --out DIR``: the sample bag from scikit-image photographs with hand-made annotations.
 * ``demo``: make the sample bag if needed, evaluate it with the default (weight-free) backends, print
   the report and write metrics.json, report.md and plots.
@@ -10,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -174,6 +177,10 @@ def run_eval(args: argparse.Namespace) -> int:
         if args.answers is not None:
             result = evaluate_recorded(args.answers, gt, queries, args.answer_topic, args.proposal_topic,
                                        args.image_topic, args.bag, tolerance_ns)
+            answers = result.metrics.get("answers", {})
+            if not answers.get("available", True):  # said even with --quiet: the numbers the user came for
+                print(f"chatrex-ros eval: detection/referring metrics not available: {answers['reason']}",
+                      file=sys.stderr)
         else:
             pipeline, language = _build_models(args)
             result = evaluate_bag(args.bag, gt, pipeline, language, queries, args.image_topic, tolerance_ns,
@@ -190,9 +197,14 @@ def run_make_sample(args: argparse.Namespace) -> int:
         bag = make_sample_bag(args.out, args.storage, args.with_gt_topic, overwrite=args.force)
     except (ValueError, FileNotFoundError, ImportError) as error:
         return _fail("make-sample", error)
+    # Copies beside the bag, so the next commands can name them relative to where the user is.
+    annotations = Path(f"{Path(args.out)}_annotations.json")
+    queries = Path(f"{Path(args.out)}_queries.json")
+    shutil.copyfile(sample_annotations_path(), annotations)
+    shutil.copyfile(sample_queries_path(), queries)
     print(f"sample bag: {bag} ({args.storage}, topic /camera/image_raw)")
-    print(f"ground truth: {sample_annotations_path()}")
-    print(f"queries: {sample_queries_path()}")
+    print(f"ground truth: {annotations}")
+    print(f"queries: {queries}")
     return EXIT_OK
 
 

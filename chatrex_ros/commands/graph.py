@@ -1,51 +1,83 @@
-"""`chatrex-ros up`: start the graph from a params file, forward logs, stop cleanly on Ctrl-C."""
+"""`chatrex-ros up`: start the graph from a params file, forward logs, stop cleanly on Ctrl-C, SIGTERM or SIGHUP.
+
+Every value of the params file and of --set is checked against the nodes' parameter tables before anything
+starts (exit 2 with the reason); a requested stop exits 0, a node that exits on its own ends the graph with its
+exit code.
+"""
 
 from __future__ import annotations
 
 import argparse
 import shlex
+import sys
 from pathlib import Path
 
 import yaml
 
+from chatrex_ros.launcher import (
+    DEFAULT_COLOR_INFO_TOPIC,
+    DEFAULT_DEPTH_INFO_TOPIC,
+    DEFAULT_DEPTH_TOPIC,
+    DEFAULT_IMAGE_TOPIC,
+    EXIT_CONFIG_ERROR,
+    NAMESPACE,
+)
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("up", help="start proposal_node and language_node (no ROS CLI needed)",
-                                   description=__doc__)
-    parser.add_argument("--config", type=Path, help="ROS params file (default: the package's config/chatrex.yaml)")
-    parser.add_argument("--image", default=None, help="camera image topic (default /camera/image_raw)")
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path,
+                        help="ROS params file (default: the package's config/chatrex.yaml); sections as for ros2 "
+                             "launch, e.g. '/**/language_node:'; a bare 'language_node:' means "
+                             f"/{NAMESPACE}/language_node")
+    parser.add_argument("--image", default=DEFAULT_IMAGE_TOPIC, help="camera image topic (default %(default)s)")
     parser.add_argument("--grasp", action="store_true", help="also start grasp_target_node")
+    parser.add_argument("--depth", default=DEFAULT_DEPTH_TOPIC, metavar="TOPIC",
+                        help="depth image aligned to the colour image, for --grasp (default %(default)s)")
+    parser.add_argument("--depth-info", default=DEFAULT_DEPTH_INFO_TOPIC, metavar="TOPIC",
+                        help="camera_info of the depth image, for --grasp (default %(default)s)")
+    parser.add_argument("--color-info", default=DEFAULT_COLOR_INFO_TOPIC, metavar="TOPIC",
+                        help="camera_info of the colour image, for --grasp (default %(default)s)")
     parser.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE",
                         help="override a parameter, e.g. --set proposal_node.backend=onnxruntime (YAML value)")
-    parser.add_argument("--dry-run", action="store_true", help="print the commands and parameters, start nothing")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the configuration, print the commands and resolved parameters, start nothing")
     parser.set_defaults(func=run)
 
 
 def parse_overrides(items: list[str]) -> dict[str, dict[str, object]]:
+    """``["proposal_node.min_score=0.5"]`` -> ``{"proposal_node": {"min_score": "0.5"}}``, values still text."""
     overrides: dict[str, dict[str, object]] = {}
     for item in items:
         key, sep, value = item.partition("=")
         node, dot, param = key.partition(".")
         if not sep or not dot or not node or not param:
             raise ValueError(f"--set {item!r}: expected NODE.PARAM=VALUE")
-        overrides.setdefault(node, {})[param] = yaml.safe_load(value) if value else ""
+        overrides.setdefault(node, {})[param] = value  # typed by the launcher, which knows each parameter's type
     return overrides
 
 
 def run(args: argparse.Namespace) -> int:
-    from chatrex_ros.launcher import DEFAULT_IMAGE_TOPIC, GraphProcesses, load_config, plan_graph
+    from chatrex_ros.launcher import GraphConfigError, GraphProcesses, load_config, plan_graph
 
+    topics = {"image": args.image, "depth": args.depth, "depth/camera_info": args.depth_info,
+              "color/camera_info": args.color_info}
     try:
-        planned = plan_graph(load_config(args.config), parse_overrides(args.set),
-                             args.image or DEFAULT_IMAGE_TOPIC, args.grasp)
+        config = load_config(args.config)
+        planned = plan_graph(config, parse_overrides(args.set), topics, args.grasp)
+    except GraphConfigError as error:
+        print("chatrex-ros up: nothing started:\n  " + "\n  ".join(error.problems), file=sys.stderr)
+        return EXIT_CONFIG_ERROR
     except (OSError, ValueError, yaml.YAMLError) as error:
-        print(f"chatrex-ros up: {error}")
-        return 2
+        print(f"chatrex-ros up: nothing started: {error}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    for name in config.bare_names:
+        print(f"chatrex-ros up: note: {config.path}: '{name}' is read as /{NAMESPACE}/{name}; `ros2 launch` "
+              f"would apply it only to a node in the root namespace: write '/**/{name}' there", file=sys.stderr)
     if args.dry_run:
         for node in planned:
             print(shlex.join(node.command(Path(f"<{node.spec.name}.yaml>"))))
-            print(yaml.safe_dump({node.spec.name: {"ros__parameters": node.parameters}}, sort_keys=True))
+            print(yaml.safe_dump(node.params_document(), sort_keys=False))
         return 0
-    graph = GraphProcesses(planned)
-    graph.start()
-    return graph.wait()
+    return GraphProcesses(planned).run()

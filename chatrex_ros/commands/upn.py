@@ -35,10 +35,18 @@ def register(subparsers: Any) -> None:
         "and store it in the cache directory the tensorrt backend reads. Needs pip install chatrex_ros[tensorrt].",
     )
     engine.add_argument("--onnx", required=True, help="file made by export-upn")
-    engine.add_argument("--cache-dir", required=True, help="engine cache directory (the node's engine_cache_dir)")
+    engine.add_argument("--cache-dir", default=_default_engine_cache(),
+                        help="engine cache directory: the node's engine_cache_dir (default %(default)s)")
     engine.add_argument("--precision", choices=("fp16", "fp32"), default="fp16")
     engine.add_argument("--rebuild", action="store_true", help="build even if a valid cached engine exists")
     engine.set_defaults(func=run_build_engine)
+
+
+def _default_engine_cache() -> str:
+    """The proposal node's own default, so an engine built here is the one the node finds."""
+    from chatrex_ros.models.settings import PROPOSAL_NODE_PARAMETERS
+
+    return next(spec.default for spec in PROPOSAL_NODE_PARAMETERS if spec.name == "engine_cache_dir")
 
 
 def _variant(text: str) -> str | dict[str, Any]:

@@ -1,100 +1,268 @@
-"""A small bounded cache that pairs camera frames with their proposals by exact stamp.
+"""Pairs camera frames with their proposals by exact stamp, in memory bounded by frame counts (ROS-free).
 
-Images and proposals arrive on different topics and threads; a query names a frame by stamp or asks for the
-newest frame that has both. Pairing is by exact stamp (the proposal node copies the image header), so no
-approximate-time synchroniser is needed and a pair can never mix two frames.
+Images and proposals arrive on different topics and threads; the proposal node copies the image header, so
+pairing is by exact stamp and a pair can never mix two frames.
+
+Why more than a ring of recent images: a proposer slower than the camera works on one frame in several and
+publishes its proposals seconds later. A ring long enough to still hold that frame would keep
+``rate x latency`` full images (90 at 30 Hz and 3 s). Instead the proposer announces each frame when it
+starts on it (:meth:`FrameCache.claim`), and the cache keeps four kinds of entries, each bounded by count:
+
+* ``recent``: the newest images nobody claimed yet (a claim arrives a frame interval or so after its image);
+* ``claimed``: frames the proposer is working on, held until their proposals arrive (image possibly still
+  in flight: a claim is tiny and can overtake its image);
+* ``answerable``: frames with image and proposals, in completion order; "newest" is the last completed one,
+  so a single mis-stamped frame never wins by its stamp;
+* ``orphans``: proposals whose image has not arrived (a fast proposer can beat a large image);
+* ``kept``: the last frames a query was answered about (:meth:`FrameCache.keep`), so a follow-up question
+  about the frame just seen finds it even after many newer frames got proposals.
+
+A stamp that jumps back (a bag replayed again, a simulator reset) clears the cache; one outlier stamp only
+drops its own frame (:mod:`chatrex_ros.core.time_jumps`).
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
+
+from chatrex_ros.core.time_jumps import StampEvent, StampTimeline, StampVerdict
 
 ImageT = TypeVar("ImageT")
 ProposalsT = TypeVar("ProposalsT")
+V = TypeVar("V")
+
+CLAIMED_CAPACITY = 4
+"""Frames in flight at the proposer that are held; one proposal node has one, a spare covers a second."""
+ORPHAN_CAPACITY = 4
+KEPT_CAPACITY = 4
+"""Answered frames kept for follow-up questions."""
 
 
 @dataclass
 class Frame(Generic[ImageT, ProposalsT]):
-    """One stamp's image and proposals; either may still be missing."""
+    """One stamp's image and proposals."""
 
     stamp_ns: int
-    image: ImageT | None = None
-    proposals: ProposalsT | None = None
+    image: ImageT
+    proposals: ProposalsT
 
-    @property
-    def complete(self) -> bool:
-        return self.image is not None and self.proposals is not None
+
+@dataclass
+class PairingStats:
+    """Counters for /diagnostics: where frames went."""
+
+    images: int = 0
+    claims: int = 0
+    proposals: int = 0
+    paired: int = 0
+    proposals_without_image: int = 0  # the image of a frame the proposer saw never reached us: lost frames
+    claims_abandoned: int = 0  # claimed frames whose proposals never came (the proposer failed on them)
+    time_jumps: int = 0
+    outliers: int = 0
+    events: list[StampVerdict] = field(default_factory=list)  # jumps and outliers since the last take_events()
 
 
 class FrameCache(Generic[ImageT, ProposalsT]):
-    """Thread-safe, keeps the ``capacity`` newest stamps; older ones are evicted first."""
+    """Thread-safe pairing of images and proposals (see the module docstring)."""
 
-    def __init__(self, capacity: int = 8) -> None:
-        if capacity < 1:
-            raise ValueError(f"frame cache capacity must be >= 1, got {capacity}")
-        self.capacity = capacity
-        self._frames: dict[int, Frame[ImageT, ProposalsT]] = {}
+    def __init__(self, answerable: int = 8, recent: int = 4) -> None:
+        if answerable < 1 or recent < 1:
+            raise ValueError(f"frame cache sizes must be >= 1, got answerable={answerable} recent={recent}")
+        self.answerable_capacity = answerable
+        self.recent_capacity = recent
+        self._recent: OrderedDict[int, ImageT] = OrderedDict()
+        self._claimed: OrderedDict[int, ImageT | None] = OrderedDict()
+        self._orphans: OrderedDict[int, ProposalsT] = OrderedDict()
+        self._answerable: OrderedDict[int, Frame[ImageT, ProposalsT]] = OrderedDict()
+        self._kept: OrderedDict[int, Frame[ImageT, ProposalsT]] = OrderedDict()
+        self._evicted: deque[int] = deque(maxlen=256)  # answerable stamps evicted: "no longer cached", not "never"
+        self._timeline = StampTimeline()
+        self._newest_image_ns: int | None = None
+        self._suspect: tuple[int, ImageT] | None = None
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self.images_seen = 0
+        self.stats = PairingStats()
 
-    def add_image(self, stamp_ns: int, image: ImageT) -> None:
+    # ---- intake ----
+    def add_image(self, stamp_ns: int, image: ImageT) -> StampVerdict:
+        """Store an image; returns what its stamp meant (a jump clears the cache, an outlier drops one frame).
+
+        An image whose stamp went backwards is held apart until the next one decides: a replayed bag reuses
+        the first run's stamps, and its frames must never be paired with that run's proposals.
+        """
         with self._changed:
-            self._frame(stamp_ns).image = image
-            self.images_seen += 1
+            self.stats.images += 1
+            verdict = self._timeline.observe(stamp_ns)
+            suspect, self._suspect = self._suspect, None
+            if verdict.event is StampEvent.SUSPECT:
+                self._suspect = (stamp_ns, image)
+                return verdict
+            if verdict.event is StampEvent.JUMP:
+                self._forget(lambda stamp: True)
+                self.stats.time_jumps += 1
+                self.stats.events.append(verdict)
+            elif verdict.event is StampEvent.OUTLIER:
+                self._forget(lambda stamp: stamp == verdict.dropped)
+                self.stats.outliers += 1
+                self.stats.events.append(verdict)
+            if suspect is not None and suspect[0] != verdict.dropped:
+                self._place_image(*suspect)
+            self._newest_image_ns = stamp_ns
+            self._place_image(stamp_ns, image)
+            self._drop_hopeless_orphans()
             self._changed.notify_all()
+            return verdict
+
+    def claim(self, stamp_ns: int) -> None:
+        """The proposer started on this frame: hold it until its proposals arrive."""
+        with self._changed:
+            self.stats.claims += 1
+            if stamp_ns in self._answerable or stamp_ns in self._claimed:
+                return
+            if stamp_ns in self._orphans:  # proposals already here: the claim is late, nothing to hold
+                return
+            self._claimed[stamp_ns] = self._recent.pop(stamp_ns, None)
+            while len(self._claimed) > CLAIMED_CAPACITY:
+                self._claimed.popitem(last=False)
+                self.stats.claims_abandoned += 1
 
     def add_proposals(self, stamp_ns: int, proposals: ProposalsT) -> None:
         with self._changed:
-            self._frame(stamp_ns).proposals = proposals
+            self.stats.proposals += 1
+            if stamp_ns in self._answerable:  # a second proposer or a re-publication: the newest list wins
+                self._answerable[stamp_ns].proposals = proposals
+            elif self._claimed.get(stamp_ns) is not None:
+                self._complete(stamp_ns, self._claimed.pop(stamp_ns), proposals)  # type: ignore[arg-type]
+            elif stamp_ns in self._recent:
+                self._claimed.pop(stamp_ns, None)
+                self._complete(stamp_ns, self._recent.pop(stamp_ns), proposals)
+            elif self._image_may_still_arrive(stamp_ns):
+                self._claimed.pop(stamp_ns, None)
+                self._orphans[stamp_ns] = proposals
+                _cap(self._orphans, ORPHAN_CAPACITY)
+            else:
+                self._claimed.pop(stamp_ns, None)
+                self.stats.proposals_without_image += 1
             self._changed.notify_all()
 
-    def get(self, stamp_ns: int) -> Frame[ImageT, ProposalsT] | None:
+    def keep(self, stamp_ns: int) -> None:
+        """A query was answered about this frame: keep it for follow-ups (the last KEPT_CAPACITY)."""
         with self._lock:
-            return self._frames.get(stamp_ns)
+            frame = self._answerable.get(stamp_ns) or self._kept.get(stamp_ns)
+            if frame is None:
+                return
+            self._kept[stamp_ns] = frame
+            self._kept.move_to_end(stamp_ns)
+            _cap(self._kept, KEPT_CAPACITY)
 
-    def newest_complete(self) -> Frame[ImageT, ProposalsT] | None:
+    def was_evicted(self, stamp_ns: int) -> bool:
+        """The frame had proposals but is no longer cached (newer frames took its place)."""
         with self._lock:
-            return self._newest_complete()
+            return stamp_ns in self._evicted and self._lookup(stamp_ns) is None
 
+    def clear(self) -> None:
+        with self._changed:
+            self._forget(lambda stamp: True)
+            self._timeline.reset()
+            self._newest_image_ns, self._suspect = None, None
+
+    # ---- queries ----
     def wait_for(self, stamp_ns: int | None, timeout_s: float) -> Frame[ImageT, ProposalsT] | None:
-        """The complete frame at ``stamp_ns`` (None: the newest complete one), waiting up to ``timeout_s``."""
+        """The answerable frame at ``stamp_ns`` (None: the newest), waiting up to ``timeout_s`` for it."""
         with self._changed:
             self._changed.wait_for(lambda: self._lookup(stamp_ns) is not None, timeout=max(0.0, timeout_s))
             return self._lookup(stamp_ns)
 
-    def has_image(self, stamp_ns: int | None = None) -> bool:
+    def newest(self) -> Frame[ImageT, ProposalsT] | None:
+        with self._lock:
+            return self._lookup(None)
+
+    def knows(self, stamp_ns: int | None = None) -> bool:
+        """Whether anything of that frame (any frame, for None) is here or announced."""
         with self._lock:
             if stamp_ns is None:
-                return any(f.image is not None for f in self._frames.values())
-            frame = self._frames.get(stamp_ns)
-            return frame is not None and frame.image is not None
+                return bool(self._recent or self._claimed or self._answerable or self._orphans)
+            return any(stamp_ns in store for store in self._stores())
 
-    def stamps(self) -> list[int]:
+    def is_claimed(self, stamp_ns: int) -> bool:
         with self._lock:
-            return list(self._frames)
+            return stamp_ns in self._claimed
+
+    def skipped(self, stamp_ns: int) -> bool:
+        """True when the proposer evidently passed this frame by: its image is here, the proposer announces its
+        frames, has announced or answered a later one, and never announced this one. No proposals will come."""
+        with self._lock:
+            if self.stats.claims == 0 or stamp_ns not in self._recent:
+                return False
+            later = [s for s in (*self._claimed, *self._answerable) if s > stamp_ns]
+            return bool(later)
+
+    def image_may_still_arrive(self, stamp_ns: int) -> bool:
+        with self._lock:
+            return self._image_may_still_arrive(stamp_ns)
+
+    def sizes(self) -> dict[str, int]:
+        with self._lock:
+            return {"answerable": len(self._answerable), "claimed": len(self._claimed),
+                    "recent": len(self._recent), "orphans": len(self._orphans), "kept": len(self._kept)}
+
+    def take_events(self) -> list[StampVerdict]:
+        """Jumps and outliers since the last call (for logging them once, outside the lock)."""
+        with self._lock:
+            events, self.stats.events = self.stats.events, []
+            return events
 
     def __len__(self) -> int:
         with self._lock:
-            return len(self._frames)
+            return sum(len(store) for store in self._stores())
 
-    def _lookup(self, stamp_ns: int | None) -> Frame[Any, Any] | None:
+    # ---- internals (lock held) ----
+    def _place_image(self, stamp_ns: int, image: ImageT) -> None:
+        if stamp_ns in self._answerable:
+            self._answerable[stamp_ns].image = image
+        elif stamp_ns in self._orphans:
+            self._complete(stamp_ns, image, self._orphans.pop(stamp_ns))
+        elif stamp_ns in self._claimed:
+            self._claimed[stamp_ns] = image
+        else:
+            self._recent[stamp_ns] = image
+            _cap(self._recent, self.recent_capacity)
+
+    def _complete(self, stamp_ns: int, image: ImageT, proposals: ProposalsT) -> None:
+        self._answerable[stamp_ns] = Frame(stamp_ns, image, proposals)
+        self._answerable.move_to_end(stamp_ns)
+        while len(self._answerable) > self.answerable_capacity:
+            self._evicted.append(self._answerable.popitem(last=False)[0])
+        self.stats.paired += 1
+
+    def _lookup(self, stamp_ns: int | None) -> Frame[ImageT, ProposalsT] | None:
         if stamp_ns is None:
-            return self._newest_complete()
-        frame = self._frames.get(stamp_ns)
-        return frame if frame is not None and frame.complete else None
+            return next(reversed(self._answerable.values()), None)
+        return self._answerable.get(stamp_ns) or self._kept.get(stamp_ns)
 
-    def _newest_complete(self) -> Frame[Any, Any] | None:
-        complete = [stamp for stamp, frame in self._frames.items() if frame.complete]
-        return self._frames[max(complete)] if complete else None
+    def _image_may_still_arrive(self, stamp_ns: int) -> bool:
+        """Frames arrive in stamp order, so once a later image is here an earlier one never will."""
+        return self._newest_image_ns is None or stamp_ns > self._newest_image_ns
 
-    def _frame(self, stamp_ns: int) -> Frame[Any, Any]:
-        frame = self._frames.get(stamp_ns)
-        if frame is None:
-            frame = self._frames[stamp_ns] = Frame(stamp_ns)
-            # Evict by stamp, not arrival: a late, older stamp is the first to go (possibly this one).
-            while len(self._frames) > self.capacity:
-                del self._frames[min(self._frames)]
-        return frame
+    def _drop_hopeless_orphans(self) -> None:
+        for stamp in [s for s in self._orphans if not self._image_may_still_arrive(s)]:
+            del self._orphans[stamp]
+            self.stats.proposals_without_image += 1
+
+    def _stores(self) -> tuple[OrderedDict[int, Any], ...]:
+        return (self._recent, self._claimed, self._answerable, self._orphans, self._kept)
+
+    def _forget(self, doomed: Callable[[int], bool]) -> None:
+        for store in self._stores():
+            for stamp in [s for s in store if doomed(s)]:
+                del store[stamp]
+        self._evicted = deque((s for s in self._evicted if not doomed(s)), maxlen=self._evicted.maxlen)
+
+
+def _cap(store: OrderedDict[int, V], capacity: int) -> None:
+    while len(store) > capacity:
+        store.popitem(last=False)

@@ -12,12 +12,11 @@ from collections.abc import Sequence
 from typing import Any, Generic, TypeVar
 
 from chatrex_ros.core.grasp import REASON_NO_DETECTION
+from chatrex_ros.core.time_jumps import StampEvent, StampTimeline, StampVerdict
 
 SELECTIONS = ("highest_score", "phrase", "index")
 
 T = TypeVar("T")
-
-
 
 
 def choose_detection(detections: Sequence[Any], selection: str, phrase: str = "", proposal_index: int = -1) -> tuple[Any | None, str]:
@@ -64,7 +63,9 @@ class DepthStore(Generic[T]):
     Why pinning: at 30 fps a ring that covers a 5 s model latency holds 150 frames; only the frames that got
     proposals can be asked about, so those are pinned (``pin``) when their proposals arrive and the ring stays
     small. A pin for a frame that has not arrived yet is remembered until a newer frame shows it never will.
-    Frames from one publisher arrive in stamp order, which ``may_still_arrive`` relies on.
+    Frames from one publisher arrive in stamp order, which ``may_still_arrive`` relies on; a stamp that jumps
+    back (a bag replayed again) empties the store, one mis-stamped frame is dropped
+    (:mod:`chatrex_ros.core.time_jumps`).
     """
 
     def __init__(self, recent: int, pinned: int) -> None:
@@ -78,16 +79,48 @@ class DepthStore(Generic[T]):
         self._wanted: deque[tuple[int, int]] = deque(maxlen=max(1, 2 * pinned))  # (stamp, tolerance) to pin
         self.newest_ns: int | None = None
         self.received = 0
+        self._timeline = StampTimeline()
+        self._suspect: tuple[int, T] | None = None
+        self._missed: deque[int] = deque(maxlen=64)
 
-    def add(self, stamp_ns: int, item: T) -> None:
-        self._recent.append((stamp_ns, item))
+    def add(self, stamp_ns: int, item: T) -> StampVerdict:
+        """Store a frame; returns what its stamp meant. A frame whose stamp went back is held apart until the
+        next one shows whether time jumped (the store empties) or that frame was mis-stamped (it is dropped)."""
         self.received += 1
+        verdict = self._timeline.observe(stamp_ns)
+        suspect, self._suspect = self._suspect, None
+        if verdict.event is StampEvent.SUSPECT:
+            self._suspect = (stamp_ns, item)
+            return verdict
+        if verdict.event is StampEvent.JUMP:
+            self._recent.clear()
+            self._pinned.clear()
+            self._wanted.clear()
+            self.newest_ns = None
+        elif verdict.event is StampEvent.OUTLIER:
+            self._recent = deque(((s, i) for s, i in self._recent if s != verdict.dropped), maxlen=self._recent.maxlen)
+            self._pinned.pop(verdict.dropped, None)  # type: ignore[arg-type]
+            self.newest_ns = max((s for s, _ in self._recent), default=None)
+        if suspect is not None and suspect[0] != verdict.dropped:
+            self._store(*suspect)
+        self._store(stamp_ns, item)
+        return verdict
+
+    def _store(self, stamp_ns: int, item: T) -> None:
+        self._recent.append((stamp_ns, item))
         self.newest_ns = stamp_ns if self.newest_ns is None else max(self.newest_ns, stamp_ns)
         for wanted, tolerance in self._wanted:
             if abs(wanted - stamp_ns) <= tolerance:
                 self._pin(stamp_ns, item)
-        # A wish no later frame can fulfil is dropped.
+        # A wish no later frame can fulfil is dropped; remembered, so a late answer can say its frame never came.
+        for s, t in self._wanted:
+            if s + t < self.newest_ns and self.find(s, t) is None:
+                self._missed.append(s)
         self._wanted = deque(((s, t) for s, t in self._wanted if s + t >= self.newest_ns), maxlen=self._wanted.maxlen)
+
+    def never_arrived(self, stamp_ns: int) -> bool:
+        """A frame that was pinned before it arrived, and then never did (lost by the reader or on the way)."""
+        return stamp_ns in self._missed
 
     def pin(self, stamp_ns: int, tolerance_ns: int = 0) -> None:
         """Keep the frame(s) within ``tolerance_ns`` of ``stamp_ns``, now or when they arrive."""

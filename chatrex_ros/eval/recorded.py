@@ -2,14 +2,19 @@
 
 The recorded ``Answer`` and ``ProposalArray`` messages become the same records the offline evaluation
 makes, and go through the same scoring, so a live run and an offline run of the same models report
-comparable numbers. What only a live run has is added: frames the nodes dropped (no proposals) and
-end-to-end latency from the image stamp to the recorder's receive time.
+comparable numbers. What only a live run has is added: frames the nodes dropped (no proposals),
+end-to-end latency from the image stamp to the recorder's receive time, and the pipeline's throughput
+over the recording's log time (what the scorer measures about itself is only reported as scoring time).
+
+A recording in which no answer is OK (typically a graph started without a language model, which answers
+every query MODEL_ERROR) gets the offline evaluation's treatment: detection and referring metrics are
+reported as not available, with the answer statuses found, rather than as zeros.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,7 +22,7 @@ from typing import Any
 from chatrex_ros.eval.bagio import ANSWER_TYPE, IMAGE_TYPES, PROPOSALS_TYPE, BagError, BagReader
 from chatrex_ros.eval.groundtruth import GroundTruth, ReferringQuery, match_stamps
 from chatrex_ros.eval.result import EvaluationResult
-from chatrex_ros.eval.scoring import score_answers, score_proposals, timing_summary
+from chatrex_ros.eval.scoring import answers_not_available, score_answers, score_proposals, timing_summary
 
 NO_PROPOSALS_NOTE = ("No ProposalArray topic in the recorded bag: proposal recall and drops are not reported "
                      "(pass --proposal-topic if it has another name).")
@@ -74,13 +79,26 @@ def evaluate_recorded(
         metrics["proposals"] = score_proposals(proposals, gt, image_ids)
     else:
         notes.append(NO_PROPOSALS_NOTE)
-    metrics["answers"] = score_answers(answers, gt, queries, image_ids)
+    unavailable = answers_not_available(answers)
+    if unavailable is None:
+        metrics["answers"] = score_answers(answers, gt, queries, image_ids)
+    else:
+        metrics["answers"] = unavailable
+        notes.append(not_available_note(unavailable, answer_topic))
     metrics_done = time.perf_counter()
 
     timing = timing_summary({k: v for k, v in latency_ms.items() if v}, len(image_ids), metrics_done - started)
+    # frames / wall time here would be the scorer's own speed, not the pipeline's: report it as scoring time.
+    del timing["frames_per_s"]
+    timing["scoring_s"] = timing.pop("wall_s")
+    timing["recorded_throughput"] = {
+        "answers": log_time_rate([a.received_ns for a in answers if a.received_ns is not None]),
+        "proposals": log_time_rate([p.received_ns for p in proposals if p.received_ns is not None]),
+    }
     timing["read_ms"] = round((read_done - started) * 1e3, 3)
     timing["metrics_ms"] = round((metrics_done - read_done) * 1e3, 3)
-    timing["note"] = "stages_ms.proposals/answers: bag receive time minus image stamp (end-to-end latency)"
+    timing["note"] = ("stages_ms.proposals/answers: bag receive time minus image stamp (end-to-end latency); "
+                      "recorded_throughput: messages per second of the recording's log time")
     inputs = {
         "mode": "recorded",
         "answers_bag": str(answers_bag),
@@ -92,6 +110,32 @@ def evaluate_recorded(
         "queries": len(queries),
     }
     return EvaluationResult(inputs, metrics, timing, notes, proposals, answers, latency_ms)
+
+
+def not_available_note(entry: Mapping[str, Any], answer_topic: str) -> str:
+    """The report note for a recording without usable answers: why, and what to record instead."""
+    if entry["no_language_model"]:
+        cause = ("The language_node ran without a language model: start it with language_backend:=chatrex and "
+                 "model_path:=<ChatRex-7B dir> and record again")
+    elif not entry["answers"]:
+        cause = "Replay with --gt (and --queries) so that the evaluation queries are asked and recorded"
+    else:
+        cause = "The answer statuses say why"
+    return (f"Detection precision/recall, COCO mAP by class and referring accuracy are not available: "
+            f"{entry['reason']} on {answer_topic}. {cause}. Proposal recall, class-agnostic AP and latency are "
+            "reported.")
+
+
+def log_time_rate(received_ns: Sequence[int]) -> dict[str, Any]:
+    """Messages per second of log time: (count - 1) intervals over the first-to-last span.
+
+    Counting intervals rather than messages means N messages at a steady rate r give r, however short
+    the recording. None with fewer than two messages (no span to divide by).
+    """
+    times = sorted(received_ns)
+    span_s = (times[-1] - times[0]) / 1e9 if len(times) >= 2 else 0.0
+    return {"count": len(times), "span_s": round(span_s, 6),
+            "per_s": round((len(times) - 1) / span_s, 4) if span_s > 0 else None}
 
 
 def _only_topic(reader: BagReader, msgtype: str, exclude: Sequence[str] = ()) -> str:

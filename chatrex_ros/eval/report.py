@@ -28,6 +28,13 @@ def _ms(stats: Mapping[str, Any], key: str) -> str:
     return f"{stats[key]:.1f}" if key in stats else "n/a"
 
 
+def _rate(entry: Mapping[str, Any], what: str) -> str:
+    """'2.50 answers/s (6 answers over 2.00 s)', or why there is no rate."""
+    if entry.get("per_s") is None:
+        return f"{what}: n/a ({entry.get('count', 0)} with a log time; a rate needs two)"
+    return f"{entry['per_s']:.2f} {what}/s ({entry['count']} {what} over {entry['span_s']:.2f} s)"
+
+
 def render_markdown(report: Mapping[str, Any], plots: Mapping[str, str] | None = None) -> str:
     """The report for one metrics.json dict (``EvaluationResult.to_json()``)."""
     inputs, metrics, timing = report["inputs"], report["metrics"], report["timing"]
@@ -62,7 +69,11 @@ def render_markdown(report: Mapping[str, Any], plots: Mapping[str, str] | None =
             "",
         ]
     answers = metrics.get("answers")
-    if answers:
+    if answers and not answers.get("available", True):
+        statuses = ", ".join(f"{name} {count}" for name, count in answers["status_counts"].items()) or "none"
+        lines += ["## Detection and referring", "",
+                  f"Not available: {answers['reason']}. Answers by status: {statuses}.", ""]
+    elif answers:
         detection = answers["detection"]
         lines += [
             "## Detection (all ground-truth categories of the frame in the prompt)",
@@ -96,6 +107,12 @@ def render_markdown(report: Mapping[str, Any], plots: Mapping[str, str] | None =
                      f"{_ms(stats, 'p99')} | {_ms(stats, 'mean')} |")
     if timing.get("frames_per_s"):
         lines += ["", f"Throughput: {timing['frames_per_s']:.2f} frames/s ({timing['frames']} frames in {timing['wall_s']:.2f} s)."]
+    recorded = timing.get("recorded_throughput")
+    if recorded:
+        lines += ["", f"Throughput of the recorded pipeline (log time): {_rate(recorded['answers'], 'answers')}; "
+                      f"{_rate(recorded['proposals'], 'proposal lists')}."]
+        if "scoring_s" in timing:
+            lines.append(f"Scoring the recording took {timing['scoring_s']:.2f} s (not a pipeline measurement).")
     if plots:
         lines += ["", "## Plots", ""] + [f"![{name}]({file})" for name, file in plots.items()]
     return "\n".join(lines) + "\n"
@@ -151,19 +168,8 @@ def write_plots(result: EvaluationResult, out: Path) -> dict[str, Path]:
 
     per_class = _per_class_series(result.metrics)
     if per_class:
-        names, series, title = per_class
-        figure = _figure(max(6.4, 0.5 * len(names) + 2))
-        axes = figure.add_subplot()
-        width = 0.8 / len(series)
-        for offset, (label, values) in enumerate(series.items()):
-            positions = [i + (offset - (len(series) - 1) / 2) * width for i in range(len(names))]
-            axes.bar(positions, [v if v is not None else 0.0 for v in values], width=width, label=label)
-        axes.set_xticks(range(len(names)), names, rotation=45, ha="right")
-        axes.set_ylim(0, 1)
-        axes.set_title(title)
-        axes.legend()
         written["per_class"] = out / PLOT_FILES["per_class"]
-        figure.savefig(written["per_class"])
+        per_class_figure(*per_class).savefig(written["per_class"])
 
     samples = {stage: values for stage, values in result.stage_ms.items() if values and stage not in ("frame",)}
     if samples:
@@ -185,9 +191,40 @@ def write_plots(result: EvaluationResult, out: Path) -> dict[str, Path]:
     return written
 
 
+ZERO_LABEL, UNMEASURED_LABEL = "0", "n/a"
+
+
+def per_class_figure(names: list[str], series: Mapping[str, list[float | None]], title: str) -> Any:
+    """Grouped bars per class; a value of 0 and a value not measured (None) each stay visible and distinct.
+
+    A bar of height 0 draws nothing, so a class with recall 0 would look like a class never measured:
+    a 0 gets a marker on the baseline in its series' colour and a "0" label, None only an "n/a" label.
+    """
+    figure = _figure(max(6.4, 0.5 * len(names) + 2))
+    axes = figure.add_subplot()
+    width = 0.8 / len(series)
+    for offset, (label, values) in enumerate(series.items()):
+        positions = [i + (offset - (len(series) - 1) / 2) * width for i in range(len(names))]
+        bars = axes.bar(positions, [v if v is not None else 0.0 for v in values], width=width, label=label)
+        colour = bars.patches[0].get_facecolor() if bars.patches else None
+        zeros = [x for x, v in zip(positions, values) if v is not None and v == 0]
+        if zeros:
+            axes.plot(zeros, [0.0] * len(zeros), linestyle="none", marker="D", markersize=5, color=colour,
+                      clip_on=False, zorder=3)
+        for x, value in zip(positions, values):
+            if value is None or value == 0:
+                axes.text(x, 0.02, UNMEASURED_LABEL if value is None else ZERO_LABEL, ha="center", va="bottom",
+                          fontsize=7, color="dimgray" if value is None else colour)
+    axes.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    axes.set_ylim(0, 1)
+    axes.set_title(title)
+    axes.legend()
+    return figure
+
+
 def _per_class_series(metrics: Mapping[str, Any]) -> tuple[list[str], dict[str, list[float | None]], str] | None:
     answers = metrics.get("answers")
-    if answers and answers["detection"]["per_class"]:
+    if answers and answers.get("detection") and answers["detection"]["per_class"]:
         per_class = answers["detection"]["per_class"]
         names = list(per_class)
         return names, {"precision": [per_class[n]["precision"] for n in names],
@@ -197,5 +234,5 @@ def _per_class_series(metrics: Mapping[str, Any]) -> tuple[list[str], dict[str, 
         per_class = proposals["recall_at_100_per_class_iou_0.5"]
         names = list(per_class)
         return names, {"proposal recall@100": [per_class[n] for n in names]}, \
-            "Proposal recall@100 per class, IoU 0.5 (no language model: no P/R)"
+            "Proposal recall@100 per class, IoU 0.5 (no language model answers: no P/R)"
     return None

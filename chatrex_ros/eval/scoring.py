@@ -150,6 +150,55 @@ def score_answers(
     return result
 
 
+NO_LANGUAGE_MODEL_MESSAGE = "no language model configured"
+"""How language_node's status message starts when it runs with ``language_backend: none``."""
+
+STATUS_MESSAGE_CHARS = 120
+
+
+def answers_not_available(answers: Iterable[Any]) -> dict[str, Any] | None:
+    """None when some answer is OK (score them); else the ``metrics["answers"]`` entry saying why not.
+
+    Precision, recall and referring accuracy computed from answers of which none is OK would all be 0.0,
+    which reads as "the model found nothing" when no model ran at all (a graph started without one answers
+    every query MODEL_ERROR). Those metrics are then reported as not available, with the statuses found
+    and their typical message as the reason; ``detection`` and ``referring`` are None.
+    :func:`score_answers` itself still scores any list (an empty one gives zeros), for callers that want that.
+    """
+    records = _as_records(answers)
+    if any(record.ok for record in records):
+        return None
+    statuses = Counter(_status_name(r.status) for r in records)
+    messages: dict[str, Counter[str]] = {}
+    for record in records:
+        messages.setdefault(_status_name(record.status), Counter())[record.status_message] += 1
+    typical = {name: counter.most_common(1)[0][0] for name, counter in sorted(messages.items())}
+    no_model = bool(records) and all(
+        r.status == int(AnswerStatus.MODEL_ERROR) and r.status_message.startswith(NO_LANGUAGE_MODEL_MESSAGE)
+        for r in records
+    )
+    if records:
+        found = ", ".join(f"{name}: {count}" + (f' ("{_shorten(typical[name])}")' if typical[name] else "")
+                          for name, count in sorted(statuses.items()))
+        reason = f"no answer in the recording is OK ({found})"
+    else:
+        reason = "the recording has no answers"
+    return {
+        "available": False,
+        "reason": reason,
+        "no_language_model": no_model,
+        "answers": len(records),
+        "status_counts": dict(sorted(statuses.items())),
+        "status_messages": typical,
+        "detection": None,
+        "referring": None,
+    }
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= STATUS_MESSAGE_CHARS else text[: STATUS_MESSAGE_CHARS - 3].rstrip() + "..."
+
+
 def _status_name(status: int) -> str:
     try:
         return AnswerStatus(status).name

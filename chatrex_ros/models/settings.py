@@ -16,6 +16,7 @@ from chatrex_ros.parameters import ParamSpec, sensor_qos_specs
 
 PROPOSAL_NODE_PARAMETERS: list[ParamSpec] = [
     ParamSpec("backend", "selective_search", "Proposal backend.", PROPOSAL_BACKENDS, read_only=True, allow_plugin=True),
+    ParamSpec("backend_options", "", "JSON object of keyword arguments for a `python:module:Class` backend.", read_only=True),
     ParamSpec("granularity", "fine", "UPN prompt: fine (parts, anything) or coarse (instances).", ("fine", "coarse"), read_only=True),
     ParamSpec("checkpoint", "", "UPN checkpoint (.pth or .safetensors) for the torch backend.", read_only=True),
     ParamSpec("model_variant", "large", "UPN architecture for the torch backend (large or tiny).", ("large", "tiny"), read_only=True),
@@ -29,6 +30,7 @@ PROPOSAL_NODE_PARAMETERS: list[ParamSpec] = [
     ParamSpec("max_proposals", 100, "Keep at most this many (ChatRex has 100 index tokens).", minimum=1, maximum=100),
     ParamSpec("image_transport", "raw", "raw: subscribe `image`; compressed: `image/compressed`.", ("raw", "compressed"), read_only=True),
     ParamSpec("warmup", True, "Run the backend once on a blank frame before serving.", read_only=True),
+    ParamSpec("input_silence_s", 5.0, "Warn on /diagnostics when no image arrives for this long.", minimum=0.5, maximum=3600.0),
     *sensor_qos_specs(),
 ]
 
@@ -42,8 +44,10 @@ LANGUAGE_NODE_PARAMETERS: list[ParamSpec] = [
     ParamSpec("max_new_tokens", 512, "Default generation budget per query.", minimum=1, maximum=8192),
     ParamSpec("query_timeout_s", 60.0, "Default per-query timeout (queue + model), seconds.", minimum=0.01, maximum=3600.0),
     ParamSpec("queue_size", 4, "Queries waiting beyond this are answered BUSY.", minimum=1, maximum=100, read_only=True),
-    ParamSpec("frame_cache_size", 8, "Recent frames (image + proposals) kept for pairing.", minimum=1, maximum=256, read_only=True),
-    ParamSpec("pairing_wait_s", 1.0, "How long a query waits for its frame's proposals to arrive.", minimum=0.0, maximum=30.0),
+    ParamSpec("frame_cache_size", 8, "Answerable frames (image + proposals) kept; a query names one by stamp or takes the newest.", minimum=1, maximum=256, read_only=True),
+    ParamSpec("recent_images", 4, "Newest images kept until the proposer claims them on `proposals/pending`; a proposer that does not announce its frames needs rate x latency.", minimum=1, maximum=256, read_only=True),
+    ParamSpec("pairing_wait_s", 5.0, "How long a query waits for proposals when its frame has none yet.", minimum=0.0, maximum=60.0),
+    ParamSpec("input_silence_s", 5.0, "Warn on /diagnostics when an input (image, proposals) delivers nothing for this long.", minimum=0.5, maximum=3600.0),
     ParamSpec("publish_annotated", False, "Publish the answered frame with boxes drawn on `answer_image`.", read_only=True),
     ParamSpec("image_transport", "raw", "raw: subscribe `image`; compressed: `image/compressed`.", ("raw", "compressed"), read_only=True),
     *sensor_qos_specs(),
@@ -66,7 +70,7 @@ def proposal_backend_kwargs(values: dict[str, Any]) -> dict[str, Any]:
         return {"onnx_path": values["onnx"], "providers": providers}
     if name == "tensorrt":
         return {"onnx_path": values["onnx"], "engine_cache_dir": values["engine_cache_dir"], "precision": values["precision"]}
-    return {}
+    return backend_options(values)
 
 
 def selection_policy(values: dict[str, Any]) -> SelectionPolicy:
@@ -79,14 +83,20 @@ def proposal_pipeline(values: dict[str, Any]) -> ProposalPipeline:
     return ProposalPipeline(backend, selection_policy(values))
 
 
-def language_backend_kwargs(values: dict[str, Any]) -> dict[str, Any]:
-    """Constructor keywords for the language backend, from language_node parameters."""
+def backend_options(values: dict[str, Any]) -> dict[str, Any]:
+    """The ``backend_options`` JSON object (ValueError when it is not one)."""
     try:
         options = json.loads(values["backend_options"]) if values["backend_options"].strip() else {}
     except json.JSONDecodeError as error:
         raise ValueError(f"backend_options is not valid JSON: {error}") from None
     if not isinstance(options, dict):
         raise ValueError("backend_options must be a JSON object")
+    return options
+
+
+def language_backend_kwargs(values: dict[str, Any]) -> dict[str, Any]:
+    """Constructor keywords for the language backend, from language_node parameters."""
+    options = backend_options(values)
     if values["language_backend"] == "chatrex":
         base = {"model_path": values["model_path"], "device": values["device"],
                 "dtype": None if values["dtype"] == "auto" else values["dtype"],

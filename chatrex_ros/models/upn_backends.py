@@ -2,7 +2,9 @@
 
 The implementations live in :mod:`chatrex_ros.models.upn` (``runtime_torch``, ``runtime_onnx``,
 ``runtime_tensorrt``); each imports its heavy dependency only when constructed, so a missing optional
-package fails with the ``pip install chatrex_ros[...]`` line to run.
+package fails with the ``pip install chatrex_ros[...]`` line to run. Every backend needs its model file:
+``torch`` without ``checkpoint`` is a ValueError (random weights only with ``random_weights=True``, for
+benchmarks), because proposals from an untrained UPN look like boxes but mean nothing.
 """
 
 from __future__ import annotations

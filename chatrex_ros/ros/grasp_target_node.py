@@ -4,7 +4,9 @@ The answer of a language model arrives seconds after the image it is about, so t
 depth frame of the SAME stamp (exactly, or within ``stamp_tolerance_s``), not with the newest depth frame:
 the robot or the object may have moved since. Depth frames are kept in a small ring buffer, and the frames
 that proposals were computed for (topic ``proposals``, the only frames an answer can refer to) are pinned in a
-second small store so they survive the model's latency. An answer whose depth frame is not there waits up to
+second small store so they survive the model's latency: pinned when the proposer announces it started on
+them (``proposals/pending``), which is while they are still in the ring, or at the latest when their proposals
+arrive. A stamp that jumps back (a bag replayed again) empties the store. An answer whose depth frame is not there waits up to
 ``pairing_timeout_s`` and is then published as not valid (``REASON_STALE``): every answer gets a GraspTarget.
 
 The geometry is ``chatrex_ros.core.grasp`` (numpy only); this module converts messages, pairs, publishes.
@@ -40,7 +42,8 @@ from chatrex_ros.core.grasp_pairing import SELECTIONS, DepthStore, choose_detect
 from chatrex_ros.core.images import ImageFormatError, image_to_array
 from chatrex_ros.msg import Answer, GraspTarget, ProposalArray
 from chatrex_ros.ros.conversions import stamp_to_ns
-from chatrex_ros.ros.health import Diagnostics, ProblemLog
+from chatrex_ros.core.time_jumps import StampEvent
+from chatrex_ros.ros.health import Diagnostics, InputWatch, ProblemLog
 from chatrex_ros.ros.node_runtime import StartupError, run_node
 from chatrex_ros.ros.params import ParamSpec, declare_parameters, install_validator
 from chatrex_ros.ros.qos import reliable_qos, sensor_qos, sensor_qos_specs
@@ -61,6 +64,7 @@ PARAMETERS: list[ParamSpec] = [
     ParamSpec("color_height", 0, "Colour image height, as color_width.", minimum=0, maximum=16384),
     ParamSpec("depth_buffer_size", 30, "Recent depth frames kept for pairing by stamp.", minimum=1, maximum=300, read_only=True),
     ParamSpec("pinned_frames", 8, "Depth frames kept because proposals were computed for them (0 = do not subscribe `proposals`).", minimum=0, maximum=64, read_only=True),
+    ParamSpec("input_silence_s", 5.0, "Warn on /diagnostics when depth or its camera_info delivers nothing for this long.", minimum=0.5, maximum=3600.0),
     *sensor_qos_specs("depth_qos", "Depth and camera_info"),
 ]
 
@@ -119,17 +123,34 @@ class GraspTargetNode(Node):
         group = MutuallyExclusiveCallbackGroup()
         # camera_info comes from the same driver as the depth stream, with the same QoS.
         qos = sensor_qos(self.values["depth_qos.reliability"], self.values["depth_qos.depth"])
-        self.create_subscription(Image, "depth", self._on_depth, qos, callback_group=group)
-        self.create_subscription(CameraInfo, "depth/camera_info", self._on_depth_info, qos, callback_group=group)
+        silence = self.values["input_silence_s"]
+        remap = "remap it (`chatrex-ros up --grasp --depth TOPIC --depth-info TOPIC`) and check the depth camera runs"
+        self.depth_watch = InputWatch(self, "depth images", silence, remap, self.problems)
+        self.info_watch = InputWatch(self, "depth camera_info", silence, remap, self.problems)
+        # Depth has a group of its own: a 30 Hz stream that must not wait behind answers and camera_info (a
+        # KEEP_LAST(1) reader that is not served in time loses exactly the frame an answer may need).
+        depth_sub = self.create_subscription(Image, "depth", self._on_depth, qos,
+                                             callback_group=MutuallyExclusiveCallbackGroup(),
+                                             event_callbacks=self.depth_watch.event_callbacks())
+        self.depth_watch.attach(depth_sub.topic_name)
+        info_sub = self.create_subscription(CameraInfo, "depth/camera_info", self._on_depth_info, qos,
+                                            callback_group=group)
+        self.info_watch.attach(info_sub.topic_name)
         self.create_subscription(CameraInfo, "color/camera_info", self._on_colour_info, qos, callback_group=group)
-        self.create_subscription(Answer, "answer", self._on_answer, reliable_qos(), callback_group=group)
+        answer_sub = self.create_subscription(Answer, "answer", self._on_answer, reliable_qos(), callback_group=group)
         if self.values["pinned_frames"] > 0:
-            self.create_subscription(ProposalArray, "proposals", self._on_proposals, reliable_qos(), callback_group=group)
+            # Pins are urgent: a claim handled after its depth frame left the ring pins nothing.
+            pins = MutuallyExclusiveCallbackGroup()
+            self.create_subscription(ProposalArray, "proposals", self._on_proposals, reliable_qos(), callback_group=pins)
+            self.create_subscription(Header, "proposals/pending", self._on_claim, reliable_qos(), callback_group=pins)
         self.create_timer(0.05, self._expire, callback_group=group)
-        self.diagnostics = Diagnostics(self, self._diagnostic_values, self.problems)
+        self.diagnostics = Diagnostics(
+            self, self._diagnostic_values, self.problems,
+            lambda: [c for c in (self.depth_watch.condition(), self.info_watch.condition()) if c is not None])
         self.get_logger().info(
             f"grasp targets: selection={self.values['selection']} tolerance={self.values['stamp_tolerance_s']} s "
-            f"timeout={self.values['pairing_timeout_s']} s"
+            f"timeout={self.values['pairing_timeout_s']} s; answers on {answer_sub.topic_name}, depth on "
+            f"{depth_sub.topic_name}, camera_info on {info_sub.topic_name}"
         )
 
     # ---- parameters ----
@@ -148,6 +169,7 @@ class GraspTargetNode(Node):
 
     # ---- intake ----
     def _on_depth_info(self, msg: CameraInfo) -> None:
+        self.info_watch.note()
         self._store_info(msg, self.depth_infos, "bad_depth_camera_info")
 
     def _on_colour_info(self, msg: CameraInfo) -> None:
@@ -165,13 +187,23 @@ class GraspTargetNode(Node):
             into[msg.header.frame_id] = geometry
 
     def _on_proposals(self, msg: ProposalArray) -> None:
+        self._on_claim(msg.header)
+
+    def _on_claim(self, header: Header) -> None:
         with self._lock:
-            self.depth.pin(stamp_to_ns(msg.header.stamp), self._tolerance_ns)
+            self.depth.pin(stamp_to_ns(header.stamp), self._tolerance_ns)
 
     def _on_depth(self, msg: Image) -> None:
         # Decoded only when an answer needs it: most frames are never asked about.
+        self.depth_watch.note()
         with self._lock:
-            self.depth.add(stamp_to_ns(msg.header.stamp), msg)
+            verdict = self.depth.add(stamp_to_ns(msg.header.stamp), msg)
+            if verdict.event is StampEvent.JUMP:
+                self.problems.report("time_jump", f"depth stamps jumped back by {verdict.jump_ns / 1e9:.3f} s "
+                                     "(a bag replayed again, a clock reset): cleared the buffered depth frames")
+            elif verdict.event is StampEvent.OUTLIER:
+                self.problems.report("stamp_outlier", f"dropped the depth frame stamped {verdict.dropped} ns: its "
+                                     "stamp does not fit its neighbours")
             self.last_depth_frame = msg.header.frame_id
             waiting, self.pending = self.pending, []
             for pending in waiting:
@@ -210,7 +242,10 @@ class GraspTargetNode(Node):
             self._compute_and_publish(pending, found[1])
             return True
         if not self.depth.may_still_arrive(stamp, self._tolerance_ns):
-            self._expire_one(pending, "newer depth frames arrived but none within the tolerance is kept")
+            why = ("that depth frame never arrived: lost by the KEEP_LAST reader under load or on the way (raise "
+                   "depth_qos.depth, or set stamp_tolerance_s to a frame interval)"
+                   if self.depth.never_arrived(stamp) else "newer depth frames arrived but none within the tolerance is kept")
+            self._expire_one(pending, why)
             return True
         return False
 
@@ -356,7 +391,7 @@ def _marker(header: Header, target: Target) -> Marker:
 
 
 def main(args: list[str] | None = None) -> None:
-    raise SystemExit(run_node(GraspTargetNode, args, threads=2))
+    raise SystemExit(run_node(GraspTargetNode, args, threads=3))
 
 
 if __name__ == "__main__":

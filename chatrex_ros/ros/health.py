@@ -2,6 +2,9 @@
 
 A node never dies on a bad message: it logs the first occurrence of each cause (then at most every
 ``log_every_s``), counts every occurrence, and reports the counts on /diagnostics so nothing is lost silently.
+Silence is reported too: an input that delivers nothing (:class:`InputWatch`), or a setup that cannot answer,
+is a *condition* with a level and a message naming the topic and the likely fix; conditions are logged when
+they start (then throttled) and when they clear.
 """
 
 from __future__ import annotations
@@ -10,9 +13,20 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.event_handler import QoSMessageLostInfo, SubscriptionEventCallbacks
 from rclpy.node import Node
+
+OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
+PROBLEM_WARN_S = 30.0
+"""How long after its last new problem a node still reports WARN."""
+
+FASTDDS_PROFILE_HINT = (
+    "large frames leave Fast DDS shared memory without the package's profile: start the camera driver with "
+    "FASTDDS_DEFAULT_PROFILES_FILE=<chatrex_ros share>/config/fastdds.xml (docs: 'Fast DDS profile')"
+)
 
 
 class ProblemLog:
@@ -23,59 +37,164 @@ class ProblemLog:
         self._log_every_s = log_every_s
         self._counts: Counter[str] = Counter()
         self._last_logged: dict[str, float] = {}
-        self._last_message: dict[str, str] = {}
         self._lock = threading.Lock()
 
-    def report(self, cause: str, message: str) -> None:
-        now = time.monotonic()
+    def report(self, cause: str, message: str, count: int = 1) -> None:
         with self._lock:
-            self._counts[cause] += 1
-            self._last_message[cause] = message
-            last = self._last_logged.get(cause)
-            if last is not None and now - last < self._log_every_s:
+            self._counts[cause] += count
+            if not self._due(cause):
                 return
-            self._last_logged[cause] = now
-            count = self._counts[cause]
-        suffix = "" if count == 1 else f" ({count} times so far)"
+            total = self._counts[cause]
+        suffix = "" if total == 1 else f" ({total} times so far)"
         self._logger.warning(f"[{cause}] {message}{suffix}")
+
+    def log_condition(self, cause: str, level: bytes, message: str) -> None:
+        """Log a lasting condition when it starts, then at most every ``log_every_s``."""
+        with self._lock:
+            if not self._due(cause):
+                return
+        (self._logger.error if level >= ERROR else self._logger.warning)(f"[{cause}] {message}")
+
+    def clear_condition(self, cause: str, message: str) -> None:
+        with self._lock:
+            if self._last_logged.pop(cause, None) is None:
+                return
+        self._logger.info(f"[{cause}] {message}")
 
     def counts(self) -> dict[str, int]:
         with self._lock:
             return dict(self._counts)
 
-    def last_messages(self) -> dict[str, str]:
+    def _due(self, cause: str) -> bool:
+        now = time.monotonic()
+        last = self._last_logged.get(cause)
+        if last is not None and now - last < self._log_every_s:
+            return False
+        self._last_logged[cause] = now
+        return True
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A lasting state worth a WARN or ERROR: ``cause`` is its stable key for logs and tests."""
+
+    level: bytes  # DiagnosticStatus.WARN / ERROR (a ``byte`` field)
+    cause: str
+    message: str
+
+
+class InputWatch:
+    """Notices when a subscription stays silent, and frames the middleware reports lost.
+
+    Why both: a wrong topic name or a dead driver delivers nothing (no publisher, or a publisher whose
+    samples never match); a camera without the shared-memory profile delivers a fraction of its frames,
+    which Fast DDS reports as lost samples on a best-effort reader.
+    """
+
+    def __init__(self, node: Node, what: str, silence_s: float, fix: str, problems: ProblemLog) -> None:
+        self._node = node
+        self.what = what
+        self.topic = ""  # resolved name, set by attach()
+        self.silence_s = silence_s
+        self.fix = fix
+        self._problems = problems
+        self._started = time.monotonic()
+        self._last: float | None = None
+        self.received = 0
+        self.lost = 0
+        self._lock = threading.Lock()
+
+    def event_callbacks(self) -> SubscriptionEventCallbacks:
+        return SubscriptionEventCallbacks(message_lost=self._on_lost)
+
+    def attach(self, topic: str) -> None:
+        self.topic = topic
+
+    def note(self) -> None:
         with self._lock:
-            return dict(self._last_message)
+            self._last = time.monotonic()
+            self.received += 1
+
+    def _on_lost(self, info: QoSMessageLostInfo) -> None:
+        change = int(info.total_count_change)
+        with self._lock:
+            self.lost += change
+            received, lost = self.received, self.lost
+        self._problems.report(
+            f"lost_{self.what.replace(' ', '_')}",
+            f"the middleware lost {lost} sample(s) on {self.topic} ({received} received): {FASTDDS_PROFILE_HINT}",
+            count=change,
+        )
+
+    def condition(self) -> Condition | None:
+        with self._lock:
+            last = self._last
+        silent_for = time.monotonic() - (last if last is not None else self._started)
+        if silent_for < self.silence_s:
+            return None
+        since = "since start" if last is None else "for"
+        publishers = self._node.count_publishers(self.topic)
+        if publishers == 0:
+            detail = f"no publisher on {self.topic}: {self.fix}"
+        else:
+            detail = (f"{publishers} publisher(s) on {self.topic} but nothing arrives (QoS mismatch, or {FASTDDS_PROFILE_HINT})")
+        return Condition(WARN, f"no_{self.what.replace(' ', '_')}",
+                         f"no {self.what} {since} {silent_for:.0f} s: {detail}")
 
 
 class Diagnostics:
     """Publishes one DiagnosticStatus for the node on /diagnostics at a fixed rate."""
 
-    def __init__(self, node: Node, values: Callable[[], dict[str, object]], problems: ProblemLog, period_s: float = 1.0) -> None:
+    def __init__(
+        self, node: Node, values: Callable[[], dict[str, object]], problems: ProblemLog,
+        conditions: Callable[[], list[Condition]] | None = None, period_s: float = 1.0,
+    ) -> None:
         self._node = node
         self._values = values
         self._problems = problems
+        self._conditions = conditions or (lambda: [])
+        self._active: set[str] = set()
+        self._last_problems: dict[str, int] = {}
+        self._problem_seen = 0.0
         self._publisher = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._name = f"{node.get_fully_qualified_name().lstrip('/')}"
         self._timer = node.create_timer(period_s, self.publish)
-        self.level_override: tuple[int, str] | None = None
 
     def publish(self) -> None:
         values = self._values()
         problems = self._problems.counts()
+        conditions = sorted(self._conditions(), key=lambda c: c.level, reverse=True)  # worst first
+        self._log_transitions(conditions)
         status = DiagnosticStatus(name=self._name, hardware_id=self._node.get_name())
-        status.level, status.message = DiagnosticStatus.OK, "ok"
-        if self.level_override is not None:
-            status.level, status.message = self.level_override
+        status.level, status.message = OK, "ok"
+        if conditions:
+            status.level = conditions[0].level
+            status.message = "; ".join(c.message for c in conditions)
         elif problems:
-            status.level = DiagnosticStatus.WARN
-            worst = max(problems, key=problems.get)
-            status.message = f"{sum(problems.values())} problem(s); most: {worst} ({problems[worst]})"
+            # A problem keeps the node at WARN for a while after it last happened, not for ever.
+            now = time.monotonic()
+            if problems != self._last_problems:
+                self._last_problems, self._problem_seen = problems, now
+            worst = max(problems, key=lambda cause: problems[cause])
+            summary = f"{sum(problems.values())} problem(s); most: {worst} ({problems[worst]})"
+            if now - self._problem_seen < PROBLEM_WARN_S:
+                status.level, status.message = WARN, summary
+            else:
+                status.message = f"ok (earlier: {summary})"
         status.values = [KeyValue(key=str(k), value=_format(v)) for k, v in values.items()]
+        status.values += [KeyValue(key=f"condition.{c.cause}", value=c.message) for c in conditions]
         status.values += [KeyValue(key=f"problem.{k}", value=str(v)) for k, v in sorted(problems.items())]
         array = DiagnosticArray(status=[status])
         array.header.stamp = self._node.get_clock().now().to_msg()
         self._publisher.publish(array)
+
+    def _log_transitions(self, conditions: list[Condition]) -> None:
+        for condition in conditions:
+            self._problems.log_condition(condition.cause, condition.level, condition.message)
+        current = {c.cause for c in conditions}
+        for cleared in self._active - current:
+            self._problems.clear_condition(cleared, "resolved")
+        self._active = current
 
 
 def _format(value: object) -> str:

@@ -1,9 +1,10 @@
 """language_node: image + proposals + Query -> Answer with the model's index answer resolved into boxes.
 
-Images and proposals are paired by exact stamp in a small bounded cache. Queries (topic ``query`` or service
-``ask``) go into a bounded FIFO queue served by one worker; the model runs one generation at a time on its own
+Images and proposals are paired by exact stamp in a bounded cache that holds the frames the proposer announced
+on ``proposals/pending`` until their proposals arrive (:mod:`chatrex_ros.core.frame_cache`). Queries (topic
+``query`` or service ``ask``) go into a bounded FIFO queue served by one worker; the model runs one generation at a time on its own
 thread so a per-query timeout can be reported on time. A full queue answers BUSY at once, every failure has a
-status: a query never goes unanswered.
+status: a query never goes unanswered. Silent inputs, lost frames and a missing model show on /diagnostics.
 """
 
 from __future__ import annotations
@@ -26,19 +27,23 @@ from std_msgs.msg import Header
 
 from chatrex_ros.core.answering import AnswerResult, AnswerStatus, QueryError, QueryRequest, answer_query
 from chatrex_ros.core.frame_cache import Frame, FrameCache
+from chatrex_ros.core.stamps import format_stamp
+from chatrex_ros.core.time_jumps import StampEvent
 from chatrex_ros.core.images import ImageFormatError, decode_rgb
 from chatrex_ros.core.types import Proposals
 from chatrex_ros.models.settings import LANGUAGE_NODE_PARAMETERS, language_backend
 from chatrex_ros.msg import Answer, ProposalArray, Query
 from chatrex_ros.ros.annotate import draw_detections
 from chatrex_ros.ros.conversions import answer_msg, image_msg, msg_to_proposals, stamp_to_ns
-from chatrex_ros.ros.health import Diagnostics, ProblemLog
-from chatrex_ros.ros.node_runtime import StartupError, run_node
+from chatrex_ros.ros.health import FASTDDS_PROFILE_HINT, WARN, Condition, Diagnostics, InputWatch, ProblemLog
+from chatrex_ros.ros.node_runtime import StartupError, publish_from_worker, run_node
 from chatrex_ros.ros.params import declare_parameters, install_validator
 from chatrex_ros.ros.qos import reliable_qos, sensor_qos
 from chatrex_ros.srv import Ask
 
 PARAMETERS = LANGUAGE_NODE_PARAMETERS
+NO_MODEL = ("no language model configured: every query is answered MODEL_ERROR; set language_backend:=chatrex "
+            "model_path:=<ChatRex-7B dir> trust_remote_code:=true (or a python:module:Class plugin)")
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,8 @@ class LanguageNode(Node):
             self.backend = language_backend(self.values)
         except (ValueError, TypeError) as error:
             raise StartupError(str(error)) from error
-        self.cache: FrameCache[_StoredImage, _StoredProposals] = FrameCache(self.values["frame_cache_size"])
+        self.cache: FrameCache[_StoredImage, _StoredProposals] = FrameCache(
+            self.values["frame_cache_size"], self.values["recent_images"])
         self.jobs: queue.Queue[_Job] = queue.Queue(maxsize=self.values["queue_size"])
         self.status_counts = {status.name: 0 for status in AnswerStatus}
         self._counts_lock = threading.Lock()  # answers are finished on the worker and on intake threads
@@ -92,21 +98,33 @@ class LanguageNode(Node):
         )
         # Each input has its own group: a burst on one (proposals, queries) never delays camera frames. The
         # callbacks only touch thread-safe structures (the frame cache, the job queue).
+        silence = self.values["input_silence_s"]
+        self.image_watch = InputWatch(self, "images", silence, "check the camera topic (`chatrex-ros up --image "
+                                      "TOPIC`, or remap `image`) and that the camera runs", self.problems)
+        self.proposal_watch = InputWatch(self, "proposals", silence, "start proposal_node in the same namespace "
+                                         "(`chatrex-ros up` starts both)", self.problems)
         qos = sensor_qos(self.values["image_qos.reliability"], self.values["image_qos.depth"])
-        if self.values["image_transport"] == "compressed":
-            self.create_subscription(CompressedImage, "image/compressed", self._on_image, qos,
-                                     callback_group=MutuallyExclusiveCallbackGroup())
-        else:
-            self.create_subscription(Image, "image", self._on_image, qos, callback_group=MutuallyExclusiveCallbackGroup())
-        self.create_subscription(ProposalArray, "proposals", self._on_proposals, reliable_qos(),
+        compressed = self.values["image_transport"] == "compressed"
+        image_sub = self.create_subscription(
+            CompressedImage if compressed else Image, "image/compressed" if compressed else "image", self._on_image,
+            qos, callback_group=MutuallyExclusiveCallbackGroup(), event_callbacks=self.image_watch.event_callbacks())
+        self.image_watch.attach(image_sub.topic_name)
+        proposals_sub = self.create_subscription(ProposalArray, "proposals", self._on_proposals, reliable_qos(),
+                                                 callback_group=MutuallyExclusiveCallbackGroup())
+        self.proposal_watch.attach(proposals_sub.topic_name)
+        self.create_subscription(Header, "proposals/pending", self._on_claim, reliable_qos(),
                                  callback_group=MutuallyExclusiveCallbackGroup())
         self.create_subscription(Query, "query", self._on_query, reliable_qos(), callback_group=MutuallyExclusiveCallbackGroup())
         self.create_service(Ask, "ask", self._on_ask, callback_group=ReentrantCallbackGroup())
         self._worker = threading.Thread(target=self._serve, name="query_worker", daemon=True)
         self._worker.start()
-        self.diagnostics = Diagnostics(self, self._diagnostic_values, self.problems)
+        self.diagnostics = Diagnostics(self, self._diagnostic_values, self.problems, self._conditions)
         model = self.backend.name if self.backend is not None else "none"
-        self.get_logger().info(f"language backend '{model}' ready; queue {self.values['queue_size']}")
+        self.get_logger().info(
+            f"language backend '{model}' ready; queue {self.values['queue_size']}; images on "
+            f"{image_sub.topic_name}, proposals on {proposals_sub.topic_name}")
+        if self.backend is None:
+            self.get_logger().warning(NO_MODEL)
 
     # ---- intake (never blocks on the model) ----
     def _on_parameters(self, changed: dict[str, Any]) -> str | None:
@@ -114,21 +132,38 @@ class LanguageNode(Node):
         return None
 
     def _on_image(self, msg: Image | CompressedImage) -> None:
+        self.image_watch.note()
         try:
             rgb = decode_rgb(msg)
         except ImageFormatError as error:
             self.problems.report("bad_image", f"dropped image: {error}")
             return
         self.cache.add_image(stamp_to_ns(msg.header.stamp), _StoredImage(msg.header, rgb))
+        for event in self.cache.take_events():
+            if event.event is StampEvent.JUMP:
+                self.problems.report("time_jump", f"image stamps jumped back by {event.jump_ns / 1e9:.3f} s "
+                                     "(a bag replayed again, a clock reset): cleared the cached frames")
+            else:
+                self.problems.report("stamp_outlier", f"dropped the frame stamped {event.dropped} ns: its stamp "
+                                     "does not fit its neighbours (camera clock glitch?)")
+
+    def _on_claim(self, header: Header) -> None:
+        self.cache.claim(stamp_to_ns(header.stamp))
 
     def _on_proposals(self, msg: ProposalArray) -> None:
+        self.proposal_watch.note()
         try:
             proposals = msg_to_proposals(msg)
         except ValueError as error:
             self.problems.report("bad_proposals", f"dropped ProposalArray: {error}")
             return
         stored = _StoredProposals(msg.header, proposals, int(msg.image_width), int(msg.image_height))
+        missed = self.cache.stats.proposals_without_image
         self.cache.add_proposals(stamp_to_ns(msg.header.stamp), stored)
+        if self.cache.stats.proposals_without_image > missed:
+            self.problems.report(
+                "missed_images", f"proposals arrived for a frame whose image never reached this node "
+                f"({self.image_watch.topic}): frames are lost on the way here; {FASTDDS_PROFILE_HINT}")
 
     def _on_query(self, msg: Query) -> None:
         self._submit(msg, reply=None)
@@ -188,11 +223,9 @@ class LanguageNode(Node):
         except QueryError as error:
             return self._answer(job.query, error.status, str(error), job.received)
         image, stored = frame.image, frame.proposals
-        assert image is not None and stored is not None
         if self.backend is None:
             return self._answer(
-                job.query, AnswerStatus.MODEL_ERROR,
-                "no language model configured: set language_backend:=chatrex and model_path:=<ChatRex-7B dir>",
+                job.query, AnswerStatus.MODEL_ERROR, NO_MODEL,
                 job.received, frame)
         # One generation at a time on the model device: wait for an abandoned (timed-out) one to finish.
         if self._pending_generation is not None and not self._pending_generation.done():
@@ -212,21 +245,28 @@ class LanguageNode(Node):
             if error.status == AnswerStatus.MODEL_ERROR:
                 self.problems.report("model_error", f"query {job.query.id!r}: {error}")
             return self._answer(job.query, error.status, str(error), job.received, frame, queue_ms=queue_ms)
+        self.cache.keep(frame.stamp_ns)  # a follow-up about this frame is likely
         answer = self._answer(job.query, AnswerStatus.OK, "", job.received, frame, result, queue_ms)
         self._annotate(image, result, answer.header)
         return answer
 
     def _frame_for(self, job: _Job) -> Frame[_StoredImage, _StoredProposals]:
-        """The frame the query asks about, waiting briefly for its proposals (they lag the image)."""
+        """The frame the query asks about, waiting up to ``pairing_wait_s`` for proposals that are coming."""
         stamp = stamp_to_ns(job.query.image_stamp) or None
         wait = min(self.values["pairing_wait_s"], max(0.0, job.deadline - time.monotonic()))
-        # A named frame may still be in flight; with no image at all there is nothing to wait for.
-        frame = self.cache.wait_for(stamp, wait) if stamp is not None or self.cache.has_image() else None
+        frame = self.cache.wait_for(stamp, 0.0)
         if frame is None:
-            if not self.cache.has_image(stamp):
-                where = f"with stamp {stamp} " if stamp is not None else ""
-                raise QueryError(AnswerStatus.NO_IMAGE, f"no image {where}received (or it is no longer cached)")
-            raise QueryError(AnswerStatus.NO_PROPOSALS, "no proposals arrived for the frame in time")
+            self._raise_unless_coming(stamp)
+            frame = self.cache.wait_for(stamp, wait)
+        if frame is None:
+            if stamp is None and not self.cache.knows():
+                raise QueryError(AnswerStatus.NO_IMAGE, f"no image received on {self.image_watch.topic} within "
+                                 f"{wait:.1f} s (pairing_wait_s)")
+            if stamp is None:
+                raise QueryError(AnswerStatus.NO_PROPOSALS, f"no frame got proposals within {wait:.1f} s "
+                                 f"(pairing_wait_s); is proposal_node running on {self.proposal_watch.topic}?")
+            raise QueryError(AnswerStatus.NO_PROPOSALS, f"no proposals for the frame {format_stamp(stamp)} within "
+                             f"{wait:.1f} s (pairing_wait_s)")
         image, stored = frame.image, frame.proposals
         if (stored.width, stored.height) != (image.rgb.shape[1], image.rgb.shape[0]):
             self.problems.report("mismatched_proposals", "proposal image size differs from the image with the same stamp")
@@ -237,13 +277,38 @@ class LanguageNode(Node):
             )
         return frame
 
+    def _raise_unless_coming(self, stamp: int | None) -> None:
+        """Fail at once when waiting cannot help: a named frame that is gone or was skipped. "Newest" waits,
+        even before the first image: a robot that asks while its camera starts gets the first frame."""
+        if stamp is None:
+            return
+        if self.cache.was_evicted(stamp):
+            raise QueryError(AnswerStatus.NO_IMAGE, f"the frame {format_stamp(stamp)} is no longer cached: newer "
+                             f"frames took its place (frame_cache_size={self.values['frame_cache_size']}; frames "
+                             "answered about are kept longer for follow-ups)")
+        if self.cache.skipped(stamp):
+            raise QueryError(AnswerStatus.NO_PROPOSALS, f"the proposer skipped the frame {format_stamp(stamp)} "
+                             "(it works on the newest frame); ask about a stamp from a ProposalArray or Answer")
+        if not self.cache.knows(stamp) and not self.cache.image_may_still_arrive(stamp):
+            raise QueryError(AnswerStatus.NO_IMAGE, f"no frame with stamp {format_stamp(stamp)} is cached "
+                             f"(never received, or older than the {self.values['frame_cache_size']} kept)")
+
+    def _conditions(self) -> list[Condition]:
+        images = self.image_watch.condition()
+        # Proposals are computed from images: without images, their silence says nothing new.
+        proposals = self.proposal_watch.condition() if images is None else None
+        conditions = [c for c in (images, proposals) if c is not None]
+        if self.backend is None:
+            conditions.append(Condition(WARN, "no_model", NO_MODEL))
+        return conditions
+
     # ---- output ----
     def _answer(
         self, query: Query, status: AnswerStatus, message: str, received: float,
         frame: Frame[_StoredImage, _StoredProposals] | None = None, result: AnswerResult | None = None,
         queue_ms: float = 0.0,
     ) -> Answer:
-        if frame is not None and frame.image is not None:
+        if frame is not None:
             header = frame.image.header
         else:  # no frame: the stamp the query asked about (zero for "newest"), so the answer is still placed
             header = Header(stamp=query.image_stamp)
@@ -259,7 +324,7 @@ class LanguageNode(Node):
         with self._counts_lock:
             self.status_counts[AnswerStatus(answer.status).name] += 1
             self.last_latency_ms = answer.total_ms
-        self.answer_pub.publish(answer)
+        publish_from_worker(self, self.answer_pub, answer)
         if reply is not None:
             reply(answer)
 
@@ -278,8 +343,13 @@ class LanguageNode(Node):
             "model": self.backend.name if self.backend is not None else "none (not configured)",
             "queue_depth": self.jobs.qsize(),
             "last_latency_ms": self.last_latency_ms,
-            "cached_frames": len(self.cache),
-            "images_received": self.cache.images_seen,
+            **{f"frames.{kind}": count for kind, count in self.cache.sizes().items()},
+            "images_received": self.cache.stats.images,
+            "images_lost_in_transport": self.image_watch.lost,
+            "proposals_received": self.cache.stats.proposals,
+            "frames_paired": self.cache.stats.paired,
+            "proposals_without_image": self.cache.stats.proposals_without_image,
+            "time_jumps": self.cache.stats.time_jumps,
             **{f"answers.{name}": count for name, count in self.status_counts.items()},
         }
 

@@ -10,6 +10,23 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, Si
 from rclpy.node import Node
 
 
+def publish_from_worker(node: Node, publisher, msg) -> bool:
+    """Publish from a worker thread; False instead of an exception when rclpy is shutting down.
+
+    Why: on SIGINT/SIGTERM rclpy invalidates the context while a worker may still be finishing a frame or a
+    query; that last publish must not end the process with a traceback.
+    """
+    if not node.context.ok():
+        return False
+    try:
+        publisher.publish(msg)
+    except Exception:
+        if node.context.ok():
+            raise
+        return False
+    return True
+
+
 class StartupError(RuntimeError):
     """A configuration problem found before spinning (missing file, dependency, bad parameter)."""
 
@@ -29,7 +46,13 @@ def run_node(factory: Callable[[], Node], args: list[str] | None = None, threads
         # rclpy's multi-threaded executor costs per callback; nodes whose callbacks never block use one thread.
         executor = SingleThreadedExecutor() if threads == 1 else MultiThreadedExecutor(num_threads=threads)
         executor.add_node(node)
-        executor.spin()
+        try:
+            executor.spin()
+        except Exception:
+            # rclpy's executor can fail to build its wait set when SIGINT/SIGTERM shut the context down
+            # between two spins: that is a normal stop, anything else is a real error.
+            if rclpy.ok():
+                raise
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

@@ -4,6 +4,10 @@ Subscribes ``image`` (sensor_msgs/Image, or ``image/compressed`` with image_tran
 configured proposal backend and the shared selection policy on a worker thread, and publishes ``proposals``
 with the image's header. The callback only swaps the newest frame into a one-slot mailbox, so it never
 blocks; frames that arrive while the backend is busy replace each other (counted as skipped).
+
+When the worker starts on a frame it publishes that frame's header on ``proposals/pending``: consumers that
+must keep the frame until its proposals arrive (language_node's images, grasp_target_node's depth) hold just
+the announced frames instead of every frame of the backend's latency.
 """
 
 from __future__ import annotations
@@ -16,13 +20,14 @@ from typing import Any
 import numpy as np
 from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header
 
 from chatrex_ros.core.images import ImageFormatError, decode_rgb
 from chatrex_ros.models.settings import PROPOSAL_NODE_PARAMETERS, proposal_pipeline, selection_policy
 from chatrex_ros.msg import ProposalArray
 from chatrex_ros.ros.conversions import proposals_to_msg
-from chatrex_ros.ros.health import Diagnostics, ProblemLog
-from chatrex_ros.ros.node_runtime import StartupError, run_node
+from chatrex_ros.ros.health import Diagnostics, InputWatch, ProblemLog
+from chatrex_ros.ros.node_runtime import StartupError, publish_from_worker, run_node
 from chatrex_ros.ros.params import declare_parameters, install_validator
 from chatrex_ros.ros.qos import reliable_qos, sensor_qos
 
@@ -50,11 +55,16 @@ class ProposalNode(Node):
             self.pipeline.run(np.zeros((480, 640, 3), np.uint8))
 
         self.publisher = self.create_publisher(ProposalArray, "proposals", reliable_qos())
+        self.claims = self.create_publisher(Header, "proposals/pending", reliable_qos())
+        self.image_watch = InputWatch(self, "images", self.values["input_silence_s"], "check the camera topic "
+                                      "(`chatrex-ros up --image TOPIC`, or remap `image`) and that the camera runs",
+                                      self.problems)
         qos = sensor_qos(self.values["image_qos.reliability"], self.values["image_qos.depth"])
-        if self.values["image_transport"] == "compressed":
-            self.create_subscription(CompressedImage, "image/compressed", self._on_image, qos)
-        else:
-            self.create_subscription(Image, "image", self._on_image, qos)
+        compressed = self.values["image_transport"] == "compressed"
+        image_sub = self.create_subscription(
+            CompressedImage if compressed else Image, "image/compressed" if compressed else "image", self._on_image,
+            qos, event_callbacks=self.image_watch.event_callbacks())
+        self.image_watch.attach(image_sub.topic_name)
 
         self._mailbox: _Pending | None = None
         self._wakeup = threading.Condition()
@@ -63,11 +73,13 @@ class ProposalNode(Node):
         self._rate_window: list[float] = []
         self._worker = threading.Thread(target=self._work, name="proposal_worker", daemon=True)
         self._worker.start()
-        self.diagnostics = Diagnostics(self, self._diagnostic_values, self.problems)
+        self.diagnostics = Diagnostics(self, self._diagnostic_values, self.problems,
+                                       lambda: [c for c in (self.image_watch.condition(),) if c is not None])
         provider = getattr(backend, "provider", "")
         self.get_logger().info(
-            f"proposal backend '{backend.name}'{f' ({provider})' if provider else ''} ready; "
-            f"min_score={policy.min_score} nms_iou={policy.nms_iou} max_proposals={policy.max_count}"
+            f"proposal backend '{backend.name}'{f' ({provider})' if provider else ''} ready on "
+            f"{image_sub.topic_name}; min_score={policy.min_score} nms_iou={policy.nms_iou} "
+            f"max_proposals={policy.max_count}"
         )
 
     def _on_parameters(self, changed: dict[str, Any]) -> str | None:
@@ -81,6 +93,7 @@ class ProposalNode(Node):
         return None
 
     def _on_image(self, msg: Image | CompressedImage) -> None:
+        self.image_watch.note()
         with self._wakeup:
             if self._mailbox is not None:
                 self._stats["skipped"] += 1
@@ -98,6 +111,8 @@ class ProposalNode(Node):
 
     def _process(self, pending: _Pending) -> None:
         msg = pending.msg
+        if not publish_from_worker(self, self.claims, msg.header):
+            return
         try:
             image = decode_rgb(msg)
         except ImageFormatError as error:
@@ -109,7 +124,8 @@ class ProposalNode(Node):
             self.problems.report("backend_error", f"proposal backend failed: {type(error).__name__}: {error}")
             return
         out = proposals_to_msg(proposals, msg.header, image.shape[1], image.shape[0], self.values["granularity"])
-        self.publisher.publish(out)
+        if not publish_from_worker(self, self.publisher, out):
+            return
         now = time.perf_counter()
         self._stats["frames"] += 1
         self._stats["last_latency_ms"] = (now - pending.received) * 1e3

@@ -1,0 +1,225 @@
+"""The ROS-free pairing cache and time-jump detection: bounded memory, slow proposers, bad stamps."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from chatrex_ros.core.frame_cache import CLAIMED_CAPACITY, FrameCache
+from chatrex_ros.core.time_jumps import StampEvent, StampTimeline
+
+MS = 1_000_000
+
+
+def events(stamps: list[int]) -> list[StampEvent]:
+    timeline = StampTimeline()
+    return [timeline.observe(s).event for s in stamps]
+
+
+def test_in_order_stamps_are_in_order() -> None:
+    assert set(events([1, 2, 2, 3, 10])) == {StampEvent.IN_ORDER}
+
+
+def test_a_bag_replayed_again_is_a_jump_after_two_frames() -> None:
+    timeline = StampTimeline()
+    for stamp in (100, 101, 102):
+        timeline.observe(stamp)
+    assert timeline.observe(1).event is StampEvent.SUSPECT
+    verdict = timeline.observe(2)
+    assert verdict.event is StampEvent.JUMP and verdict.keep_from == 1 and verdict.jump_ns == 101
+    assert timeline.observe(3).event is StampEvent.IN_ORDER
+
+
+def test_a_future_outlier_is_dropped_not_a_jump() -> None:
+    timeline = StampTimeline()
+    for stamp in (10, 11, 1000):
+        timeline.observe(stamp)
+    assert timeline.observe(12).event is StampEvent.SUSPECT
+    verdict = timeline.observe(13)
+    assert verdict.event is StampEvent.OUTLIER and verdict.dropped == 1000
+    assert timeline.observe(14).event is StampEvent.IN_ORDER
+
+
+def test_a_past_outlier_is_dropped_not_a_jump() -> None:
+    timeline = StampTimeline()
+    for stamp in (10, 11):
+        timeline.observe(stamp)
+    assert timeline.observe(0).event is StampEvent.SUSPECT
+    verdict = timeline.observe(12)
+    assert verdict.event is StampEvent.OUTLIER and verdict.dropped == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 10**6), min_size=3, max_size=30), st.integers(0, 27), st.integers(10**8, 10**11))
+def test_one_outlier_in_an_increasing_stream_costs_only_that_frame(steps, where, offset) -> None:
+    stamps = [int(s) for s in np.cumsum([s + 1 for s in steps]) + 10**12]
+    where = min(where, len(stamps) - 3)  # two good frames after it let the cache decide
+    good = stamps[:where] + stamps[where + 1:]
+    stamps[where] = stamps[where] + offset if offset % 2 else stamps[where] - offset
+    cache: FrameCache[int, str] = FrameCache(answerable=8, recent=64)
+    for stamp in stamps:
+        cache.add_image(stamp, stamp)
+    assert all(cache.knows(stamp) for stamp in good)
+    if where > 0 or offset % 2:  # an early first frame is simply in order
+        assert not cache.knows(stamps[where])
+
+
+def frames(cache: FrameCache, stamps) -> None:
+    for stamp in stamps:
+        cache.add_image(stamp, f"image{stamp}")
+
+
+def test_a_claimed_frame_outlives_many_newer_frames() -> None:
+    cache: FrameCache[str, str] = FrameCache(answerable=8, recent=4)
+    frames(cache, [0])
+    cache.claim(0)
+    frames(cache, range(33 * MS, 3000 * MS, 33 * MS))  # 3 s of a 30 Hz camera while the proposer works
+    assert cache.newest() is None
+    cache.add_proposals(0, "proposals0")
+    frame = cache.newest()
+    assert frame is not None and (frame.stamp_ns, frame.image, frame.proposals) == (0, "image0", "proposals0")
+    assert len(cache) <= 8 + 4 + CLAIMED_CAPACITY
+
+
+def test_a_claim_may_overtake_its_image_and_proposals_may_overtake_it_too() -> None:
+    cache: FrameCache[str, str] = FrameCache()
+    cache.claim(5)
+    cache.add_image(5, "image5")
+    cache.add_proposals(5, "p5")
+    assert cache.wait_for(5, 0).image == "image5"
+    cache.add_proposals(7, "p7")  # a fast proposer beat the large image
+    assert cache.wait_for(7, 0) is None
+    cache.add_image(7, "image7")
+    assert cache.wait_for(7, 0).proposals == "p7"
+
+
+def test_proposals_for_an_image_that_never_came_are_counted() -> None:
+    cache: FrameCache[str, str] = FrameCache()
+    frames(cache, [1, 2, 3])
+    cache.add_proposals(0, "p0")  # older than every image here: its image was lost
+    assert cache.stats.proposals_without_image == 1
+    cache.add_proposals(4, "p4")  # may still arrive
+    cache.add_image(5, "image5")  # ...it did not
+    assert cache.stats.proposals_without_image == 2
+
+
+def test_unclaimed_images_are_bounded_and_evicted_oldest_first() -> None:
+    cache: FrameCache[str, str] = FrameCache(answerable=2, recent=3)
+    frames(cache, range(100))
+    assert cache.sizes()["recent"] == 3
+    cache.add_proposals(97, "late")
+    assert cache.wait_for(97, 0) is not None
+    cache.add_proposals(50, "evicted")
+    assert cache.wait_for(50, 0) is None
+
+
+def test_newest_is_the_last_completed_frame_not_the_highest_stamp() -> None:
+    cache: FrameCache[str, str] = FrameCache()
+    frames(cache, [10, 11])
+    cache.add_image(10**18, "glitch")  # a camera clock glitch, stamped far in the future
+    cache.add_proposals(10**18, "pg")
+    frames(cache, [12, 13])  # the outlier is recognised and dropped
+    assert cache.wait_for(10**18, 0) is None
+    cache.add_proposals(13, "p13")
+    assert cache.newest().stamp_ns == 13
+    assert cache.stats.outliers == 1
+
+
+def test_a_replayed_bag_clears_the_previous_run() -> None:
+    cache: FrameCache[str, str] = FrameCache()
+    for stamp in (100, 101, 102):
+        cache.add_image(stamp, f"run1-{stamp}")
+        cache.add_proposals(stamp, "p")
+    cache.add_image(100, "run2-100")
+    assert cache.newest().image == "run1-102"  # one frame back is not yet a jump
+    cache.add_image(101, "run2-101")
+    assert cache.stats.time_jumps == 1
+    assert cache.newest() is None  # nothing of the first run answers any more
+    assert cache.wait_for(102, 0) is None
+    cache.add_proposals(101, "p")
+    assert cache.newest().image == "run2-101"
+    assert [e.event for e in cache.take_events()] == [StampEvent.JUMP]
+
+
+def test_skipped_frames_are_known_once_the_proposer_announces_frames() -> None:
+    cache: FrameCache[str, str] = FrameCache()
+    frames(cache, [1, 2, 3])
+    assert not cache.skipped(2)  # no claims seen: a proposer that does not announce may still come
+    cache.claim(3)
+    assert cache.skipped(2) and not cache.skipped(3)
+
+
+def test_abandoned_claims_are_bounded() -> None:
+    cache: FrameCache[str, str] = FrameCache()
+    for stamp in range(10):
+        cache.add_image(stamp, "i")
+        cache.claim(stamp)
+    assert cache.sizes()["claimed"] == CLAIMED_CAPACITY
+    assert cache.stats.claims_abandoned == 10 - CLAIMED_CAPACITY
+
+
+def test_wait_for_wakes_up_when_the_proposals_arrive() -> None:
+    cache: FrameCache[str, str] = FrameCache()
+    cache.add_image(1, "i")
+    cache.claim(1)
+    timer = threading.Timer(0.1, cache.add_proposals, args=(1, "p"))
+    timer.start()
+    assert cache.wait_for(None, 5.0).proposals == "p"
+    timer.join()
+
+
+@pytest.mark.parametrize("rate_hz, latency_s", [(10, 0.1), (10, 1.0), (10, 3.0), (30, 0.1), (30, 1.0), (30, 3.0)])
+def test_every_frame_a_slow_proposer_works_on_is_paired(rate_hz, latency_s) -> None:
+    """A simulated camera and a newest-frame-wins proposer: every proposal list finds its image."""
+    cache: FrameCache[str, str] = FrameCache()
+    period = 1.0 / rate_hz
+    busy_until, working_on, published = 0.0, None, 0
+    for k in range(int(20 / period)):
+        now, stamp = k * period, k * 10**7
+        if working_on is not None and now >= busy_until:
+            cache.add_proposals(working_on, f"p{working_on}")
+            published += 1
+            working_on = None
+        cache.add_image(stamp, f"i{stamp}")
+        if working_on is None:
+            working_on, busy_until = stamp, now + latency_s
+            cache.claim(stamp)
+    assert published > 0 and cache.stats.paired == published
+    assert cache.stats.proposals_without_image == 0
+    assert len(cache) <= 8 + 4 + CLAIMED_CAPACITY
+
+
+def test_an_answered_frame_is_kept_for_follow_ups_and_eviction_is_told_apart() -> None:
+    cache: FrameCache[str, str] = FrameCache(answerable=2, recent=2)
+    cache.add_image(1, "i1")
+    cache.claim(1)
+    cache.add_proposals(1, "p1")
+    cache.keep(1)  # a query was answered about frame 1
+    cache.add_image(2, "i2")
+    cache.add_proposals(2, "p2")
+    for stamp in range(3, 10):
+        cache.add_image(stamp, "i")
+        cache.claim(stamp)
+        cache.add_proposals(stamp, "p")
+    assert cache.wait_for(1, 0).image == "i1"  # kept
+    assert cache.wait_for(2, 0) is None and cache.was_evicted(2) and not cache.skipped(2)
+    assert not cache.was_evicted(1)
+    assert cache.newest().stamp_ns == 9  # a kept frame is never "newest"
+
+
+def test_a_pinned_depth_frame_that_never_arrives_is_told_apart() -> None:
+    from chatrex_ros.core.grasp_pairing import DepthStore
+
+    store: DepthStore[str] = DepthStore(recent=3, pinned=2)
+    store.add(1, "d1")
+    store.pin(2)  # claimed before its depth frame arrived...
+    store.add(3, "d3")  # ...and the next frame came instead
+    assert store.never_arrived(2) and store.find(2) is None
+    store.pin(4)
+    store.add(4, "d4")
+    store.add(5, "d5")
+    assert not store.never_arrived(4) and store.find(4) == (4, "d4")
