@@ -376,3 +376,16 @@ def test_up_starts_the_graph_and_stops_cleanly_on_ctrl_c(tmp_path) -> None:
     output, _ = process.communicate(timeout=30)
     assert process.returncode == 0, "".join(lines) + output
     assert "stopping the graph" in output
+
+
+def test_set_values_are_yaml_but_string_parameters_keep_their_text() -> None:
+    """`--set language_node.backend_options={"a": 1}` is JSON for a string parameter, not a YAML mapping."""
+    from chatrex_ros.commands.graph import parse_overrides
+
+    overrides = parse_overrides(['language_node.backend_options={"delay_s": 3}', "proposal_node.min_score=0.55",
+                                 "proposal_node.warmup=false", "language_node.image_qos.depth=3"])
+    planned = {node.spec.name: node for node in plan_graph(load_config(None), overrides)}
+    language, proposal = planned["language_node"].parameters, planned["proposal_node"].parameters
+    assert language["backend_options"] == '{"delay_s": 3}'
+    assert language["image_qos.depth"] == 3
+    assert proposal["min_score"] == 0.55 and proposal["warmup"] is False

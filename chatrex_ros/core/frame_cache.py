@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from chatrex_ros.core.time_jumps import StampEvent, StampTimeline, StampVerdict
+from chatrex_ros.core.time_jumps import HeldTimeline, StampEvent, StampVerdict
 
 ImageT = TypeVar("ImageT")
 ProposalsT = TypeVar("ProposalsT")
@@ -80,9 +80,8 @@ class FrameCache(Generic[ImageT, ProposalsT]):
         self._answerable: OrderedDict[int, Frame[ImageT, ProposalsT]] = OrderedDict()
         self._kept: OrderedDict[int, Frame[ImageT, ProposalsT]] = OrderedDict()
         self._evicted: deque[int] = deque(maxlen=256)  # answerable stamps evicted: "no longer cached", not "never"
-        self._timeline = StampTimeline()
+        self._timeline: HeldTimeline[ImageT] = HeldTimeline()
         self._newest_image_ns: int | None = None
-        self._suspect: tuple[int, ImageT] | None = None
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self.stats = PairingStats()
@@ -96,11 +95,7 @@ class FrameCache(Generic[ImageT, ProposalsT]):
         """
         with self._changed:
             self.stats.images += 1
-            verdict = self._timeline.observe(stamp_ns)
-            suspect, self._suspect = self._suspect, None
-            if verdict.event is StampEvent.SUSPECT:
-                self._suspect = (stamp_ns, image)
-                return verdict
+            verdict, store = self._timeline.observe(stamp_ns, image)
             if verdict.event is StampEvent.JUMP:
                 self._forget(lambda stamp: True)
                 self.stats.time_jumps += 1
@@ -109,10 +104,9 @@ class FrameCache(Generic[ImageT, ProposalsT]):
                 self._forget(lambda stamp: stamp == verdict.dropped)
                 self.stats.outliers += 1
                 self.stats.events.append(verdict)
-            if suspect is not None and suspect[0] != verdict.dropped:
-                self._place_image(*suspect)
-            self._newest_image_ns = stamp_ns
-            self._place_image(stamp_ns, image)
+            for stamp, held_or_new in store:
+                self._newest_image_ns = stamp
+                self._place_image(stamp, held_or_new)
             self._drop_hopeless_orphans()
             self._changed.notify_all()
             return verdict
@@ -168,7 +162,7 @@ class FrameCache(Generic[ImageT, ProposalsT]):
         with self._changed:
             self._forget(lambda stamp: True)
             self._timeline.reset()
-            self._newest_image_ns, self._suspect = None, None
+            self._newest_image_ns = None
 
     # ---- queries ----
     def wait_for(self, stamp_ns: int | None, timeout_s: float) -> Frame[ImageT, ProposalsT] | None:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any, Generic, TypeVar
 
 from chatrex_ros.core.grasp import REASON_NO_DETECTION
-from chatrex_ros.core.time_jumps import StampEvent, StampTimeline, StampVerdict
+from chatrex_ros.core.time_jumps import HeldTimeline, StampEvent, StampVerdict
 
 SELECTIONS = ("highest_score", "phrase", "index")
 
@@ -79,19 +79,14 @@ class DepthStore(Generic[T]):
         self._wanted: deque[tuple[int, int]] = deque(maxlen=max(1, 2 * pinned))  # (stamp, tolerance) to pin
         self.newest_ns: int | None = None
         self.received = 0
-        self._timeline = StampTimeline()
-        self._suspect: tuple[int, T] | None = None
+        self._timeline: HeldTimeline[T] = HeldTimeline()
         self._missed: deque[int] = deque(maxlen=64)
 
     def add(self, stamp_ns: int, item: T) -> StampVerdict:
         """Store a frame; returns what its stamp meant. A frame whose stamp went back is held apart until the
         next one shows whether time jumped (the store empties) or that frame was mis-stamped (it is dropped)."""
         self.received += 1
-        verdict = self._timeline.observe(stamp_ns)
-        suspect, self._suspect = self._suspect, None
-        if verdict.event is StampEvent.SUSPECT:
-            self._suspect = (stamp_ns, item)
-            return verdict
+        verdict, store = self._timeline.observe(stamp_ns, item)
         if verdict.event is StampEvent.JUMP:
             self._recent.clear()
             self._pinned.clear()
@@ -101,9 +96,8 @@ class DepthStore(Generic[T]):
             self._recent = deque(((s, i) for s, i in self._recent if s != verdict.dropped), maxlen=self._recent.maxlen)
             self._pinned.pop(verdict.dropped, None)  # type: ignore[arg-type]
             self.newest_ns = max((s for s, _ in self._recent), default=None)
-        if suspect is not None and suspect[0] != verdict.dropped:
-            self._store(*suspect)
-        self._store(stamp_ns, item)
+        for stamp, held_or_new in store:
+            self._store(stamp, held_or_new)
         return verdict
 
     def _store(self, stamp_ns: int, item: T) -> None:

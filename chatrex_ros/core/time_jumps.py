@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
 
 
 class StampEvent(enum.Enum):
@@ -72,3 +75,31 @@ class StampTimeline:
 
     def _accept(self, stamp_ns: int) -> None:
         self._before_last, self._last = self._last, stamp_ns
+
+
+class HeldTimeline(Generic[T]):
+    """A :class:`StampTimeline` for a store of frames: a frame whose stamp went back is held apart until the
+    next stamp decides, because a replayed bag reuses the first run's stamps and its frames must never be
+    mixed with what the first run left behind.
+
+    ``observe`` returns the verdict and the frames to store now, in order: none while a frame is held; then
+    the held frame (unless it was the outlier) and the new one. The caller forgets what the verdict says
+    (everything on JUMP, ``dropped`` on OUTLIER) *before* storing them.
+    """
+
+    def __init__(self) -> None:
+        self._timeline = StampTimeline()
+        self._held: tuple[int, T] | None = None
+
+    def observe(self, stamp_ns: int, item: T) -> tuple[StampVerdict, list[tuple[int, T]]]:
+        verdict = self._timeline.observe(stamp_ns)
+        held, self._held = self._held, None
+        if verdict.event is StampEvent.SUSPECT:
+            self._held = (stamp_ns, item)
+            return verdict, []
+        release = [held] if held is not None and held[0] != verdict.dropped else []
+        return verdict, [*release, (stamp_ns, item)]
+
+    def reset(self) -> None:
+        self._timeline.reset()
+        self._held = None
