@@ -369,3 +369,17 @@ def test_recorded_bag_without_answers_is_named(tmp_path, sample):
         writer.write_image(SAMPLE_IMAGE_TOPIC, np.zeros((4, 4, 3), np.uint8), 1, "cam")
     with pytest.raises(BagError, match="no chatrex_ros/msg/Answer topic"):
         evaluate_recorded(tmp_path / "bag", sample["gt"])
+
+
+def test_eval_with_an_untrusted_chatrex_checkpoint_fails_in_one_line(sample, tmp_path, capsys) -> None:
+    """The README's eval-with-a-model command without trust_remote_code: the fix in one line, no traceback."""
+    from fixtures.tiny_chatrex import make_tiny_chatrex
+
+    checkpoint = make_tiny_chatrex(tmp_path / "chatrex")
+    code = main(["eval", "--bag", str(sample["bag"]), "--gt", str(sample_annotations_path()), "--language-backend",
+                 "chatrex", "--model-path", str(checkpoint), "--language-param", "device=cpu", "--out",
+                 str(tmp_path / "out"), "--no-plots", "--quiet"])
+    error = capsys.readouterr().err.strip()
+    assert code != 0
+    assert "--language-param trust_remote_code=true" in error and "Traceback" not in error
+    assert len(error.splitlines()) == 1

@@ -99,11 +99,13 @@ def test_a_claim_may_overtake_its_image_and_proposals_may_overtake_it_too() -> N
 
 def test_proposals_for_an_image_that_never_came_are_counted() -> None:
     cache: FrameCache[str, str] = FrameCache()
-    frames(cache, [1, 2, 3])
-    cache.add_proposals(0, "p0")  # older than every image here: its image was lost
+    frames(cache, [1, 2, 4])
+    cache.add_proposals(0, "p0")  # before this node's first image: it was still starting, not a loss
+    assert cache.stats.proposals_without_image == 0
+    cache.add_proposals(3, "p3")  # between images that did arrive: its image was lost
     assert cache.stats.proposals_without_image == 1
-    cache.add_proposals(4, "p4")  # may still arrive
-    cache.add_image(5, "image5")  # ...it did not
+    cache.add_proposals(5, "p5")  # may still arrive
+    cache.add_image(6, "image6")  # ...it did not
     assert cache.stats.proposals_without_image == 2
 
 

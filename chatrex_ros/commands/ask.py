@@ -18,6 +18,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from chatrex_ros.core.protocol import Task
+
 from chatrex_ros.core.stamps import NS_PER_S, format_stamp, parse_stamp
 
 EXIT_OK, EXIT_ERROR_STATUS, EXIT_USAGE, EXIT_TIMEOUT, EXIT_NO_NODE = 0, 1, 2, 3, 4
@@ -40,7 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("ask", help="ask the running language_node a question", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("text", help="target phrase(s) for detect/count ('a; b'), the question for chat")
-    parser.add_argument("--task", default="detect", help="detect, count, region_category, ..., chat (default detect)")
+    parser.add_argument("--task", default="detect", choices=[task.value for task in Task], metavar="TASK",
+                        help=f"one of {', '.join(task.value for task in Task)} (default detect)")
     parser.add_argument("--indices", default=[], type=parse_indices, help="proposal indices for region tasks, e.g. 3,5")
     parser.add_argument("--stamp", type=stamp_argument, default=0, metavar="SEC[.NANOS]",
                         help="exact image stamp to ask about, as a previous answer printed it (image_stamp); "
@@ -109,9 +112,11 @@ def answer_to_dict(answer: Any) -> dict[str, Any]:
 def format_table(summary: dict[str, Any]) -> str:
     lines = [f"status: {summary['status']}" + (f" ({summary['status_message']})" if summary["status_message"] else ""),
              f"answer: {summary['text']}"]
-    if summary["image_stamp_ns"]:
+    if summary["image_stamp_ns"] and summary["status"] == "OK":
         stamp, frame = summary["image_stamp"], f", frame_id {summary['frame_id']}" if summary["frame_id"] else ""
         lines.append(f"image stamp: {stamp}{frame} (ask about it again with --stamp {stamp})")
+    elif summary["image_stamp_ns"]:
+        lines.append(f"image stamp: {summary['image_stamp']} (asked about; not answered)")
     else:
         lines.append("image stamp: none (no frame was answered about)")
     if summary["detections"]:

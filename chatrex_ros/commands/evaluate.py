@@ -186,7 +186,7 @@ def run_eval(args: argparse.Namespace) -> int:
             result = evaluate_bag(args.bag, gt, pipeline, language, queries, args.image_topic, tolerance_ns,
                                   args.max_frames, progress=not args.no_progress)
         return _finish(result, args)
-    except (ValueError, FileNotFoundError, ImportError, TypeError) as error:
+    except (ValueError, FileNotFoundError, ImportError, TypeError, RuntimeError) as error:  # RemoteCodeRefused too
         return _fail("eval", error)
 
 

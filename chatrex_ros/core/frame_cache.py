@@ -82,6 +82,7 @@ class FrameCache(Generic[ImageT, ProposalsT]):
         self._evicted: deque[int] = deque(maxlen=256)  # answerable stamps evicted: "no longer cached", not "never"
         self._timeline: HeldTimeline[ImageT] = HeldTimeline()
         self._newest_image_ns: int | None = None
+        self._first_image_ns: int | None = None  # proposals for frames before it were not ours to receive
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self.stats = PairingStats()
@@ -105,6 +106,8 @@ class FrameCache(Generic[ImageT, ProposalsT]):
                 self.stats.outliers += 1
                 self.stats.events.append(verdict)
             for stamp, held_or_new in store:
+                if self._first_image_ns is None or verdict.event is StampEvent.JUMP:
+                    self._first_image_ns = min(s for s, _ in store)
                 self._newest_image_ns = stamp
                 self._place_image(stamp, held_or_new)
             self._drop_hopeless_orphans()
@@ -140,7 +143,7 @@ class FrameCache(Generic[ImageT, ProposalsT]):
                 _cap(self._orphans, ORPHAN_CAPACITY)
             else:
                 self._claimed.pop(stamp_ns, None)
-                self.stats.proposals_without_image += 1
+                self._count_missed(stamp_ns)
             self._changed.notify_all()
 
     def keep(self, stamp_ns: int) -> None:
@@ -162,7 +165,7 @@ class FrameCache(Generic[ImageT, ProposalsT]):
         with self._changed:
             self._forget(lambda stamp: True)
             self._timeline.reset()
-            self._newest_image_ns = None
+            self._newest_image_ns = self._first_image_ns = None
 
     # ---- queries ----
     def wait_for(self, stamp_ns: int | None, timeout_s: float) -> Frame[ImageT, ProposalsT] | None:
@@ -245,6 +248,12 @@ class FrameCache(Generic[ImageT, ProposalsT]):
     def _drop_hopeless_orphans(self) -> None:
         for stamp in [s for s in self._orphans if not self._image_may_still_arrive(s)]:
             del self._orphans[stamp]
+            self._count_missed(stamp)
+
+    def _count_missed(self, stamp_ns: int) -> None:
+        """An image the proposer saw and this cache never got; frames from before this node's first image
+        (it was still starting, its subscription not yet matched) do not count."""
+        if self._first_image_ns is not None and stamp_ns >= self._first_image_ns:
             self.stats.proposals_without_image += 1
 
     def _stores(self) -> tuple[OrderedDict[int, Any], ...]:

@@ -110,7 +110,9 @@ def render_markdown(report: Mapping[str, Any], plots: Mapping[str, str] | None =
     recorded = timing.get("recorded_throughput")
     if recorded:
         lines += ["", f"Throughput of the recorded pipeline (log time): {_rate(recorded['answers'], 'answers')}; "
-                      f"{_rate(recorded['proposals'], 'proposal lists')}."]
+                      f"{_rate(recorded['proposals'], 'proposal lists')}. Log time is stamp + latency: this is the "
+                      "pipeline's rate for a live recording or a timed replay, not for a step-mode replay (its "
+                      "frames wait for each other; see the replay summary's wall time)."]
         if "scoring_s" in timing:
             lines.append(f"Scoring the recording took {timing['scoring_s']:.2f} s (not a pipeline measurement).")
     if plots:

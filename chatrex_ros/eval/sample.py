@@ -72,7 +72,7 @@ def make_sample_bag(
     out = Path(out)
     if out.exists():
         if not overwrite:
-            raise BagError(f"{out} already exists; pass overwrite=True (--force) to replace it")
+            raise BagError(f"{out} already exists; pass --force (Python: overwrite=True) to replace it")
         shutil.rmtree(out)
     gt = gt or GroundTruth.load(sample_annotations_path())
     images = [(image, load_sample_image(image)) for image in gt.images]  # fail before creating the bag

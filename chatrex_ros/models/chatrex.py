@@ -195,7 +195,9 @@ def check_remote_code_trusted(trust_remote_code: bool, directory: Path) -> None:
             f"the ChatRex checkpoint in {directory} runs its own Python code (the *.py files next to its "
             "weights) inside this process, with this process's permissions. Only allow that for a checkpoint "
             "from a source you trust and have not let others modify. To allow it, set the node parameter "
-            "trust_remote_code:=true (ROS) or pass ChatRexBackend(..., trust_remote_code=True) (Python)."
+            "trust_remote_code:=true (ROS; with `chatrex-ros up`: --set language_node.trust_remote_code=true; with "
+            "`chatrex-ros eval`: --language-param trust_remote_code=true) or pass "
+            "ChatRexBackend(..., trust_remote_code=True) (Python)."
         )
 
 

@@ -100,6 +100,7 @@ class InputWatch:
         self._problems = problems
         self._started = time.monotonic()
         self._last: float | None = None
+        self.first: float | None = None  # monotonic time of the first message
         self.received = 0
         self.lost = 0
         self._lock = threading.Lock()
@@ -113,6 +114,8 @@ class InputWatch:
     def note(self) -> None:
         with self._lock:
             self._last = time.monotonic()
+            if self.first is None:
+                self.first = self._last
             self.received += 1
 
     def _on_lost(self, info: QoSMessageLostInfo) -> None:
@@ -126,10 +129,13 @@ class InputWatch:
             count=change,
         )
 
-    def condition(self) -> Condition | None:
+    def condition(self, expected_since: float | None = None) -> Condition | None:
+        """A WARN when nothing arrived for ``silence_s`` since the last message, or since ``expected_since``
+        (a monotonic time, e.g. the first image for proposals computed from images) or the start."""
         with self._lock:
             last = self._last
-        silent_for = time.monotonic() - (last if last is not None else self._started)
+        reference = last if last is not None else max(self._started, expected_since or 0.0)
+        silent_for = time.monotonic() - reference
         if silent_for < self.silence_s:
             return None
         since = "since start" if last is None else "for"

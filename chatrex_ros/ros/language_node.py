@@ -43,7 +43,9 @@ from chatrex_ros.srv import Ask
 
 PARAMETERS = LANGUAGE_NODE_PARAMETERS
 NO_MODEL = ("no language model configured: every query is answered MODEL_ERROR; set language_backend:=chatrex "
-            "model_path:=<ChatRex-7B dir> trust_remote_code:=true (or a python:module:Class plugin)")
+            "model_path:=<ChatRex-7B dir> trust_remote_code:=true (with `chatrex-ros up`: --set "
+            "language_node.language_backend=chatrex --set language_node.model_path=<dir> --set "
+            "language_node.trust_remote_code=true), or a python:module:Class plugin")
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,7 @@ class LanguageNode(Node):
             f"language backend '{model}' ready; queue {self.values['queue_size']}; images on "
             f"{image_sub.topic_name}, proposals on {proposals_sub.topic_name}")
         if self.backend is None:
-            self.get_logger().warning(NO_MODEL)
+            self.problems.log_condition("no_model", WARN, NO_MODEL)  # the same throttled line as /diagnostics
 
     # ---- intake (never blocks on the model) ----
     def _on_parameters(self, changed: dict[str, Any]) -> str | None:
@@ -161,9 +163,10 @@ class LanguageNode(Node):
         missed = self.cache.stats.proposals_without_image
         self.cache.add_proposals(stamp_to_ns(msg.header.stamp), stored)
         if self.cache.stats.proposals_without_image > missed:
-            self.problems.report(
-                "missed_images", f"proposals arrived for a frame whose image never reached this node "
-                f"({self.image_watch.topic}): frames are lost on the way here; {FASTDDS_PROFILE_HINT}")
+            why = (FASTDDS_PROFILE_HINT if self.image_watch.lost else "this node's KEEP_LAST(image_qos.depth) "
+                   "image reader missed it (CPU load); raise image_qos.depth if it keeps happening")
+            self.problems.report("missed_images", f"proposals arrived for a frame whose image never reached this "
+                                 f"node ({self.image_watch.topic}): {why}")
 
     def _on_query(self, msg: Query) -> None:
         self._submit(msg, reply=None)
@@ -296,7 +299,7 @@ class LanguageNode(Node):
     def _conditions(self) -> list[Condition]:
         images = self.image_watch.condition()
         # Proposals are computed from images: without images, their silence says nothing new.
-        proposals = self.proposal_watch.condition() if images is None else None
+        proposals = self.proposal_watch.condition(self.image_watch.first) if images is None else None
         conditions = [c for c in (images, proposals) if c is not None]
         if self.backend is None:
             conditions.append(Condition(WARN, "no_model", NO_MODEL))
