@@ -225,3 +225,13 @@ def test_a_pinned_depth_frame_that_never_arrives_is_told_apart() -> None:
     store.add(4, "d4")
     store.add(5, "d5")
     assert not store.never_arrived(4) and store.find(4) == (4, "d4")
+
+
+def test_a_claim_for_a_depth_frame_that_was_already_lost_is_told_apart() -> None:
+    from chatrex_ros.core.grasp_pairing import DepthStore
+
+    store: DepthStore[str] = DepthStore(recent=3, pinned=2)
+    store.add(1, "d1")
+    store.add(3, "d3")  # frame 2 was lost by the reader
+    store.pin(2)
+    assert store.never_arrived(2)

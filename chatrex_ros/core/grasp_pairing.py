@@ -125,6 +125,8 @@ class DepthStore(Generic[T]):
                 self._pin(stamp, item)
         if self.may_still_arrive(stamp_ns, tolerance_ns):
             self._wanted.append((stamp_ns, tolerance_ns))
+        elif self.find(stamp_ns, tolerance_ns) is None:
+            self._missed.append(stamp_ns)  # newer frames are here, this one is not: it never arrived
 
     def find(self, stamp_ns: int, tolerance_ns: int = 0) -> tuple[int, T] | None:
         """(stamp, frame) nearest to ``stamp_ns`` within the tolerance, or None."""
