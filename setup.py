@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 from setuptools import Distribution, setup
@@ -47,7 +46,9 @@ def ros_prefixes() -> list[Path]:
 def build_messages(work: Path) -> Path:
     """Configure, build and install the message package into ``work/stage``; return that prefix."""
     if shutil.which("cmake") is None:
-        raise RuntimeError("cmake >= 3.16 and a C/C++ compiler are needed (Debian: apt-get install cmake g++ python3-dev)")
+        raise RuntimeError(
+            "cmake >= 3.16 and a C/C++ compiler are needed (Debian: apt-get install cmake g++ python3-dev)"
+        )
     build_dir, stage = work / "cmake", work / "stage"
     # A stale CMakeCache would point at a previous, deleted build-isolation directory.
     shutil.rmtree(build_dir, ignore_errors=True)
@@ -64,7 +65,11 @@ def build_messages(work: Path) -> Path:
             library_dirs += [str(d) for d in site.glob("ros_*.libs")]
     env["LD_LIBRARY_PATH"] = os.pathsep.join(library_dirs + [env.get("LD_LIBRARY_PATH", "")])
     configure = [
-        "cmake", "-S", str(ROOT), "-B", str(build_dir),
+        "cmake",
+        "-S",
+        str(ROOT),
+        "-B",
+        str(build_dir),
         f"-DCMAKE_INSTALL_PREFIX={stage}",
         f"-DPython3_EXECUTABLE={sys.executable}",
         "-DCMAKE_BUILD_TYPE=Release",

@@ -30,14 +30,24 @@ def local_dds_environment() -> None:
 
 def summary(samples_ms: list[float]) -> dict[str, float]:
     ordered = sorted(samples_ms)
-    return {"median_ms": statistics.median(ordered), "p90_ms": ordered[int(0.9 * (len(ordered) - 1))],
-            "min_ms": ordered[0], "n": len(ordered)}
+    return {
+        "median_ms": statistics.median(ordered),
+        "p90_ms": ordered[int(0.9 * (len(ordered) - 1))],
+        "min_ms": ordered[0],
+        "n": len(ordered),
+    }
 
 
 def write_results(name: str, payload: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    payload = {"machine": {"python": platform.python_version(), "cpu_count": os.cpu_count(),
-                           "processor": platform.processor() or platform.machine()}, **payload}
+    payload = {
+        "machine": {
+            "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+        },
+        **payload,
+    }
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2))
     return path
@@ -66,5 +76,9 @@ def time_cuda(torch: Any, run: Any, repeats: int, warmup: int) -> dict[str, floa
         end.record()
         end.synchronize()
         samples.append(start.elapsed_time(end))
-    return {"median_ms": statistics.median(samples), "min_ms": min(samples), "max_ms": max(samples),
-            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30}
+    return {
+        "median_ms": statistics.median(samples),
+        "min_ms": min(samples),
+        "max_ms": max(samples),
+        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
+    }

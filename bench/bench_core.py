@@ -105,24 +105,44 @@ def main() -> None:
             raise SystemExit(f"the {name} benchmark answer must parse into 100 groups")
         median, best = per_call_us(lambda text=text: parse_answer(text, NUM_BOXES), args.repeat)
         rows.append(
-            {"case": f"parse_answer, 100 groups, {name}", "chars": len(text), "median_us": median,
-             "best_us": best, "baseline_us": None, "speedup": None, "kept": None}
+            {
+                "case": f"parse_answer, 100 groups, {name}",
+                "chars": len(text),
+                "median_us": median,
+                "best_us": best,
+                "baseline_us": None,
+                "speedup": None,
+                "kept": None,
+            }
         )
 
-    for spread, nms_iou, label in ((1000, 0.8, "sparse (UPN defaults)"), (100, 0.8, "crowded"),
-                                   (100, 0.5, "crowded, NMS 0.5"), (10, 0.5, "concentric, NMS 0.5")):
+    for spread, nms_iou, label in (
+        (1000, 0.8, "sparse (UPN defaults)"),
+        (100, 0.8, "crowded"),
+        (100, 0.5, "crowded, NMS 0.5"),
+        (10, 0.5, "concentric, NMS 0.5"),
+    ):
         boxes, scores = upn_like_boxes(900, spread, seed=spread)
         ours = select_proposals(boxes, scores, 0.3, nms_iou, 100)
         reference = classic_numpy_nms(boxes, scores, 0.3, nms_iou, 100)
         if not np.array_equal(ours, reference):
             raise SystemExit(f"select_proposals and the classic NMS disagree on {label}")
-        median, best = per_call_us(lambda b=boxes, s=scores, t=nms_iou: select_proposals(b, s, 0.3, t, 100), args.repeat)
+        median, best = per_call_us(
+            lambda b=boxes, s=scores, t=nms_iou: select_proposals(b, s, 0.3, t, 100), args.repeat
+        )
         base_median, _ = per_call_us(
             lambda b=boxes, s=scores, t=nms_iou: classic_numpy_nms(b, s, 0.3, t, 100), args.repeat
         )
         rows.append(
-            {"case": f"select_proposals, 900 boxes, {label}", "chars": None, "median_us": median, "best_us": best,
-             "baseline_us": base_median, "speedup": base_median / median, "kept": int(ours.size)}
+            {
+                "case": f"select_proposals, 900 boxes, {label}",
+                "chars": None,
+                "median_us": median,
+                "best_us": best,
+                "baseline_us": base_median,
+                "speedup": base_median / median,
+                "kept": int(ours.size),
+            }
         )
 
     header = f"{'case':<52} {'median µs':>10} {'best µs':>9} {'classic µs':>11} {'speedup':>8} {'< 1 ms':>7}"
@@ -132,13 +152,18 @@ def main() -> None:
         baseline = f"{row['baseline_us']:.0f}" if row["baseline_us"] is not None else "-"
         speedup = f"{row['speedup']:.2f}x" if row["speedup"] is not None else "-"
         goal = "yes" if row["median_us"] < GOAL_US else "NO"
-        print(f"{row['case']:<52} {row['median_us']:>10.0f} {row['best_us']:>9.0f} {baseline:>11} {speedup:>8} {goal:>7}")
+        print(
+            f"{row['case']:<52} {row['median_us']:>10.0f} {row['best_us']:>9.0f} {baseline:>11} {speedup:>8} {goal:>7}"
+        )
 
     result = {
         "benchmark": "bench_core",
         "goal_us": GOAL_US,
-        "machine": {"processor": platform.processor() or platform.machine(), "python": platform.python_version(),
-                    "numpy": np.__version__},
+        "machine": {
+            "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+        },
         "baseline": "classic numpy greedy NMS (Python loop over kept boxes), same inputs, same run",
         "rows": rows,
     }

@@ -66,40 +66,62 @@ def main() -> None:
                 read_ms = result.timing["open_ms"] + result.timing["index_ms"] + sum(stages["read"])
                 backend_ms = sum(stages["infer"]) + sum(stages["select"])
                 metrics_ms = result.timing["metrics_ms"]
-                runs.append({"wall_ms": wall_ms, "frames": frames, "read_ms": read_ms, "backend_ms": backend_ms,
-                             "metrics_ms": metrics_ms})
+                runs.append(
+                    {
+                        "wall_ms": wall_ms,
+                        "frames": frames,
+                        "read_ms": read_ms,
+                        "backend_ms": backend_ms,
+                        "metrics_ms": metrics_ms,
+                    }
+                )
             run = sorted(runs, key=lambda r: r["wall_ms"])[len(runs) // 2]
             read_only = read_pass_ms(bag, args.read_repeats)
             backend_per_frame = run["backend_ms"] / run["frames"]
-            rows.append({
-                "storage": storage,
-                "frames": run["frames"],
-                "frames_per_s": run["frames"] / (run["wall_ms"] / 1e3),
-                "read_ms_per_frame": run["read_ms"] / run["frames"],
-                "read_only_pass_ms_per_frame": read_only,
-                "backend_ms_per_frame": backend_per_frame,
-                "metrics_ms": run["metrics_ms"],
-                "read_vs_backend": read_only / backend_per_frame,
-                "overhead_share": (run["read_ms"] + run["metrics_ms"]) / run["wall_ms"],
-                "runs": runs,
-            })
+            rows.append(
+                {
+                    "storage": storage,
+                    "frames": run["frames"],
+                    "frames_per_s": run["frames"] / (run["wall_ms"] / 1e3),
+                    "read_ms_per_frame": run["read_ms"] / run["frames"],
+                    "read_only_pass_ms_per_frame": read_only,
+                    "backend_ms_per_frame": backend_per_frame,
+                    "metrics_ms": run["metrics_ms"],
+                    "read_vs_backend": read_only / backend_per_frame,
+                    "overhead_share": (run["read_ms"] + run["metrics_ms"]) / run["wall_ms"],
+                    "runs": runs,
+                }
+            )
 
     print("read ms/fr: open + stamp index + deserialise + decode inside the run; read-only: the same path alone")
-    print(f"{'storage':8} {'frames/s':>9} {'read ms/fr':>11} {'read-only':>10} {'backend ms/fr':>14} "
-          f"{'metrics ms':>11} {'read/backend':>13} {'read+metrics':>13}")
+    print(
+        f"{'storage':8} {'frames/s':>9} {'read ms/fr':>11} {'read-only':>10} {'backend ms/fr':>14} "
+        f"{'metrics ms':>11} {'read/backend':>13} {'read+metrics':>13}"
+    )
     for r in rows:
-        print(f"{r['storage']:8} {r['frames_per_s']:9.2f} {r['read_ms_per_frame']:11.2f} {r['read_only_pass_ms_per_frame']:10.2f} "
-              f"{r['backend_ms_per_frame']:14.1f} {r['metrics_ms']:11.1f} {r['read_vs_backend']:13.4f} "
-              f"{100 * r['overhead_share']:12.2f}%")
+        print(
+            f"{r['storage']:8} {r['frames_per_s']:9.2f} {r['read_ms_per_frame']:11.2f} {r['read_only_pass_ms_per_frame']:10.2f} "
+            f"{r['backend_ms_per_frame']:14.1f} {r['metrics_ms']:11.1f} {r['read_vs_backend']:13.4f} "
+            f"{100 * r['overhead_share']:12.2f}%"
+        )
     worst = max(r["overhead_share"] for r in rows)
-    print(f"goal: reading + metrics < {100 * GOAL_OVERHEAD:.0f} % of the run -> worst {100 * worst:.2f} % "
-          f"({'met' if worst < GOAL_OVERHEAD else 'NOT met'})")
+    print(
+        f"goal: reading + metrics < {100 * GOAL_OVERHEAD:.0f} % of the run -> worst {100 * worst:.2f} % "
+        f"({'met' if worst < GOAL_OVERHEAD else 'NOT met'})"
+    )
 
     out = Path(__file__).resolve().parent / "results" / "eval.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"bag": "sample (6 scikit-image photographs)", "backend": "selective_search", "runs": args.runs,
-            "read_repeats": args.read_repeats, "machine": platform.processor() or platform.machine(),
-            "numpy": np.__version__, "goal_overhead_share": GOAL_OVERHEAD, "goal_met": worst < GOAL_OVERHEAD}
+    meta = {
+        "bag": "sample (6 scikit-image photographs)",
+        "backend": "selective_search",
+        "runs": args.runs,
+        "read_repeats": args.read_repeats,
+        "machine": platform.processor() or platform.machine(),
+        "numpy": np.__version__,
+        "goal_overhead_share": GOAL_OVERHEAD,
+        "goal_met": worst < GOAL_OVERHEAD,
+    }
     out.write_text(json.dumps({"benchmark": "eval", "meta": meta, "rows": rows}, indent=2) + "\n")
     print(f"wrote {out}")
 

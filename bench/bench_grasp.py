@@ -80,7 +80,9 @@ def main() -> None:
             ms = time_ms(fn, args.repeats)
             baseline_ms = baseline_ms or ms
             error_cm = float(np.linalg.norm(np.asarray(fn()) - truth)) * 100
-            rows.append({"encoding": encoding, "method": name, "ms": ms, "ratio": ms / baseline_ms, "error_cm": error_cm})
+            rows.append(
+                {"encoding": encoding, "method": name, "ms": ms, "ratio": ms / baseline_ms, "error_cm": error_cm}
+            )
 
     print(f"{'encoding':8} {'method':36} {'ms':>8} {'x naive':>8} {'error cm':>9}")
     for r in rows:
@@ -88,8 +90,12 @@ def main() -> None:
 
     out = Path(__file__).resolve().parent / "results" / "grasp.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"box_px": [BOX[2] - BOX[0], BOX[3] - BOX[1]], "repeats": args.repeats, "machine": platform.processor() or platform.machine(),
-            "numpy": np.__version__}
+    meta = {
+        "box_px": [BOX[2] - BOX[0], BOX[3] - BOX[1]],
+        "repeats": args.repeats,
+        "machine": platform.processor() or platform.machine(),
+        "numpy": np.__version__,
+    }
     out.write_text(json.dumps({"benchmark": "grasp", "meta": meta, "rows": rows}, indent=2) + "\n")
     print(f"wrote {out}")
 

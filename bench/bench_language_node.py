@@ -22,7 +22,6 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-
 from _common import ROOT, local_dds_environment, print_table, summary, write_results
 
 local_dds_environment()
@@ -33,16 +32,16 @@ os.environ.setdefault("HF_MODULES_CACHE", tempfile.mkdtemp(prefix="chatrex_bench
 
 import rclpy  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from fixtures.tiny_chatrex import make_tiny_chatrex  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from ros_harness import NodeProcess, header, textured_image, wait_until  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from chatrex_ros.core.answering import QueryRequest, answer_query  # noqa: E402
 from chatrex_ros.core.types import Proposals  # noqa: E402
 from chatrex_ros.msg import Answer, ProposalArray, Query  # noqa: E402
 from chatrex_ros.ros.conversions import image_msg, proposals_to_msg  # noqa: E402
-from fixtures.tiny_chatrex import make_tiny_chatrex  # noqa: E402
-from ros_harness import NodeProcess, header, textured_image, wait_until  # noqa: E402
 
 ANSWER = "<ground>object</ground><objects><obj3><obj1></objects>"
 
@@ -51,7 +50,9 @@ class Client:
     def __init__(self) -> None:
         self.node = Node(f"bench_{uuid.uuid4().hex[:6]}")
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        self.image = self.node.create_publisher(Image, "image", QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
+        self.image = self.node.create_publisher(
+            Image, "image", QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
+        )
         self.proposals = self.node.create_publisher(ProposalArray, "proposals", reliable)
         self.query = self.node.create_publisher(Query, "query", reliable)
         self.answers: dict[str, float] = {}
@@ -92,10 +93,16 @@ def rss_mb(pid: int) -> float:
 def frame(stamp: int, height: int, width: int, boxes: int) -> tuple[Image, ProposalArray, np.ndarray, Proposals]:
     rng = np.random.default_rng(stamp % 1000)
     xy = rng.uniform(0, min(width, height) - 60, (boxes, 2)).astype(np.float32)
-    proposals = Proposals(np.concatenate([xy, xy + 50], axis=1), np.linspace(0.9, 0.3, boxes, dtype=np.float32), "bench")
+    proposals = Proposals(
+        np.concatenate([xy, xy + 50], axis=1), np.linspace(0.9, 0.3, boxes, dtype=np.float32), "bench"
+    )
     image = textured_image(height, width, seed=stamp % 1000)
-    return (image_msg(image, "rgb8", header(stamp)), proposals_to_msg(proposals, header(stamp), width, height, "fine"),
-            image, proposals)
+    return (
+        image_msg(image, "rgb8", header(stamp)),
+        proposals_to_msg(proposals, header(stamp), width, height, "fine"),
+        image,
+        proposals,
+    )
 
 
 def query_overhead(queries: int) -> dict:
@@ -103,8 +110,13 @@ def query_overhead(queries: int) -> dict:
 
     model_dir = make_tiny_chatrex(Path(tempfile.mkdtemp()) / f"tiny_chatrex_{uuid.uuid4().hex[:8]}", ANSWER)
     backend = ChatRexBackend(str(model_dir), device="cpu", trust_remote_code=True)
-    params = {"language_backend": "chatrex", "model_path": str(model_dir), "device": "cpu", "trust_remote_code": True,
-              "image_qos.reliability": "reliable"}
+    params = {
+        "language_backend": "chatrex",
+        "model_path": str(model_dir),
+        "device": "cpu",
+        "trust_remote_code": True,
+        "image_qos.reliability": "reliable",
+    }
     client = Client()
     image_out, proposals_out, image, proposals = frame(7_000_000_000, 480, 640, 50)
     request = QueryRequest.create("detect", ["object"])
@@ -112,7 +124,9 @@ def query_overhead(queries: int) -> dict:
     with NodeProcess("chatrex_ros.ros.language_node", "language_node", params) as process:
         wait_until(lambda: client.query.get_subscription_count() > 0 or not process.alive(), 120, "language_node")
         assert process.alive(), process.output()
-        client.node.create_publisher(Image, "image", QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)).publish(image_out)
+        client.node.create_publisher(
+            Image, "image", QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+        ).publish(image_out)
         client.proposals.publish(proposals_out)
         for index in range(queries + 2):
             start = time.perf_counter()
@@ -128,15 +142,23 @@ def query_overhead(queries: int) -> dict:
                 inside_model_ms.append(client.answer_msgs[query_id].model_ms)
                 inside_total_ms.append(client.answer_msgs[query_id].total_ms)
     client.close()
-    return {"direct": summary(direct_ms), "node": summary(node_ms), "ratio": float(np.median(node_ms) / np.median(direct_ms)),
-            "added_ms": float(np.median(node_ms) - np.median(direct_ms)),
-            "node_model_ms": summary(inside_model_ms), "node_total_ms": summary(inside_total_ms)}
+    return {
+        "direct": summary(direct_ms),
+        "node": summary(node_ms),
+        "ratio": float(np.median(node_ms) / np.median(direct_ms)),
+        "added_ms": float(np.median(node_ms) - np.median(direct_ms)),
+        "node_model_ms": summary(inside_model_ms),
+        "node_total_ms": summary(inside_total_ms),
+    }
 
 
 def intake_under_slow_model(duration_s: float, rate_hz: float = 30.0) -> dict:
     options = {"answer": "<ground>thing</ground><objects><obj0></objects>", "sleep_s": 2.0}
-    params = {"language_backend": "python:doubles.scripted_model:ScriptedModel", "backend_options": json.dumps(options),
-              "queue_size": 2}
+    params = {
+        "language_backend": "python:doubles.scripted_model:ScriptedModel",
+        "backend_options": json.dumps(options),
+        "queue_size": 2,
+    }
     client = Client()
     frames = [frame(10_000_000_000 + i, 720, 1280, 50) for i in range(4)]
     with NodeProcess("chatrex_ros.ros.language_node", "language_node", params) as process:
@@ -185,13 +207,24 @@ def intake_under_slow_model(duration_s: float, rate_hz: float = 30.0) -> dict:
             (t0, n0), (t1, n1) = inside[0], inside[-1]
             windows.append(round((n1 - n0) / (t1 - t0), 1))
             sent_windows.append(round((sent[-1][1] - sent[0][1]) / (t1 - t0), 1))
-    return {"duration_s": elapsed, "published": published, "received": received,
-            "publish_hz": published / elapsed, "intake_hz": received / elapsed,
-            "queries": queries, "answers": sum(1 for q in client.answers if q.startswith("slow-")),
-            "rss_mb_first": memory[0][1], "rss_mb_settled_start": settled[0] if settled else float("nan"),
-            "rss_mb_end": memory[-1][1], "rss_samples": memory, "intake_hz_per_10s": windows,
-            "published_hz_per_10s": sent_windows, "publisher_missed_slots": missed_slots,
-            "received_history": history, "node_log_tail": node_log[-3000:]}
+    return {
+        "duration_s": elapsed,
+        "published": published,
+        "received": received,
+        "publish_hz": published / elapsed,
+        "intake_hz": received / elapsed,
+        "queries": queries,
+        "answers": sum(1 for q in client.answers if q.startswith("slow-")),
+        "rss_mb_first": memory[0][1],
+        "rss_mb_settled_start": settled[0] if settled else float("nan"),
+        "rss_mb_end": memory[-1][1],
+        "rss_samples": memory,
+        "intake_hz_per_10s": windows,
+        "published_hz_per_10s": sent_windows,
+        "publisher_missed_slots": missed_slots,
+        "received_history": history,
+        "node_log_tail": node_log[-3000:],
+    }
 
 
 def main() -> None:
@@ -204,17 +237,45 @@ def main() -> None:
     intake = intake_under_slow_model(args.duration) if args.duration > 0 else None
     rclpy.shutdown()
     print("Per-query overhead (tiny ChatRex fixture on CPU, 640x480, 50 proposals, interleaved medians)")
-    print_table(["direct answer_query ms", "through node ms", "added ms", "node / direct", "model ms in node",
-                 "receipt->publish ms in node"],
-                [[overhead["direct"]["median_ms"], overhead["node"]["median_ms"], overhead["added_ms"], overhead["ratio"],
-                  overhead["node_model_ms"]["median_ms"], overhead["node_total_ms"]["median_ms"]]])
+    print_table(
+        [
+            "direct answer_query ms",
+            "through node ms",
+            "added ms",
+            "node / direct",
+            "model ms in node",
+            "receipt->publish ms in node",
+        ],
+        [
+            [
+                overhead["direct"]["median_ms"],
+                overhead["node"]["median_ms"],
+                overhead["added_ms"],
+                overhead["ratio"],
+                overhead["node_model_ms"]["median_ms"],
+                overhead["node_total_ms"]["median_ms"],
+            ]
+        ],
+    )
     if intake is None:
         return
     print(f"\nImage intake while a 2 s generation runs (1280x720 rgb8, {args.duration:.0f} s)")
-    print_table(["published Hz", "received Hz", "answers / queries", "RSS MB start", "RSS MB after warm-up", "RSS MB end"],
-                [[intake["publish_hz"], intake["intake_hz"], f"{intake['answers']}/{intake['queries']}",
-                  intake["rss_mb_first"], intake["rss_mb_settled_start"], intake["rss_mb_end"]]])
-    print(f"published Hz per 10 s window: {intake['published_hz_per_10s']} (publisher missed {intake['publisher_missed_slots']} slots)")
+    print_table(
+        ["published Hz", "received Hz", "answers / queries", "RSS MB start", "RSS MB after warm-up", "RSS MB end"],
+        [
+            [
+                intake["publish_hz"],
+                intake["intake_hz"],
+                f"{intake['answers']}/{intake['queries']}",
+                intake["rss_mb_first"],
+                intake["rss_mb_settled_start"],
+                intake["rss_mb_end"],
+            ]
+        ],
+    )
+    print(
+        f"published Hz per 10 s window: {intake['published_hz_per_10s']} (publisher missed {intake['publisher_missed_slots']} slots)"
+    )
     print(f"received  Hz per 10 s window: {intake['intake_hz_per_10s']}")
     print(f"RSS MB every 5 s: {[round(mb) for _, mb in intake['rss_samples']]}")
     print(f"wrote {write_results('language_node', {'overhead': overhead, 'intake': intake})}")

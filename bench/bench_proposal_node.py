@@ -15,7 +15,6 @@ import threading
 import time
 
 import numpy as np
-
 from _common import ROOT, local_dds_environment, print_table, summary, write_results
 
 local_dds_environment()
@@ -24,13 +23,13 @@ sys.path.insert(0, str(ROOT / "test"))
 import rclpy  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from ros_harness import NodeProcess, header, textured_image, wait_until  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from chatrex_ros.models.base import ProposalPipeline, SelectionPolicy  # noqa: E402
 from chatrex_ros.models.selective_search import SelectiveSearchBackend  # noqa: E402
 from chatrex_ros.msg import ProposalArray  # noqa: E402
 from chatrex_ros.ros.conversions import image_msg, stamp_to_ns  # noqa: E402
-from ros_harness import NodeProcess, header, textured_image, wait_until  # noqa: E402
 
 LONG_SIDE = 400
 
@@ -42,13 +41,19 @@ def measure(size: tuple[int, int], frames: int) -> dict:
     direct.run(image)
     arrivals: dict[int, float] = {}
     node = Node(f"bench_client_{width}")
-    node.create_subscription(ProposalArray, "proposals", lambda m: arrivals.setdefault(stamp_to_ns(m.header.stamp), time.perf_counter()), 10)
+    node.create_subscription(
+        ProposalArray, "proposals", lambda m: arrivals.setdefault(stamp_to_ns(m.header.stamp), time.perf_counter()), 10
+    )
     publisher = node.create_publisher(Image, "image", QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
     stop = threading.Event()
-    spinner = threading.Thread(target=lambda: [rclpy.spin_once(node, timeout_sec=0.01) for _ in iter(stop.is_set, True)], daemon=True)
+    spinner = threading.Thread(
+        target=lambda: [rclpy.spin_once(node, timeout_sec=0.01) for _ in iter(stop.is_set, True)], daemon=True
+    )
     spinner.start()
     direct_ms, node_ms = [], []
-    with NodeProcess("chatrex_ros.ros.proposal_node", "proposal_node", {"selective_search_long_side": LONG_SIDE}) as process:
+    with NodeProcess(
+        "chatrex_ros.ros.proposal_node", "proposal_node", {"selective_search_long_side": LONG_SIDE}
+    ) as process:
         wait_until(lambda: publisher.get_subscription_count() > 0, 60, "proposal_node")
         for frame in range(frames + 2):
             start = time.perf_counter()
@@ -66,8 +71,11 @@ def measure(size: tuple[int, int], frames: int) -> dict:
     stop.set()
     spinner.join()
     node.destroy_node()
-    return {"direct": summary(direct_ms), "node": summary(node_ms),
-            "ratio": float(np.median(node_ms) / np.median(direct_ms))}
+    return {
+        "direct": summary(direct_ms),
+        "node": summary(node_ms),
+        "ratio": float(np.median(node_ms) / np.median(direct_ms)),
+    }
 
 
 def main() -> None:
@@ -79,12 +87,21 @@ def main() -> None:
     for size in ((480, 640), (720, 1280)):
         result = measure(size, args.frames)
         results[f"{size[1]}x{size[0]}"] = result
-        rows.append([f"{size[1]}x{size[0]}", result["direct"]["median_ms"], result["node"]["median_ms"],
-                     result["node"]["median_ms"] - result["direct"]["median_ms"], result["ratio"]])
+        rows.append(
+            [
+                f"{size[1]}x{size[0]}",
+                result["direct"]["median_ms"],
+                result["node"]["median_ms"],
+                result["node"]["median_ms"] - result["direct"]["median_ms"],
+                result["ratio"],
+            ]
+        )
     rclpy.shutdown()
     print(f"selective_search backend (long side {LONG_SIDE} px), median of {args.frames} frames, interleaved")
     print_table(["image", "direct ms", "through node ms", "added ms", "node / direct"], rows)
-    print(f"wrote {write_results('proposal_node', {'frames': args.frames, 'long_side': LONG_SIDE, 'results': results})}")
+    print(
+        f"wrote {write_results('proposal_node', {'frames': args.frames, 'long_side': LONG_SIDE, 'results': results})}"
+    )
 
 
 if __name__ == "__main__":

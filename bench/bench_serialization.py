@@ -13,17 +13,16 @@ import argparse
 import time
 
 import numpy as np
-
 from _common import local_dds_environment, print_table, summary, write_results
 
 local_dds_environment()
 
 from rclpy.serialization import deserialize_message, serialize_message  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
 
 from chatrex_ros.core.types import Proposals  # noqa: E402
 from chatrex_ros.msg import Answer, Detection, ProposalArray  # noqa: E402
 from chatrex_ros.ros.conversions import proposals_to_msg  # noqa: E402
-from std_msgs.msg import Header  # noqa: E402
 
 
 def flat_round_trip(proposals: Proposals) -> None:
@@ -34,8 +33,10 @@ def flat_round_trip(proposals: Proposals) -> None:
 
 def nested_round_trip(proposals: Proposals) -> None:
     msg = Answer()
-    msg.detections = [Detection(proposal_index=i, box=box.tolist(), score=float(score))
-                      for i, (box, score) in enumerate(zip(proposals.boxes, proposals.scores))]
+    msg.detections = [
+        Detection(proposal_index=i, box=box.tolist(), score=float(score))
+        for i, (box, score) in enumerate(zip(proposals.boxes, proposals.scores))
+    ]
     back = deserialize_message(serialize_message(msg), Answer)
     np.array([d.box for d in back.detections], np.float32), np.array([d.score for d in back.detections], np.float32)
 
@@ -57,7 +58,9 @@ def main() -> None:
     rows, results = [], {}
     for count in (100, 900):
         xy = rng.uniform(0, 1000, (count, 2)).astype(np.float32)
-        proposals = Proposals(np.concatenate([xy, xy + 50], axis=1), np.sort(rng.uniform(0, 1, count).astype(np.float32))[::-1])
+        proposals = Proposals(
+            np.concatenate([xy, xy + 50], axis=1), np.sort(rng.uniform(0, 1, count).astype(np.float32))[::-1]
+        )
         flat, nested = [], []
         for _ in range(args.repeats // 20):  # interleave so machine noise hits both alike
             flat += timed(flat_round_trip, proposals, 20)

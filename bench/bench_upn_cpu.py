@@ -35,7 +35,9 @@ def median_ms(samples: list[float]) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--camera", default="640x480", help="synthetic frame WIDTHxHEIGHT (tiny resize: short side 400)")
+    parser.add_argument(
+        "--camera", default="640x480", help="synthetic frame WIDTHxHEIGHT (tiny resize: short side 400)"
+    )
     args = parser.parse_args()
 
     import onnxruntime
@@ -80,18 +82,32 @@ def main() -> int:
     medians = {k: median_ms(v) for k, v in timings.items()}
     ratio = medians["torch_infer"] / medians["ort_infer"]
     result = {
-        "model": "upn tiny (test/data/upn weights)", "camera": args.camera, "input_hw": list(prepared.resized_hw),
-        "repeats": args.repeats, "median_ms": medians, "torch_over_ort": ratio, "export_s": export_s,
-        "max_abs_box_diff_torch_vs_ort": max_box_diff, "ort_provider": ort_backend.provider,
-        "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__, "python": platform.python_version(), "machine": platform.processor() or platform.machine(),
+        "model": "upn tiny (test/data/upn weights)",
+        "camera": args.camera,
+        "input_hw": list(prepared.resized_hw),
+        "repeats": args.repeats,
+        "median_ms": medians,
+        "torch_over_ort": ratio,
+        "export_s": export_s,
+        "max_abs_box_diff_torch_vs_ort": max_box_diff,
+        "ort_provider": ort_backend.provider,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "python": platform.python_version(),
+        "machine": platform.processor() or platform.machine(),
         "samples_s": timings,
     }
-    print(f"UPN tiny, {args.camera} camera -> input {prepared.resized_hw[0]}x{prepared.resized_hw[1]}, {args.repeats} runs, medians")
+    print(
+        f"UPN tiny, {args.camera} camera -> input {prepared.resized_hw[0]}x{prepared.resized_hw[1]}, {args.repeats} runs, medians"
+    )
     print(f"{'stage':<14}{'ms':>10}")
     for key, value in medians.items():
         print(f"{key:<14}{value:>10.1f}")
-    print(f"torch / ORT inference time ratio: {ratio:.2f}  (max |boxes diff| {max_box_diff:.2e}, ORT on {ort_backend.provider})")
+    print(
+        f"torch / ORT inference time ratio: {ratio:.2f}  (max |boxes diff| {max_box_diff:.2e}, ORT on {ort_backend.provider})"
+    )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=1))
     print(f"wrote {RESULTS}")

@@ -22,8 +22,15 @@ from _common import time_cuda
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "gpu_language.json"
-LLAMA2_7B = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
-             "num_key_value_heads": 32, "vocab_size": 32000 + 104, "max_position_embeddings": 4096}
+LLAMA2_7B = {
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "vocab_size": 32000 + 104,
+    "max_position_embeddings": 4096,
+}
 
 
 def main() -> int:
@@ -37,8 +44,10 @@ def main() -> int:
         import torch
         from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
     except ImportError as error:
-        print(f"gpu_language: needs torch with CUDA and transformers (pip install chatrex_ros[chatrex]): {error}",
-              file=sys.stderr)
+        print(
+            f"gpu_language: needs torch with CUDA and transformers (pip install chatrex_ros[chatrex]): {error}",
+            file=sys.stderr,
+        )
         return 2
     if not torch.cuda.is_available():
         print("gpu_language: no CUDA GPU visible; run it on a GPU machine", file=sys.stderr)
@@ -47,24 +56,38 @@ def main() -> int:
     with torch.device("cuda"):
         model = LlamaForCausalLM(LlamaConfig(**LLAMA2_7B, torch_dtype=torch.bfloat16)).to(torch.bfloat16).eval()
     context = torch.randint(0, 32000, (1, args.context), device="cuda")
-    generation = GenerationConfig(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False,
-                                  eos_token_id=None, pad_token_id=0)
+    generation = GenerationConfig(
+        max_new_tokens=args.new_tokens,
+        min_new_tokens=args.new_tokens,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
 
     with torch.inference_mode():
         prefill = time_cuda(torch, lambda: model(context, use_cache=True), args.repeats, args.warmup)
-        query = time_cuda(torch, lambda: model.generate(context, generation_config=generation), max(5, args.repeats // 4), 1)
+        query = time_cuda(
+            torch, lambda: model.generate(context, generation_config=generation), max(5, args.repeats // 4), 1
+        )
     prefill_ms, query_ms = prefill["median_ms"], query["median_ms"]
     result = {
-        "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "python": platform.python_version(),
-        "shape": "Llama-2-7B (random weights), bf16", "context_tokens": args.context, "new_tokens": args.new_tokens,
-        "prefill_ms": prefill_ms, "query_ms": query_ms,
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "shape": "Llama-2-7B (random weights), bf16",
+        "context_tokens": args.context,
+        "new_tokens": args.new_tokens,
+        "prefill_ms": prefill_ms,
+        "query_ms": query_ms,
         "decode_ms_per_token": (query_ms - prefill_ms) / args.new_tokens,
         "peak_mem_gib": max(prefill["peak_mem_gib"], query["peak_mem_gib"]),
     }
     print(f"| GPU | context | prefill ms | {args.new_tokens} new tokens: query ms | ms/token | peak GiB |")
     print("|---|---|---|---|---|---|")
-    print(f"| {result['gpu']} | {args.context} | {prefill_ms:.1f} | {query_ms:.1f} | "
-          f"{result['decode_ms_per_token']:.2f} | {result['peak_mem_gib']:.1f} |")
+    print(
+        f"| {result['gpu']} | {args.context} | {prefill_ms:.1f} | {query_ms:.1f} | "
+        f"{result['decode_ms_per_token']:.2f} | {result['peak_mem_gib']:.1f} |"
+    )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2))
     print(f"wrote {RESULTS}")

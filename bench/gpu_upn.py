@@ -54,9 +54,15 @@ def main() -> int:
     model = build_upn("large", device="cuda")
     sizes = [parse_hw(s) for s in args.sizes.split(",")]
     result: dict[str, Any] = {
-        "model": "upn_large, random weights", "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
-        "cuda": torch.version.cuda, "python": platform.python_version(), "repeats": args.repeats, "warmup": args.warmup,
-        "timing": "CUDA events around model(pixels, 'fine') under inference_mode; input already on the GPU", "sizes": {},
+        "model": "upn_large, random weights",
+        "gpu": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "timing": "CUDA events around model(pixels, 'fine') under inference_mode; input already on the GPU",
+        "sizes": {},
     }
     rows = []
     for height, width in sizes:
@@ -65,8 +71,12 @@ def main() -> int:
 
         def forward(dtype: Any = None, net: Any = model) -> Any:
             def run() -> Any:
-                with torch.inference_mode(), torch.autocast("cuda", dtype=dtype or torch.float16, enabled=dtype is not None):
+                with (
+                    torch.inference_mode(),
+                    torch.autocast("cuda", dtype=dtype or torch.float16, enabled=dtype is not None),
+                ):
                     return net(pixels, "fine")
+
             return run
 
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -83,12 +93,16 @@ def main() -> int:
             forward(torch.float16, compiled)()
             torch.cuda.synchronize()
             per_size["compile_s"] = time.perf_counter() - start
-            per_size["compiled_fp16_autocast"] = time_cuda(torch, forward(torch.float16, compiled), args.repeats, args.warmup)
+            per_size["compiled_fp16_autocast"] = time_cuda(
+                torch, forward(torch.float16, compiled), args.repeats, args.warmup
+            )
         base = per_size["fp32"]["median_ms"]
         for name, stats in per_size.items():
             if isinstance(stats, dict):
                 stats["speedup_vs_fp32"] = base / stats["median_ms"]
-                rows.append((f"{height}x{width}", name, stats["median_ms"], stats["speedup_vs_fp32"], stats["peak_mem_gib"]))
+                rows.append(
+                    (f"{height}x{width}", name, stats["median_ms"], stats["speedup_vs_fp32"], stats["peak_mem_gib"])
+                )
         result["sizes"][f"{height}x{width}"] = per_size
 
     if not args.no_onnx:
@@ -122,7 +136,9 @@ def onnx_part(torch: Any, model: Any, size: tuple[int, int], repeats: int, warmu
             out["onnxruntime"] = "not installed (pip install onnxruntime-gpu)"
             return out
         if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-            out["onnxruntime"] = f"no CUDAExecutionProvider (has {onnxruntime.get_available_providers()}); pip install onnxruntime-gpu"
+            out["onnxruntime"] = (
+                f"no CUDAExecutionProvider (has {onnxruntime.get_available_providers()}); pip install onnxruntime-gpu"
+            )
             return out
         from chatrex_ros.models.upn.runtime_onnx import OnnxRuntimeUPNBackend
 
@@ -142,7 +158,15 @@ def onnx_part(torch: Any, model: Any, size: tuple[int, int], repeats: int, warmu
         with torch.inference_mode():
             reference = model(torch.from_numpy(pixels).cuda(), "fine")[0].float().cpu().numpy()
         out["max_abs_box_diff_vs_torch_fp32"] = float(np.abs(backend.infer(pixels)[0] - reference).max())
-        rows.append((f"{size[0]}x{size[1]}", f"onnxruntime ({backend.provider[:4]})", out["median_ms_incl_host_copies"], float("nan"), float("nan")))
+        rows.append(
+            (
+                f"{size[0]}x{size[1]}",
+                f"onnxruntime ({backend.provider[:4]})",
+                out["median_ms_incl_host_copies"],
+                float("nan"),
+                float("nan"),
+            )
+        )
     return out
 
 

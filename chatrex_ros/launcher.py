@@ -75,13 +75,29 @@ class NodeSpec:
 
 
 GRAPH: tuple[NodeSpec, ...] = (
-    NodeSpec("proposal_node", "chatrex_ros.ros.proposal_node", "chatrex_ros.models.settings:PROPOSAL_NODE_PARAMETERS",
-             {"image": DEFAULT_IMAGE_TOPIC}),
-    NodeSpec("language_node", "chatrex_ros.ros.language_node", "chatrex_ros.models.settings:LANGUAGE_NODE_PARAMETERS",
-             {"image": DEFAULT_IMAGE_TOPIC}),
-    NodeSpec("grasp_target_node", "chatrex_ros.ros.grasp_target_node", "chatrex_ros.ros.grasp_target_node:PARAMETERS",
-             {"depth": DEFAULT_DEPTH_TOPIC, "depth/camera_info": DEFAULT_DEPTH_INFO_TOPIC,
-              "color/camera_info": DEFAULT_COLOR_INFO_TOPIC}, optional=True),
+    NodeSpec(
+        "proposal_node",
+        "chatrex_ros.ros.proposal_node",
+        "chatrex_ros.models.settings:PROPOSAL_NODE_PARAMETERS",
+        {"image": DEFAULT_IMAGE_TOPIC},
+    ),
+    NodeSpec(
+        "language_node",
+        "chatrex_ros.ros.language_node",
+        "chatrex_ros.models.settings:LANGUAGE_NODE_PARAMETERS",
+        {"image": DEFAULT_IMAGE_TOPIC},
+    ),
+    NodeSpec(
+        "grasp_target_node",
+        "chatrex_ros.ros.grasp_target_node",
+        "chatrex_ros.ros.grasp_target_node:PARAMETERS",
+        {
+            "depth": DEFAULT_DEPTH_TOPIC,
+            "depth/camera_info": DEFAULT_DEPTH_INFO_TOPIC,
+            "color/camera_info": DEFAULT_COLOR_INFO_TOPIC,
+        },
+        optional=True,
+    ),
 )
 
 
@@ -111,8 +127,18 @@ class PlannedNode:
     remaps: dict[str, str]
 
     def command(self, params_file: Path) -> list[str]:
-        command = [sys.executable, "-m", self.spec.module, "--ros-args", "-r", f"__node:={self.spec.name}",
-                   "-r", f"__ns:=/{NAMESPACE}", "--params-file", str(params_file)]
+        command = [
+            sys.executable,
+            "-m",
+            self.spec.module,
+            "--ros-args",
+            "-r",
+            f"__node:={self.spec.name}",
+            "-r",
+            f"__ns:=/{NAMESPACE}",
+            "--params-file",
+            str(params_file),
+        ]
         for source, target in self.remaps.items():
             command += ["-r", f"{source}:={target}"]
         return command
@@ -183,12 +209,16 @@ def plan_graph(
     for section in config.sections:
         if not any(matches(section.pattern, spec.qualified_name) for spec in GRAPH):
             nodes = ", ".join(spec.qualified_name for spec in GRAPH)
-            problems.append(f"{config.path}: section {section.label!r} applies to no node of the graph; the nodes "
-                            f"are {nodes} (name a section e.g. '/**/language_node')")
+            problems.append(
+                f"{config.path}: section {section.label!r} applies to no node of the graph; the nodes "
+                f"are {nodes} (name a section e.g. '/**/language_node')"
+            )
     for node, values in overrides.items():
         if node not in names:
-            problems += [f"--set {node}.{parameter}: unknown node {node!r}; the nodes are {', '.join(names)}"
-                         for parameter in values]
+            problems += [
+                f"--set {node}.{parameter}: unknown node {node!r}; the nodes are {', '.join(names)}"
+                for parameter in values
+            ]
     planned = []
     for spec in GRAPH:
         specs = spec.parameter_specs()
@@ -293,8 +323,15 @@ class GraphProcesses:
         for node in self.planned:
             params_file = Path(self._tmp.name) / f"{node.spec.name}.yaml"
             params_file.write_text(yaml.safe_dump(node.params_document(), sort_keys=False))
-            process = subprocess.Popen(node.command(params_file), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                       text=True, env=env, start_new_session=True, preexec_fn=preexec)
+            process = subprocess.Popen(
+                node.command(params_file),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=env,
+                start_new_session=True,
+                preexec_fn=preexec,
+            )
             self.processes.append((node.spec.name, process))
         # Forwarders start after the last fork: preexec_fn is only safe while this process has no other threads.
         for name, process in self.processes:
@@ -304,7 +341,8 @@ class GraphProcesses:
 
     def _forward(self, name: str, process: subprocess.Popen[str]) -> None:
         """Prefix and print a node's lines; keep draining its pipe when our output is gone (closed terminal),
-        or the node would block on a full pipe while it is being stopped."""
+        or the node would block on a full pipe while it is being stopped.
+        """
         assert process.stdout is not None
         for line in process.stdout:
             self._write(f"[{name}] {line}")
@@ -325,7 +363,8 @@ class GraphProcesses:
 
     def wait(self) -> int:
         """Block until a stop signal (exit 0) or until a node exits on its own: its exit code, 128 + N when a
-        signal N ended it (as a shell reports it), 1 when it exited with 0 (the graph is incomplete)."""
+        signal N ended it (as a shell reports it), 1 when it exited with 0 (the graph is incomplete).
+        """
         try:
             while True:
                 for name, process in self.processes:
@@ -349,8 +388,11 @@ class GraphProcesses:
             if process.poll() is None:
                 process.send_signal(signal.SIGINT)
         deadline = time.monotonic() + timeout_s
-        while (any(process.poll() is None for _, process in self.processes)
-               and time.monotonic() < deadline and not self._hurry):
+        while (
+            any(process.poll() is None for _, process in self.processes)
+            and time.monotonic() < deadline
+            and not self._hurry
+        ):
             time.sleep(0.05)
         for name, process in self.processes:
             if process.poll() is None:

@@ -1,5 +1,6 @@
 """Node parameters as data: typed, described, range-checked. ROS-free, so the offline tools read the same
-config file and defaults as the nodes (the ROS layer turns a spec into a declared parameter)."""
+config file and defaults as the nodes (the ROS layer turns a spec into a declared parameter).
+"""
 
 from __future__ import annotations
 
@@ -33,8 +34,10 @@ class ParamSpec:
             value = float(value)
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
             return f"{self.name} must be {self.type_name}, got {type(value).__name__} {value!r}"
-        if self.choices and value not in self.choices and not (
-            self.allow_plugin and isinstance(value, str) and value.startswith("python:")
+        if (
+            self.choices
+            and value not in self.choices
+            and not (self.allow_plugin and isinstance(value, str) and value.startswith("python:"))
         ):
             extra = " or 'python:module:Class'" if self.allow_plugin else ""
             return f"{self.name} must be one of {', '.join(map(str, self.choices))}{extra}; got {value!r}"
@@ -51,8 +54,12 @@ RELIABILITIES = ("best_effort", "reliable")
 def sensor_qos_specs(prefix: str = "image_qos", what: str = "Image") -> list[ParamSpec]:
     """Parameters that configure a sensor subscription's QoS (default best-effort KEEP_LAST(1))."""
     return [
-        ParamSpec(f"{prefix}.reliability", "best_effort", f"{what} subscription reliability.", RELIABILITIES, read_only=True),
-        ParamSpec(f"{prefix}.depth", 1, f"{what} subscription KEEP_LAST depth.", minimum=1, maximum=100, read_only=True),
+        ParamSpec(
+            f"{prefix}.reliability", "best_effort", f"{what} subscription reliability.", RELIABILITIES, read_only=True
+        ),
+        ParamSpec(
+            f"{prefix}.depth", 1, f"{what} subscription KEEP_LAST depth.", minimum=1, maximum=100, read_only=True
+        ),
     ]
 
 

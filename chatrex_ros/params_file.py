@@ -33,7 +33,8 @@ _TOKEN = re.compile(r"[A-Za-z0-9_]+")
 @dataclass(frozen=True)
 class Section:
     """One node-name pattern of a params file and its parameters, flattened to dotted names as ROS names nested
-    ones, so that ``image_qos: {depth: 1}`` and ``image_qos.depth: 1`` are one parameter when sections merge."""
+    ones, so that ``image_qos: {depth: 1}`` and ``image_qos.depth: 1`` are one parameter when sections merge.
+    """
 
     pattern: str
     parameters: dict[str, Any] = field(default_factory=dict)
@@ -79,8 +80,9 @@ def sections(document: Any, source: str = "params file") -> list[Section]:
                 walk(value, [*names, key])
             else:
                 where = "/".join([*names, key])
-                raise ValueError(f"{source}: {where}: expected a node name with {ROS_PARAMETERS} below it, "
-                                 f"got {value!r}")
+                raise ValueError(
+                    f"{source}: {where}: expected a node name with {ROS_PARAMETERS} below it, got {value!r}"
+                )
 
     walk(document, [])
     return [Section(pattern, parameters) for pattern, parameters in found.items()]
@@ -137,5 +139,7 @@ def bare_names_in_namespace(found: Iterable[Section], namespace: str) -> list[Se
     that silently applies to nothing. ``ros2 launch`` keeps rcl's reading, so shared files should say
     ``/**/language_node``.
     """
-    return [Section(qualified_name(namespace, s.pattern), s.parameters, s.pattern) if is_bare_name(s.pattern) else s
-            for s in found]
+    return [
+        Section(qualified_name(namespace, s.pattern), s.parameters, s.pattern) if is_bare_name(s.pattern) else s
+        for s in found
+    ]

@@ -12,7 +12,8 @@ _SOURCE_ROOT = Path(__file__).resolve().parent.parent
 
 def share_dir() -> Path:
     """The repository root when run from a source checkout (edits take effect), else ``share/chatrex_ros``
-    of the install (colcon or pip)."""
+    of the install (colcon or pip).
+    """
     if (_SOURCE_ROOT / "package.xml").is_file() and (_SOURCE_ROOT / "config").is_dir():
         return _SOURCE_ROOT
     # The PyPI ROS wheels do not set AMENT_PREFIX_PATH; their prefix is the environment itself.

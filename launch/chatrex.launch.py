@@ -12,11 +12,12 @@ realsense-ros 4.x with align_depth.enable:=true). `chatrex-ros up` starts the sa
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.conditions import IfCondition
 from launch.substitutions import EnvironmentVariable, LaunchConfiguration
 from launch_ros.actions import Node
+
+from launch import LaunchDescription
 
 NAMESPACE = "chatrex"
 
@@ -30,8 +31,7 @@ PARAMETER_ARGUMENTS = (
 # (launch argument, default topic, description)
 TOPIC_ARGUMENTS = (
     ("image_topic", "/camera/image_raw", "camera image topic"),
-    ("depth_topic", "/camera/camera/aligned_depth_to_color/image_raw",
-     "depth image aligned to the colour camera"),
+    ("depth_topic", "/camera/camera/aligned_depth_to_color/image_raw", "depth image aligned to the colour camera"),
     ("depth_info_topic", "/camera/camera/aligned_depth_to_color/camera_info", "camera_info of the depth image"),
     ("color_info_topic", "/camera/camera/color/camera_info", "camera_info of the colour image"),
 )
@@ -40,8 +40,11 @@ TOPIC_ARGUMENTS = (
 NODE_INPUTS = {
     "proposal_node": (("image", "image_topic"),),
     "language_node": (("image", "image_topic"),),
-    "grasp_target_node": (("depth", "depth_topic"), ("depth/camera_info", "depth_info_topic"),
-                          ("color/camera_info", "color_info_topic")),
+    "grasp_target_node": (
+        ("depth", "depth_topic"),
+        ("depth/camera_info", "depth_info_topic"),
+        ("color/camera_info", "color_info_topic"),
+    ),
 }
 OPTIONAL_NODES = {"grasp_target_node": "grasp"}  # node -> boolean launch argument that starts it
 
@@ -57,33 +60,49 @@ def _nodes(context, *args, **kwargs):
             if value:
                 overrides[parameter] = value
         extra = {"condition": IfCondition(LaunchConfiguration(OPTIONAL_NODES[name]))} if name in OPTIONAL_NODES else {}
-        actions.append(Node(
-            package="chatrex_ros", executable=name, name=name, namespace=NAMESPACE,
-            parameters=[params_file, overrides] if overrides else [params_file],
-            remappings=[(topic, LaunchConfiguration(argument).perform(context)) for topic, argument in inputs],
-            output="screen", **extra,
-        ))
+        actions.append(
+            Node(
+                package="chatrex_ros",
+                executable=name,
+                name=name,
+                namespace=NAMESPACE,
+                parameters=[params_file, overrides] if overrides else [params_file],
+                remappings=[(topic, LaunchConfiguration(argument).perform(context)) for topic, argument in inputs],
+                output="screen",
+                **extra,
+            )
+        )
     return actions
 
 
 def generate_launch_description():
     share = get_package_share_directory("chatrex_ros")
     arguments = [
-        DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "chatrex.yaml"),
-                              description="ROS params file for the nodes"),
-        *(DeclareLaunchArgument(name, default_value=default, description=text)
-          for name, default, text in TOPIC_ARGUMENTS),
-        *(DeclareLaunchArgument(name, default_value="",
-                                description=f"{text} (default: the params file's {node} {param})")
-          for name, node, param, text in PARAMETER_ARGUMENTS),
+        DeclareLaunchArgument(
+            "params_file",
+            default_value=os.path.join(share, "config", "chatrex.yaml"),
+            description="ROS params file for the nodes",
+        ),
+        *(
+            DeclareLaunchArgument(name, default_value=default, description=text)
+            for name, default, text in TOPIC_ARGUMENTS
+        ),
+        *(
+            DeclareLaunchArgument(
+                name, default_value="", description=f"{text} (default: the params file's {node} {param})"
+            )
+            for name, node, param, text in PARAMETER_ARGUMENTS
+        ),
         DeclareLaunchArgument("grasp", default_value="false", description="also start grasp_target_node"),
         # Camera frames do not fit Fast DDS's default shared-memory segment; the shipped profile has a 32 MB one
         # (single host: UDP on loopback only; use config/fastdds_multihost.xml across machines).
         DeclareLaunchArgument(
             "fastdds_profile",
-            default_value=EnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE",
-                                              default_value=os.path.join(share, "config", "fastdds.xml")),
-            description="Fast DDS XML profile for the nodes"),
+            default_value=EnvironmentVariable(
+                "FASTDDS_DEFAULT_PROFILES_FILE", default_value=os.path.join(share, "config", "fastdds.xml")
+            ),
+            description="Fast DDS XML profile for the nodes",
+        ),
     ]
     environment = [
         SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", LaunchConfiguration("fastdds_profile")),

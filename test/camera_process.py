@@ -35,7 +35,7 @@ def main() -> None:
     y, x = np.mgrid[0:h, 0:w]
     rgb = np.stack([x * 255 // max(1, w - 1), y * 255 // max(1, h - 1), np.full_like(x, 90)], axis=2).astype(np.uint8)
     depth = np.full((h, w), 1500, np.uint16)
-    depth[h // 4: h * 3 // 4, w // 4: w * 3 // 4] = 600
+    depth[h // 4 : h * 3 // 4, w // 4 : w * 3 // 4] = 600
     fx = 0.8 * w
     k = [fx, 0.0, w / 2, 0.0, fx, h / 2, 0.0, 0.0, 1.0]
     if args.depth:

@@ -18,7 +18,9 @@ os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(ROOT / "config" / "fa
 os.environ.setdefault("RMW_FASTRTPS_USE_QOS_FROM_XML", "0")
 os.environ.setdefault("AMENT_PREFIX_PATH", sys.prefix)
 # Node processes started by the tests import this tree's code and the test doubles.
-os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TEST_DIR), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TEST_DIR), os.environ.get("PYTHONPATH", "")]).rstrip(
+    os.pathsep
+)
 for path in (str(TEST_DIR), str(ROOT)):
     if path not in sys.path:
         sys.path.insert(0, path)

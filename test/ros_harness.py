@@ -27,8 +27,14 @@ from std_msgs.msg import Header
 class NodeProcess:
     """A node started as ``python -m <module> --ros-args --params-file ...`` in its own process."""
 
-    def __init__(self, module: str, name: str, params: dict[str, Any] | None = None,
-                 remaps: dict[str, str] | None = None, namespace: str = "") -> None:
+    def __init__(
+        self,
+        module: str,
+        name: str,
+        params: dict[str, Any] | None = None,
+        remaps: dict[str, str] | None = None,
+        namespace: str = "",
+    ) -> None:
         self.name = name
         self._params_file = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
         yaml.safe_dump({"/**": {"ros__parameters": params or {}}}, self._params_file)
@@ -87,11 +93,15 @@ class RosClient:
                 return
 
     def publisher(self, msg_type: type, topic: str, reliable: bool = True, depth: int = 10):
-        qos = QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT)
+        qos = QoSProfile(
+            depth=depth, reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT
+        )
         return self.node.create_publisher(msg_type, topic, qos)
 
     def subscribe(self, msg_type: type, topic: str, reliable: bool = True, depth: int = 50) -> list[Any]:
-        qos = QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT)
+        qos = QoSProfile(
+            depth=depth, reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT
+        )
         bucket = self.received.setdefault(topic, [])
 
         def store(msg: Any) -> None:
@@ -102,7 +112,9 @@ class RosClient:
         return bucket
 
     def wait_for_subscribers(self, publisher, count: int = 1, timeout: float = 20.0) -> None:
-        wait_until(lambda: publisher.get_subscription_count() >= count, timeout, f"subscriber on {publisher.topic_name}")
+        wait_until(
+            lambda: publisher.get_subscription_count() >= count, timeout, f"subscriber on {publisher.topic_name}"
+        )
 
     def wait_for_publishers(self, topic: str, count: int = 1, timeout: float = 20.0) -> None:
         wait_until(lambda: self.node.count_publishers(topic) >= count, timeout, f"publisher on {topic}")
@@ -131,7 +143,9 @@ def textured_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     """A synthetic RGB scene with a few solid rectangles on a gradient (stands in for a camera frame)."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width]
-    image = np.stack([(x * 255 // max(1, width - 1)), (y * 255 // max(1, height - 1)), np.full_like(x, 90)], axis=2).astype(np.uint8)
+    image = np.stack(
+        [(x * 255 // max(1, width - 1)), (y * 255 // max(1, height - 1)), np.full_like(x, 90)], axis=2
+    ).astype(np.uint8)
     for _ in range(5):
         x1, y1 = int(rng.integers(0, width * 3 // 4)), int(rng.integers(0, height * 3 // 4))
         x2, y2 = x1 + int(rng.integers(width // 10, width // 4)), y1 + int(rng.integers(height // 10, height // 4))
@@ -147,7 +161,9 @@ def set_parameters(client: RosClient, node_name: str, **values: Any) -> list[Any
     service = client.node.create_client(SetParameters, f"{node_name}/set_parameters")
     try:
         assert service.wait_for_service(timeout_sec=10), f"no parameter service for {node_name}"
-        request = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
+        request = SetParameters.Request(
+            parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()]
+        )
         future = service.call_async(request)
         wait_until(future.done, 10, "set_parameters")
         return list(future.result().results)

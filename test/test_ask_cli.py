@@ -38,8 +38,15 @@ def run_cli(*args: str, timeout: float = 60.0) -> tuple[subprocess.CompletedProc
 
 # --- exact stamps ---------------------------------------------------------------------------------
 EDGE_NS = [
-    0, 1, 999_999_999, NS_PER_S, NS_PER_S + 1, STAMP_NS,
-    1_712_345_678_000_000_000, 1_712_345_678_120_000_000, 1_712_345_678_000_000_010,  # trailing zeros
+    0,
+    1,
+    999_999_999,
+    NS_PER_S,
+    NS_PER_S + 1,
+    STAMP_NS,
+    1_712_345_678_000_000_000,
+    1_712_345_678_120_000_000,
+    1_712_345_678_000_000_010,  # trailing zeros
     MAX_SEC * NS_PER_S + 999_999_999,
 ]
 
@@ -67,12 +74,25 @@ def test_stamp_text_forms() -> None:
     assert int(round((1_712_345_678 + 123_456_789 * 1e-9) * 1e9)) != STAMP_NS
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("-1", "negative"), ("-0.5", "negative"), ("1.1234567891", "10 fraction digits"),
-    ("garbage", "not SEC or SEC.FRACTION"), ("", "not SEC"), ("1.", "not SEC"), (".5", "not SEC"),
-    ("1e9", "not SEC"), ("1,5", "not SEC"), ("+1", "not SEC"), ("nan", "not SEC"), ("1.2.3", "not SEC"),
-    ("\u0663", "not SEC"), (str(MAX_SEC + 1), "builtin_interfaces/Time"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("-1", "negative"),
+        ("-0.5", "negative"),
+        ("1.1234567891", "10 fraction digits"),
+        ("garbage", "not SEC or SEC.FRACTION"),
+        ("", "not SEC"),
+        ("1.", "not SEC"),
+        (".5", "not SEC"),
+        ("1e9", "not SEC"),
+        ("1,5", "not SEC"),
+        ("+1", "not SEC"),
+        ("nan", "not SEC"),
+        ("1.2.3", "not SEC"),
+        ("\u0663", "not SEC"),
+        (str(MAX_SEC + 1), "builtin_interfaces/Time"),
+    ],
+)
 def test_bad_stamps_are_refused_with_a_clear_message(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_stamp(text)
@@ -88,8 +108,10 @@ def test_format_stamp_refuses_what_is_not_a_stamp() -> None:
 
 
 def test_stamps_module_is_ros_free() -> None:
-    script = ("import sys, chatrex_ros.core.stamps\n"
-              "print(' '.join(m for m in sys.modules if m.split('.')[0] in ('rclpy', 'builtin_interfaces')))")
+    script = (
+        "import sys, chatrex_ros.core.stamps\n"
+        "print(' '.join(m for m in sys.modules if m.split('.')[0] in ('rclpy', 'builtin_interfaces')))"
+    )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.strip() == "", result.stdout + result.stderr
 
@@ -128,23 +150,29 @@ def test_table_shows_the_stamp_to_follow_up_with() -> None:
     assert "image stamp: none" in ask.format_table(ask.answer_to_dict(stamped_answer(0)))
 
 
-@pytest.mark.parametrize(("namespace", "expected"), [
-    ("/chatrex", ("/chatrex", "/chatrex/query", "/chatrex/answer")),
-    ("robot/chatrex/", ("/robot/chatrex", "/robot/chatrex/query", "/robot/chatrex/answer")),
-    ("/", ("/", "/query", "/answer")),
-])
+@pytest.mark.parametrize(
+    ("namespace", "expected"),
+    [
+        ("/chatrex", ("/chatrex", "/chatrex/query", "/chatrex/answer")),
+        ("robot/chatrex/", ("/robot/chatrex", "/robot/chatrex/query", "/robot/chatrex/answer")),
+        ("/", ("/", "/query", "/answer")),
+    ],
+)
 def test_topic_names_follow_the_namespace(namespace: str, expected: tuple[str, str, str]) -> None:
     assert ask.topic_names(namespace) == expected
 
 
 # --- the command as a user runs it ----------------------------------------------------------------
-@pytest.mark.parametrize(("flags", "message"), [
-    (["--stamp", "garbage"], "argument --stamp: stamp 'garbage' is not SEC"),
-    (["--stamp", "1712345678.1234567891"], "at most 9"),
-    (["--stamp", "-5"], "negative"),
-    (["--wait-for-node", "-1"], "argument --wait-for-node"),
-    (["--timeout", "0"], "argument --timeout"),
-])
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--stamp", "garbage"], "argument --stamp: stamp 'garbage' is not SEC"),
+        (["--stamp", "1712345678.1234567891"], "at most 9"),
+        (["--stamp", "-5"], "negative"),
+        (["--wait-for-node", "-1"], "argument --wait-for-node"),
+        (["--timeout", "0"], "argument --timeout"),
+    ],
+)
 def test_bad_values_are_usage_errors(flags: list[str], message: str) -> None:
     result, _ = run_cli("ask", "the red mug", *flags)
     assert result.returncode == ask.EXIT_USAGE == 2, result.stderr
@@ -154,8 +182,9 @@ def test_bad_values_are_usage_errors(flags: list[str], message: str) -> None:
 @pytest.mark.ros
 def test_ask_with_nobody_listening_fails_fast_naming_the_topic() -> None:
     wait_s = 2.0
-    result, elapsed = run_cli("ask", "the red mug", "--namespace", "/ask_test_nobody", "--wait-for-node", str(wait_s),
-                              "--timeout", "60")
+    result, elapsed = run_cli(
+        "ask", "the red mug", "--namespace", "/ask_test_nobody", "--wait-for-node", str(wait_s), "--timeout", "60"
+    )
     assert result.returncode == ask.EXIT_NO_NODE == 4, result.stdout + result.stderr
     assert elapsed < wait_s + 3, f"took {elapsed:.1f} s"
     lines = result.stderr.strip().splitlines()
@@ -168,9 +197,10 @@ class FakeLanguageNode:
     """Answers every Query on NAMESPACE/query about its image_stamp (STAMP_NS for "newest"), like the real node."""
 
     def __init__(self, namespace: str) -> None:
+        from ros_harness import RosClient
+
         from chatrex_ros.msg import Answer, Query
         from chatrex_ros.ros.qos import reliable_qos
-        from ros_harness import RosClient
 
         self.client = RosClient("fake_language_node")
         self.queries: list[Query] = []
@@ -194,13 +224,24 @@ class FakeLanguageNode:
 def test_a_follow_up_with_the_printed_stamp_asks_about_the_same_frame() -> None:
     node = FakeLanguageNode("/ask_test_fake")
     try:
-        first, _ = run_cli("ask", "the red mug", "--namespace", "/ask_test_fake", "--json", "--timeout", "20",
-                           "--wait-for-node", "20")
+        first, _ = run_cli(
+            "ask", "the red mug", "--namespace", "/ask_test_fake", "--json", "--timeout", "20", "--wait-for-node", "20"
+        )
         assert first.returncode == 0, first.stdout + first.stderr
         printed = json.loads(first.stdout)
         assert printed["image_stamp"] == STAMP_TEXT and printed["image_stamp_ns"] == STAMP_NS
-        again, _ = run_cli("ask", "the red mug", "--namespace", "/ask_test_fake", "--stamp", printed["image_stamp"],
-                           "--timeout", "20", "--wait-for-node", "20")
+        again, _ = run_cli(
+            "ask",
+            "the red mug",
+            "--namespace",
+            "/ask_test_fake",
+            "--stamp",
+            printed["image_stamp"],
+            "--timeout",
+            "20",
+            "--wait-for-node",
+            "20",
+        )
         assert again.returncode == 0, again.stdout + again.stderr
         assert f"image stamp: {STAMP_TEXT}" in again.stdout
         asked = [(q.image_stamp.sec, q.image_stamp.nanosec) for q in node.queries]

@@ -14,12 +14,12 @@ import os
 import shutil
 import sys
 import tempfile
-import tomllib
 import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 
 from chatrex_ros.core.answering import QueryRequest, answer_query
 from chatrex_ros.core.types import Proposals
@@ -247,9 +247,7 @@ def test_registry_builds_the_chatrex_backend(tiny_dir: Path) -> None:
 
 
 @needs_transformers
-@pytest.mark.skipif(
-    not HAS_TRANSFORMERS or not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU"
-)
+@pytest.mark.skipif(not HAS_TRANSFORMERS or not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_defaults_to_bfloat16_with_autocast(tiny_dir: Path) -> None:
     import torch
 

@@ -39,10 +39,21 @@ def images(count=3, height=48, width=64):
 
 def answer(stamp_ns: int) -> AnswerRecord:
     return AnswerRecord(
-        stamp_ns, "eval-detect/1", "detect", status=0, num_proposals=9, question="Please detect cup in this image.",
-        raw_output="<ground>cup</ground><objects><obj3><obj8></objects>", text="cup",
-        detections=(DetectionRecord("cup", (1.5, 2.0, 30.25, 40.0), 0.75, 3), DetectionRecord("cup", (5.0, 6.0, 7.0, 8.0), 0.5, 8)),
-        model_ms=12.5, total_ms=20.0, received_ns=stamp_ns + 30_000_000,
+        stamp_ns,
+        "eval-detect/1",
+        "detect",
+        status=0,
+        num_proposals=9,
+        question="Please detect cup in this image.",
+        raw_output="<ground>cup</ground><objects><obj3><obj8></objects>",
+        text="cup",
+        detections=(
+            DetectionRecord("cup", (1.5, 2.0, 30.25, 40.0), 0.75, 3),
+            DetectionRecord("cup", (5.0, 6.0, 7.0, 8.0), 0.5, 8),
+        ),
+        model_ms=12.5,
+        total_ms=20.0,
+        received_ns=stamp_ns + 30_000_000,
     )
 
 
@@ -50,8 +61,16 @@ def answer(stamp_ns: int) -> AnswerRecord:
 def test_round_trip_images_stamps_answers_and_proposals(tmp_path, storage):
     frames = images()
     stamps = [T0 + i * 33_333_333 for i in range(len(frames))]
-    proposals = ProposalRecord(stamps[0], np.array([[1, 2, 3, 4], [5, 6, 7, 8]], np.float32), np.array([0.9, 0.4], np.float32),
-                               "selective_search", 3.5, stamps[0] + 10_000_000, 64, 48)
+    proposals = ProposalRecord(
+        stamps[0],
+        np.array([[1, 2, 3, 4], [5, 6, 7, 8]], np.float32),
+        np.array([0.9, 0.4], np.float32),
+        "selective_search",
+        3.5,
+        stamps[0] + 10_000_000,
+        64,
+        48,
+    )
     with BagWriter(tmp_path / "bag", storage) as writer:
         for rgb, stamp in zip(frames, stamps):
             writer.write_image(TOPIC, rgb, stamp, "cam_optical", log_time_ns=stamp + 1_000)
@@ -74,7 +93,13 @@ def test_round_trip_images_stamps_answers_and_proposals(tmp_path, storage):
         [got] = reader.proposals("/chatrex/proposals")
         np.testing.assert_array_equal(got.boxes, proposals.boxes)
         np.testing.assert_array_equal(got.scores, proposals.scores)
-        assert (got.stamp_ns, got.received_ns, got.backend, got.width, got.height) == (stamps[0], stamps[0] + 10_000_000, "selective_search", 64, 48)
+        assert (got.stamp_ns, got.received_ns, got.backend, got.width, got.height) == (
+            stamps[0],
+            stamps[0] + 10_000_000,
+            "selective_search",
+            64,
+            48,
+        )
         [back] = reader.answers("/chatrex/answer")
         assert back == answer(stamps[1])  # every field, the receive time included
 
@@ -127,9 +152,8 @@ def test_corrupt_bags_give_clear_errors(tmp_path, storage):
             writer.write_image(TOPIC, rgb, T0 + i, "cam")
     data = next(p for p in bag.iterdir() if p.suffix in (".mcap", ".db3"))
     data.write_bytes(data.read_bytes()[: data.stat().st_size // 3])  # truncated recording
-    with pytest.raises(BagError, match=str(bag)):
-        with BagReader(bag) as reader:
-            list(reader.image_frames(TOPIC))
+    with pytest.raises(BagError, match=str(bag)), BagReader(bag) as reader:
+        list(reader.image_frames(TOPIC))
 
     (bag / "metadata.yaml").write_text("rosbag2_bagfile_information: [not, a, mapping")
     with pytest.raises(BagError, match="cannot open bag"):
@@ -138,9 +162,8 @@ def test_corrupt_bags_give_clear_errors(tmp_path, storage):
         BagReader(tmp_path / "missing")
     garbage = tmp_path / "garbage.mcap"
     garbage.write_bytes(b"this is not an mcap file" * 10)
-    with pytest.raises(BagError, match="garbage.mcap"):
-        with BagReader(garbage) as reader:
-            reader.image_topic()
+    with pytest.raises(BagError, match="garbage.mcap"), BagReader(garbage) as reader:
+        reader.image_topic()
 
 
 def test_writer_refuses_to_overwrite_and_unknown_storage(tmp_path):
@@ -204,8 +227,11 @@ def test_ensure_sample_bag_rebuilds_a_broken_cache(tmp_path):
 # --- ground truth files ---------------------------------------------------------------------------
 def coco(**image_fields):
     image = {"id": 1, "width": 100, "height": 80, "stamp_ns": T0, **image_fields}
-    return {"images": [image], "categories": [{"id": 3, "name": "Red Mug"}],
-            "annotations": [{"id": 9, "image_id": 1, "category_id": 3, "bbox": [10, 20, 30, 40], "iscrowd": 0}]}
+    return {
+        "images": [image],
+        "categories": [{"id": 3, "name": "Red Mug"}],
+        "annotations": [{"id": 9, "image_id": 1, "category_id": 3, "bbox": [10, 20, 30, 40], "iscrowd": 0}],
+    }
 
 
 def test_coco_ground_truth_parsing_and_stamp_forms(tmp_path):
@@ -261,9 +287,13 @@ def test_queries_are_checked_against_the_ground_truth(tmp_path):
 
 
 def test_stamp_matching_exact_tolerant_and_nothing():
-    gt = GroundTruth.from_coco({
-        "images": [{"id": i, "width": 10, "height": 10, "stamp_ns": T0 + i * 100_000_000} for i in (1, 2, 3)],
-        "annotations": [], "categories": []})
+    gt = GroundTruth.from_coco(
+        {
+            "images": [{"id": i, "width": 10, "height": 10, "stamp_ns": T0 + i * 100_000_000} for i in (1, 2, 3)],
+            "annotations": [],
+            "categories": [],
+        }
+    )
     exact = match_stamps(gt, [T0 + 100_000_000, T0 + 300_000_000, T0 + 450_000_000])
     assert {stamp: image.id for stamp, image in exact.items()} == {T0 + 100_000_000: 1, T0 + 300_000_000: 3}
     near = match_stamps(gt, [T0 + 199_000_000, T0 + 201_500_000], tolerance_ns=2_000_000)

@@ -13,7 +13,13 @@ from pycocotools.cocoeval import COCOeval
 from chatrex_ros.core.answering import AnswerStatus
 from chatrex_ros.eval import metrics as m
 from chatrex_ros.eval.groundtruth import GroundTruth, GroundTruthImage, GroundTruthObject, ReferringQuery
-from chatrex_ros.eval.records import AnswerRecord, DetectionRecord, ProposalRecord, detection_query_id, referring_query_id
+from chatrex_ros.eval.records import (
+    AnswerRecord,
+    DetectionRecord,
+    ProposalRecord,
+    detection_query_id,
+    referring_query_id,
+)
 from chatrex_ros.eval.scoring import score_answers, score_proposals
 
 SQUARE = np.array([[0.0, 0.0, 10.0, 10.0]])
@@ -149,14 +155,27 @@ def pycocotools_eval(cases, categories, max_dets):
     for image_id, (labels, gt, pred_labels, boxes, scores) in enumerate(cases, start=1):
         images.append({"id": image_id, "width": 200, "height": 200})
         for label, (x1, y1, x2, y2) in zip(labels, gt):
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": ids[label],
-                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": ids[label],
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": (x2 - x1) * (y2 - y1),
+                    "iscrowd": 0,
+                }
+            )
         for label, (x1, y1, x2, y2), score in zip(pred_labels, boxes, scores):
-            detections.append({"image_id": image_id, "category_id": ids[label], "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})
+            detections.append(
+                {"image_id": image_id, "category_id": ids[label], "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score}
+            )
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO()
-        coco.dataset = {"images": images, "annotations": annotations,
-                        "categories": [{"id": i, "name": n} for n, i in ids.items()]}
+        coco.dataset = {
+            "images": images,
+            "annotations": annotations,
+            "categories": [{"id": i, "name": n} for n, i in ids.items()],
+        }
         coco.createIndex()
         evaluator = COCOeval(coco, coco.loadRes(detections), "bbox")
         evaluator.params.maxDets = list(max_dets)
@@ -193,9 +212,11 @@ def test_per_class_recall_equals_pycocotools_recall_at_iou_half(seed):
 
 
 def test_coco_metrics_perfect_empty_and_shifted():
-    coco = {"images": [{"id": 1, "width": 100, "height": 100}],
-            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "area": 100, "iscrowd": 0}],
-            "categories": [{"id": 1, "name": "cup"}]}
+    coco = {
+        "images": [{"id": 1, "width": 100, "height": 100}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "area": 100, "iscrowd": 0}],
+        "categories": [{"id": 1, "name": "cup"}],
+    }
     perfect = m.coco_detection_metrics(coco, [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "score": 0.9}])
     assert perfect["AP"] == pytest.approx(1.0) and perfect["AP50"] == pytest.approx(1.0)
     shifted = m.coco_detection_metrics(coco, [{"image_id": 1, "category_id": 1, "bbox": [2, 0, 10, 10], "score": 0.9}])
@@ -206,8 +227,11 @@ def test_coco_metrics_perfect_empty_and_shifted():
 # --- scoring records ------------------------------------------------------------------------------
 def small_truth():
     images = [GroundTruthImage(1, 1_000, 100, 100), GroundTruthImage(2, 2_000, 100, 100)]
-    objects = [GroundTruthObject(1, 1, "cup", (0.0, 0.0, 10.0, 10.0)), GroundTruthObject(2, 1, "dog", (50.0, 50.0, 90.0, 90.0)),
-               GroundTruthObject(3, 2, "cup", (20.0, 20.0, 40.0, 40.0))]
+    objects = [
+        GroundTruthObject(1, 1, "cup", (0.0, 0.0, 10.0, 10.0)),
+        GroundTruthObject(2, 1, "dog", (50.0, 50.0, 90.0, 90.0)),
+        GroundTruthObject(3, 2, "cup", (20.0, 20.0, 40.0, 40.0)),
+    ]
     return GroundTruth(images, objects, "small")
 
 
@@ -219,8 +243,16 @@ def test_score_answers_hand_computed():
     gt = small_truth()
     queries = [ReferringQuery("q1", 1, "the dog", 2), ReferringQuery("q2", 2, "the cup", 3)]
     answers = [
-        AnswerRecord(1_000, detection_query_id(1), "detect", detections=(
-            detection("Cup", (0, 0, 10, 10)), detection("dog", (0, 0, 10, 10), 0.5), detection("horse", (1, 1, 5, 5), 0.4))),
+        AnswerRecord(
+            1_000,
+            detection_query_id(1),
+            "detect",
+            detections=(
+                detection("Cup", (0, 0, 10, 10)),
+                detection("dog", (0, 0, 10, 10), 0.5),
+                detection("horse", (1, 1, 5, 5), 0.4),
+            ),
+        ),
         AnswerRecord(2_000, detection_query_id(2), "detect", status=int(AnswerStatus.MODEL_ERROR)),
         AnswerRecord(1_000, referring_query_id("q1"), "detect", detections=(detection("the dog", (50, 50, 90, 90)),)),
         AnswerRecord(2_000, referring_query_id("q2"), "detect", detections=(detection("the cup", (0, 0, 10, 10)),)),
@@ -243,8 +275,15 @@ def test_score_answers_hand_computed():
 
 def test_score_answers_perfect_gives_full_marks_and_nothing_gives_zero():
     gt = small_truth()
-    perfect = [AnswerRecord(image.stamp_ns, detection_query_id(image.id), "detect",
-                            detections=tuple(detection(o.category, o.box) for o in gt.objects(image.id))) for image in gt.images]
+    perfect = [
+        AnswerRecord(
+            image.stamp_ns,
+            detection_query_id(image.id),
+            "detect",
+            detections=tuple(detection(o.category, o.box) for o in gt.objects(image.id)),
+        )
+        for image in gt.images
+    ]
     scored = score_answers(perfect, gt)["detection"]
     assert (scored["precision_iou_0.5"], scored["recall_iou_0.5"], scored["coco"]["AP"]) == (1.0, 1.0, 1.0)
     nothing = score_answers([], gt, [ReferringQuery("q", 1, "x", 1)])
@@ -254,7 +293,11 @@ def test_score_answers_perfect_gives_full_marks_and_nothing_gives_zero():
 
 def test_score_proposals_counts_missing_frames_as_drops():
     gt = small_truth()
-    records = [ProposalRecord(1_000, np.array([[0, 0, 10, 10], [50, 50, 90, 90]], np.float32), np.array([0.9, 0.8], np.float32))]
+    records = [
+        ProposalRecord(
+            1_000, np.array([[0, 0, 10, 10], [50, 50, 90, 90]], np.float32), np.array([0.9, 0.8], np.float32)
+        )
+    ]
     scored = score_proposals(records, gt, [1, 2])
     assert scored["frames_without_proposals"] == [2]
     assert scored["recall"]["10"] == {"iou_0.5": pytest.approx(2 / 3), "iou_0.5:0.95": pytest.approx(2 / 3)}

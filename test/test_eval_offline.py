@@ -21,10 +21,9 @@ from chatrex_ros.core.types import RawProposals
 from chatrex_ros.eval.bagio import BagError, BagReader, BagWriter
 from chatrex_ros.eval.groundtruth import GroundTruth, load_queries
 from chatrex_ros.eval.offline import NO_LANGUAGE_NOTE, evaluate_bag
-from chatrex_ros.eval.records import AnswerRecord, evaluation_requests
 from chatrex_ros.eval.recorded import evaluate_recorded, log_time_rate
+from chatrex_ros.eval.records import AnswerRecord, evaluation_requests
 from chatrex_ros.eval.report import UNMEASURED_LABEL, ZERO_LABEL, per_class_figure, render_markdown, write_outputs
-from chatrex_ros.eval.scoring import answers_not_available, score_answers
 from chatrex_ros.eval.sample import (
     SAMPLE_FRAME_ID,
     SAMPLE_IMAGE_TOPIC,
@@ -33,6 +32,7 @@ from chatrex_ros.eval.sample import (
     sample_annotations_path,
     sample_queries_path,
 )
+from chatrex_ros.eval.scoring import answers_not_available, score_answers
 from chatrex_ros.models.base import ProposalPipeline
 from chatrex_ros.models.registry import make_proposal_backend
 
@@ -78,7 +78,9 @@ class GroundTruthOracleTestDouble:
     def generate(self, image_rgb, boxes_xyxy, prompt, max_new_tokens=512):
         self.prompts.append(prompt)
         objects = self.objects[fingerprint(image_rgb)]
-        phrases = re.fullmatch(r"Please detect (.*) in this image\. Answer the question with object indexes\.", prompt).group(1)
+        phrases = re.fullmatch(
+            r"Please detect (.*) in this image\. Answer the question with object indexes\.", prompt
+        ).group(1)
         answer = ""
         for phrase in phrases.split("; "):
             if phrase in self.referring:
@@ -103,7 +105,12 @@ class GroundTruthOracleTestDouble:
 def sample(tmp_path_factory):
     root = tmp_path_factory.mktemp("sample")
     gt = GroundTruth.load(sample_annotations_path())
-    return {"bag": make_sample_bag(root / "bag"), "gt": gt, "queries": load_queries(sample_queries_path(), gt), "root": root}
+    return {
+        "bag": make_sample_bag(root / "bag"),
+        "gt": gt,
+        "queries": load_queries(sample_queries_path(), gt),
+        "root": root,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -144,11 +151,19 @@ def test_offline_metrics_are_deterministic_within_one_process(demo_run, sample):
     """Selective search draws on libc rand(): a second run in the same process must still agree."""
     _, out = demo_run
     first = json.loads((out / "metrics.json").read_text())
-    again = evaluate_bag(sample["bag"], sample["gt"], ProposalPipeline(make_proposal_backend("selective_search")),
-                         None, sample["queries"], progress=False)
+    again = evaluate_bag(
+        sample["bag"],
+        sample["gt"],
+        ProposalPipeline(make_proposal_backend("selective_search")),
+        None,
+        sample["queries"],
+        progress=False,
+    )
     second = json.loads(json.dumps(again.to_json()))
     assert first["metrics"] == second["metrics"]
-    assert {k: v for k, v in first["inputs"].items() if k != "bag"} == {k: v for k, v in second["inputs"].items() if k != "bag"}
+    assert {k: v for k, v in first["inputs"].items() if k != "bag"} == {
+        k: v for k, v in second["inputs"].items() if k != "bag"
+    }
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +193,9 @@ def test_detection_and_referring_scores_with_known_model_errors(oracle_run, samp
     assert answers["status_counts"] == {"OK": len(gt) + len(sample["queries"])}
     assert result.metrics["proposals"]["recall"]["10"] == {"iou_0.5": 1.0, "iou_0.5:0.95": 1.0}
     # the detection prompt of the coffee frame names exactly its categories, in vocabulary order
-    assert "Please detect cup; saucer; spoon in this image. Answer the question with object indexes." in language.prompts
+    assert (
+        "Please detect cup; saucer; spoon in this image. Answer the question with object indexes." in language.prompts
+    )
     markdown = render_markdown(result.to_json())
     assert "## Detection" in markdown and f"{referring['hits']} of {referring['queries']} queries" in markdown
     assert result.stage_ms["language"] and len(result.stage_ms["resolve"]) == len(gt)
@@ -194,7 +211,9 @@ def test_recorded_answers_score_like_the_offline_run_and_report_drops_and_latenc
             writer.write_image(SAMPLE_IMAGE_TOPIC, load_sample_image(image), image.stamp_ns, SAMPLE_FRAME_ID)
         for record in result.proposals:
             if record.stamp_ns != dropped.stamp_ns:  # the node dropped this frame
-                writer.write_proposals("/chatrex/proposals", record, SAMPLE_FRAME_ID, log_time_ns=record.stamp_ns + 40_000_000)
+                writer.write_proposals(
+                    "/chatrex/proposals", record, SAMPLE_FRAME_ID, log_time_ns=record.stamp_ns + 40_000_000
+                )
         for record in result.answers:
             writer.write_answer("/chatrex/answer", record, SAMPLE_FRAME_ID, log_time_ns=record.stamp_ns + 250_000_000)
     scored = evaluate_recorded(recorded, gt, sample["queries"])
@@ -205,10 +224,14 @@ def test_recorded_answers_score_like_the_offline_run_and_report_drops_and_latenc
     assert scored.metrics["proposals"]["frames_without_proposals"] == [dropped.id]
     objects = sum(len(gt.objects(i.id)) for i in gt.images)
     lost = len(gt.objects(dropped.id))
-    assert scored.metrics["proposals"]["recall"]["100"]["iou_0.5"] == pytest.approx((objects - lost) / objects, abs=1e-6)
+    assert scored.metrics["proposals"]["recall"]["100"]["iou_0.5"] == pytest.approx(
+        (objects - lost) / objects, abs=1e-6
+    )
     latency = scored.timing["stages_ms"]
     assert latency["answers"]["p50"] == pytest.approx(250.0) and latency["proposals"]["p99"] == pytest.approx(40.0)
-    assert scored.inputs["answer_topic"] == "/chatrex/answer" and scored.inputs["proposal_topic"] == "/chatrex/proposals"
+    assert (
+        scored.inputs["answer_topic"] == "/chatrex/answer" and scored.inputs["proposal_topic"] == "/chatrex/proposals"
+    )
     files = write_outputs(scored, tmp_path / "out", plots=False)
     assert "## Referring" in files["report"].read_text()
     # throughput is the recorded pipeline's (log time), not the scorer's speed
@@ -227,15 +250,25 @@ def _record_without_a_model(oracle_run, sample, path):
     """What `chatrex-ros replay --gt` records from a graph started without a language model."""
     result, _ = oracle_run
     gt = sample["gt"]
-    failed = [AnswerRecord(image.stamp_ns, query_id, "detect", status=int(AnswerStatus.MODEL_ERROR),
-                           status_message=NO_MODEL, received_ns=image.stamp_ns + 50_000_000)
-              for image in gt.images for query_id, _ in evaluation_requests(gt, image.id, sample["queries"])]
+    failed = [
+        AnswerRecord(
+            image.stamp_ns,
+            query_id,
+            "detect",
+            status=int(AnswerStatus.MODEL_ERROR),
+            status_message=NO_MODEL,
+            received_ns=image.stamp_ns + 50_000_000,
+        )
+        for image in gt.images
+        for query_id, _ in evaluation_requests(gt, image.id, sample["queries"])
+    ]
     with BagWriter(path) as writer:
         for image in gt.images:
             writer.write_image(SAMPLE_IMAGE_TOPIC, load_sample_image(image), image.stamp_ns, SAMPLE_FRAME_ID)
         for record in result.proposals:
-            writer.write_proposals("/chatrex/proposals", record, SAMPLE_FRAME_ID,
-                                   log_time_ns=record.stamp_ns + 40_000_000)
+            writer.write_proposals(
+                "/chatrex/proposals", record, SAMPLE_FRAME_ID, log_time_ns=record.stamp_ns + 40_000_000
+            )
         for record in failed:
             writer.write_answer("/chatrex/answer", record, SAMPLE_FRAME_ID)
     return failed
@@ -256,8 +289,23 @@ def test_recorded_answers_without_a_language_model_are_not_available_not_zero(or
     assert "Precision" not in markdown and "## Referring" not in markdown
 
     out = tmp_path / "out"  # the CLI, plots included: the same message, even with --quiet
-    assert main(["eval", "--answers", str(tmp_path / "rec"), "--gt", str(sample_annotations_path()), "--queries",
-                 str(sample_queries_path()), "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--answers",
+                str(tmp_path / "rec"),
+                "--gt",
+                str(sample_annotations_path()),
+                "--queries",
+                str(sample_queries_path()),
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert f"not available: no answer in the recording is OK (MODEL_ERROR: {count}" in capsys.readouterr().err
     stored = json.loads((out / "metrics.json").read_text())["metrics"]["answers"]
     assert stored["detection"] is None and stored["status_counts"] == {"MODEL_ERROR": count}
@@ -290,8 +338,14 @@ def test_per_class_plot_draws_zero_and_not_measured_distinctly():
     assert zero_points == [(round(recall_x[1], 6), 0.0), (round(precision_x[2], 6), 0.0)]
     assert all(not line.get_clip_on() for line in markers)  # not hidden under the axis
     labels = sorted((t.get_text(), round(t.get_position()[0], 6)) for t in axes.texts)
-    assert labels == sorted([(ZERO_LABEL, round(recall_x[1], 6)), (ZERO_LABEL, round(precision_x[2], 6)),
-                             (UNMEASURED_LABEL, round(precision_x[1], 6)), (UNMEASURED_LABEL, round(recall_x[2], 6))])
+    assert labels == sorted(
+        [
+            (ZERO_LABEL, round(recall_x[1], 6)),
+            (ZERO_LABEL, round(precision_x[2], 6)),
+            (UNMEASURED_LABEL, round(precision_x[1], 6)),
+            (UNMEASURED_LABEL, round(recall_x[2], 6)),
+        ]
+    )
     heights = [patch.get_height() for patch in axes.patches]
     assert heights == [0.5, 0.0, 0.0, 1.0, 0.0, 0.0]
 
@@ -299,8 +353,22 @@ def test_per_class_plot_draws_zero_and_not_measured_distinctly():
 def test_cli_eval_on_sqlite_bag_with_gt_topic(sample, tmp_path):
     bag = make_sample_bag(tmp_path / "bag", "sqlite3", with_ground_truth_topic=True)
     out = tmp_path / "out"
-    code = main(["eval", "--bag", str(bag), "--gt-topic", "/chatrex/ground_truth", "--out", str(out),
-                 "--max-frames", "2", "--no-progress", "--quiet", "--no-plots"])
+    code = main(
+        [
+            "eval",
+            "--bag",
+            str(bag),
+            "--gt-topic",
+            "/chatrex/ground_truth",
+            "--out",
+            str(out),
+            "--max-frames",
+            "2",
+            "--no-progress",
+            "--quiet",
+            "--no-plots",
+        ]
+    )
     assert code == 0
     report = json.loads((out / "metrics.json").read_text())
     assert report["inputs"]["storage"] == "sqlite3" and report["inputs"]["frames_evaluated"] == 2
@@ -319,8 +387,20 @@ def test_cli_eval_on_sqlite_bag_with_gt_topic(sample, tmp_path):
     ],
 )
 def test_cli_eval_bad_input_exits_2_with_a_message(sample, tmp_path, capsys, extra, message):
-    code = main(["eval", "--bag", str(sample["bag"]), "--gt", str(sample_annotations_path()), "--out", str(tmp_path),
-                 "--no-progress", "--quiet", *extra])
+    code = main(
+        [
+            "eval",
+            "--bag",
+            str(sample["bag"]),
+            "--gt",
+            str(sample_annotations_path()),
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+            "--quiet",
+            *extra,
+        ]
+    )
     assert code == 2
     assert message in capsys.readouterr().err
 
@@ -340,7 +420,9 @@ def test_ground_truth_stamps_matching_nothing_is_a_clear_error(sample, tmp_path)
     shifted.write_text(json.dumps(data))
     with pytest.raises(ValueError, match="no ground-truth stamp matches"):
         evaluate_bag(sample["bag"], GroundTruth.load(shifted), pipeline, progress=False)
-    tolerant = evaluate_bag(sample["bag"], GroundTruth.load(shifted), pipeline, progress=False, stamp_tolerance_ns=5_000_000)
+    tolerant = evaluate_bag(
+        sample["bag"], GroundTruth.load(shifted), pipeline, progress=False, stamp_tolerance_ns=5_000_000
+    )
     assert tolerant.inputs["frames_evaluated"] == len(sample["gt"])
     assert tolerant.metrics["proposals"]["recall"]["100"]["iou_0.5"] == 1.0
 
@@ -351,7 +433,12 @@ def test_ground_truth_with_wrong_image_size_is_refused(sample, tmp_path):
     wrong = tmp_path / "wrong.json"
     wrong.write_text(json.dumps(data))
     with pytest.raises(ValueError, match="is 640x512 but the bag image"):
-        evaluate_bag(sample["bag"], GroundTruth.load(wrong), ProposalPipeline(TruthProposalsTestDouble(sample["gt"])), progress=False)
+        evaluate_bag(
+            sample["bag"],
+            GroundTruth.load(wrong),
+            ProposalPipeline(TruthProposalsTestDouble(sample["gt"])),
+            progress=False,
+        )
 
 
 def test_cli_make_sample_and_errors(tmp_path, capsys):
@@ -376,9 +463,25 @@ def test_eval_with_an_untrusted_chatrex_checkpoint_fails_in_one_line(sample, tmp
     from fixtures.tiny_chatrex import make_tiny_chatrex
 
     checkpoint = make_tiny_chatrex(tmp_path / "chatrex")
-    code = main(["eval", "--bag", str(sample["bag"]), "--gt", str(sample_annotations_path()), "--language-backend",
-                 "chatrex", "--model-path", str(checkpoint), "--language-param", "device=cpu", "--out",
-                 str(tmp_path / "out"), "--no-plots", "--quiet"])
+    code = main(
+        [
+            "eval",
+            "--bag",
+            str(sample["bag"]),
+            "--gt",
+            str(sample_annotations_path()),
+            "--language-backend",
+            "chatrex",
+            "--model-path",
+            str(checkpoint),
+            "--language-param",
+            "device=cpu",
+            "--out",
+            str(tmp_path / "out"),
+            "--no-plots",
+            "--quiet",
+        ]
+    )
     error = capsys.readouterr().err.strip()
     assert code != 0
     assert "--language-param trust_remote_code=true" in error and "Traceback" not in error

@@ -58,7 +58,7 @@ def test_a_past_outlier_is_dropped_not_a_jump() -> None:
 def test_one_outlier_in_an_increasing_stream_costs_only_that_frame(steps, where, offset) -> None:
     stamps = [int(s) for s in np.cumsum([s + 1 for s in steps]) + 10**12]
     where = min(where, len(stamps) - 3)  # two good frames after it let the cache decide
-    good = stamps[:where] + stamps[where + 1:]
+    good = stamps[:where] + stamps[where + 1 :]
     stamps[where] = stamps[where] + offset if offset % 2 else stamps[where] - offset
     cache: FrameCache[int, str] = FrameCache(answerable=8, recent=64)
     for stamp in stamps:

@@ -82,7 +82,9 @@ def encode(depth_m: np.ndarray, encoding: str, invalid: np.ndarray | None = None
     return out
 
 
-def project_box(K: np.ndarray, face_min: tuple[float, float], face_max: tuple[float, float], z: float) -> tuple[float, ...]:
+def project_box(
+    K: np.ndarray, face_min: tuple[float, float], face_max: tuple[float, float], z: float
+) -> tuple[float, ...]:
     """Box (box pixel convention: image spans [0, W]) around the front face at depth z."""
     x1 = K[0, 0] * face_min[0] / z + K[0, 2] + 0.5
     x2 = K[0, 0] * face_max[0] / z + K[0, 2] + 0.5
@@ -178,7 +180,11 @@ def test_depth_at_half_colour_resolution_is_within_1cm(encoding: str) -> None:
     colour_camera = CameraGeometry(K_COLOUR, WIDTH, HEIGHT, "camera_color_optical_frame")
 
     by_intrinsics = target_from_colour_box(
-        depth, TIGHT_BOX, depth_camera=depth_camera, colour_camera=colour_camera, depth_frame_id="camera_color_optical_frame"
+        depth,
+        TIGHT_BOX,
+        depth_camera=depth_camera,
+        colour_camera=colour_camera,
+        depth_frame_id="camera_color_optical_frame",
     )
     by_size = target_from_colour_box(depth, TIGHT_BOX, depth_camera=depth_camera, colour_size=(WIDTH, HEIGHT))
     unmapped = target_from_colour_box(depth, TIGHT_BOX, depth_camera=depth_camera)  # box wrongly taken as depth pixels
@@ -330,7 +336,9 @@ def test_node_level_refusals(scene_m: np.ndarray) -> None:
 
     assert target_from_colour_box(depth, None, depth_camera=camera).reason == REASON_NO_DETECTION
     assert target_from_colour_box(depth, TIGHT_BOX, depth_camera=None).reason == REASON_NO_CAMERA_INFO
-    mismatched = target_from_colour_box(depth, TIGHT_BOX, depth_camera=camera, depth_frame_id="camera_color_optical_frame")
+    mismatched = target_from_colour_box(
+        depth, TIGHT_BOX, depth_camera=camera, depth_frame_id="camera_color_optical_frame"
+    )
     assert not mismatched.valid and mismatched.reason == REASON_FRAME_MISMATCH
     half = CameraGeometry(scaled_intrinsics(K_COLOUR, 0.5), WIDTH // 2, HEIGHT // 2, "camera_depth_optical_frame")
     assert target_from_colour_box(depth, TIGHT_BOX, depth_camera=half).reason == REASON_SIZE_MISMATCH

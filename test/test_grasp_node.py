@@ -18,7 +18,20 @@ import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PointStamped, PoseStamped
+from ros_harness import NodeProcess, RosClient, header, set_parameters, wait_until
 from sensor_msgs.msg import CameraInfo, Image
+from test_grasp import (
+    FACE_CENTRE,
+    HEIGHT,
+    K_COLOUR,
+    TIGHT_BOX,
+    WALL_Z,
+    WIDTH,
+    encode,
+    render_depth,
+    rotate,
+    scaled_intrinsics,
+)
 from visualization_msgs.msg import Marker
 
 from chatrex_ros.core.grasp import (
@@ -29,12 +42,10 @@ from chatrex_ros.core.grasp import (
     REASON_OUTSIDE,
     REASON_STALE,
 )
+from chatrex_ros.core.grasp_pairing import DepthStore, choose_detection
 from chatrex_ros.msg import Answer, Detection, GraspTarget, ProposalArray
 from chatrex_ros.ros.conversions import image_msg, stamp_to_ns
-from chatrex_ros.core.grasp_pairing import DepthStore, choose_detection
 from chatrex_ros.ros.grasp_target_node import check_parameters
-from ros_harness import NodeProcess, RosClient, header, set_parameters, wait_until
-from test_grasp import FACE_CENTRE, HEIGHT, K_COLOUR, TIGHT_BOX, WALL_Z, WIDTH, encode, render_depth, rotate, scaled_intrinsics
 
 ros = pytest.mark.ros
 
@@ -74,7 +85,9 @@ def test_highest_score_picks_the_best_upn_score() -> None:
 
 
 def test_phrase_prefers_exact_labels_then_whole_word_containment() -> None:
-    assert choose_detection(DETECTIONS, "phrase", " MUG ")[0].proposal_index == 9, "exact beats a better-scored containment"
+    assert choose_detection(DETECTIONS, "phrase", " MUG ")[0].proposal_index == 9, (
+        "exact beats a better-scored containment"
+    )
     assert choose_detection(DETECTIONS, "phrase", "red mug")[0].proposal_index == 7
     assert choose_detection(DETECTIONS[:3], "phrase", "mug")[0].proposal_index == 7, "'mugs' is not the word 'mug'"
     chosen, reason = choose_detection(DETECTIONS, "phrase", "plate")
@@ -142,10 +155,18 @@ def camera_info(frame: str, K: np.ndarray, width: int, height: int) -> CameraInf
     return info
 
 
-def answer_msg(stamp: int, query_id: str, detections: list[Detection], status: int = Answer.STATUS_OK,
-               message: str = "") -> Answer:
-    return Answer(header=header(stamp, COLOUR_FRAME), query_id=query_id, task="detect", detections=detections,
-                  status=status, status_message=message, num_proposals=10)
+def answer_msg(
+    stamp: int, query_id: str, detections: list[Detection], status: int = Answer.STATUS_OK, message: str = ""
+) -> Answer:
+    return Answer(
+        header=header(stamp, COLOUR_FRAME),
+        query_id=query_id,
+        task="detect",
+        detections=detections,
+        status=status,
+        status_message=message,
+        num_proposals=10,
+    )
 
 
 def detection(box: tuple[float, ...] = TIGHT_BOX, label: str = "box", index: int = 3, score: float = 0.8) -> Detection:
@@ -173,7 +194,9 @@ class Graph:
         self.depth_sent = 0  # to the main node, all reliable: the node's depth.received must reach it
         self.last_depth_frame = ""
 
-    def send_depth(self, depth: np.ndarray | Image, encoding: str, stamp: int, frame: str = DEPTH_FRAME, bare: bool = False) -> None:
+    def send_depth(
+        self, depth: np.ndarray | Image, encoding: str, stamp: int, frame: str = DEPTH_FRAME, bare: bool = False
+    ) -> None:
         msg = depth if isinstance(depth, Image) else image_msg(encode(depth, encoding), encoding, header(stamp, frame))
         self.pub[("bare/" if bare else "") + "depth"].publish(msg)
         if not bare:
@@ -212,24 +235,40 @@ class Graph:
 @pytest.fixture(scope="module")
 def graph():
     qos = {"depth_qos.reliability": "reliable", "depth_qos.depth": 10, "pairing_timeout_s": PAIRING_TIMEOUT_S}
-    main = NodeProcess("chatrex_ros.ros.grasp_target_node", "grasp_target_node", params={
-        **qos, "stamp_tolerance_s": TOLERANCE_S, "depth_buffer_size": DEPTH_RING, "pinned_frames": 2})
-    bare = NodeProcess("chatrex_ros.ros.grasp_target_node", "grasp_target_node", namespace="/bare",
-                       params={**qos, "color_width": WIDTH, "color_height": HEIGHT})
+    main = NodeProcess(
+        "chatrex_ros.ros.grasp_target_node",
+        "grasp_target_node",
+        params={**qos, "stamp_tolerance_s": TOLERANCE_S, "depth_buffer_size": DEPTH_RING, "pinned_frames": 2},
+    )
+    bare = NodeProcess(
+        "chatrex_ros.ros.grasp_target_node",
+        "grasp_target_node",
+        namespace="/bare",
+        params={**qos, "color_width": WIDTH, "color_height": HEIGHT},
+    )
     client = RosClient("grasp_test_client")
     try:
         g = Graph(client, main, bare)
         for publisher in g.pub.values():
-            wait_until(lambda: publisher.get_subscription_count() > 0 or not (main.alive() and bare.alive()), 30,
-                       f"a subscriber on {publisher.topic_name}")
+            wait_until(
+                lambda: publisher.get_subscription_count() > 0 or not (main.alive() and bare.alive()),
+                30,
+                f"a subscriber on {publisher.topic_name}",
+            )
         for topic in ("grasp_target", "grasp_point", "grasp_pose", "grasp_marker", "bare/grasp_target"):
             client.wait_for_publishers(topic)
         assert main.alive() and bare.alive(), main.output() + bare.output()
         g.pub["depth/camera_info"].publish(camera_info(DEPTH_FRAME, K_COLOUR, WIDTH, HEIGHT))
         g.pub["depth/camera_info"].publish(camera_info(HALF_FRAME, K_HALF, WIDTH // 2, HEIGHT // 2))
         g.pub["color/camera_info"].publish(camera_info(COLOUR_FRAME, K_COLOUR, WIDTH, HEIGHT))
-        g.wait_diagnostic("grasp_target_node", lambda v: v.get("depth_camera_info_frames", "").count("optical") == 2
-                          and v.get("color_camera_info_frames") == COLOUR_FRAME, "camera_infos to reach the node")
+        g.wait_diagnostic(
+            "grasp_target_node",
+            lambda v: (
+                v.get("depth_camera_info_frames", "").count("optical") == 2
+                and v.get("color_camera_info_frames") == COLOUR_FRAME
+            ),
+            "camera_infos to reach the node",
+        )
         yield g
     finally:
         client.close()
@@ -268,7 +307,9 @@ def test_target_point_pose_and_marker_carry_the_answer_stamp_and_depth_frame(gra
     assert pose.header.frame_id == DEPTH_FRAME and pose.pose.position == target.point
     q = pose.pose.orientation
     ray = np.array([point.point.x, point.point.y, point.point.z])
-    np.testing.assert_allclose(rotate((q.x, q.y, q.z, q.w), np.array([1.0, 0.0, 0.0])), ray / np.linalg.norm(ray), atol=1e-9)
+    np.testing.assert_allclose(
+        rotate((q.x, q.y, q.z, q.w), np.array([1.0, 0.0, 0.0])), ray / np.linalg.norm(ray), atol=1e-9
+    )
     marker = graph.stamped(graph.markers, stamp)
     assert marker.header.frame_id == DEPTH_FRAME and marker.action == Marker.ADD and marker.type == Marker.ARROW
     assert marker.points[1] == target.point
@@ -348,8 +389,11 @@ def test_bad_messages_are_refused_and_the_node_keeps_serving(graph, scene_m) -> 
     graph.send_depth(scene_m, "32FC1", stamp)
     nan_box = graph.ask(answer_msg(stamp, "nan-box", [detection(box=(float("nan"), 1.0, 2.0, 3.0))]))
     assert not nan_box.valid and nan_box.reason.startswith("bad input") and "finite" in nan_box.reason
-    graph.wait_diagnostic("grasp_target_node", lambda v: int(v.get("problem.bad_depth_camera_info", 0)) >= 1,
-                          "the bad camera_info to be counted")
+    graph.wait_diagnostic(
+        "grasp_target_node",
+        lambda v: int(v.get("problem.bad_depth_camera_info", 0)) >= 1,
+        "the bad camera_info to be counted",
+    )
     stamp = next_stamp()
     graph.send_depth(scene_m, "32FC1", stamp)
     assert graph.ask(answer_msg(stamp, "after-bad", [detection()])).valid
@@ -358,8 +402,10 @@ def test_bad_messages_are_refused_and_the_node_keeps_serving(graph, scene_m) -> 
 
 @ros
 def test_selection_by_phrase_and_by_index(graph, scene_m) -> None:
-    detections = [detection(box=WALL_BOX, label="wall", index=0, score=0.9),
-                  detection(label="the red mug", index=7, score=0.5)]
+    detections = [
+        detection(box=WALL_BOX, label="wall", index=0, score=0.9),
+        detection(label="the red mug", index=7, score=0.5),
+    ]
 
     def target_for(query_id: str) -> GraspTarget:
         stamp = next_stamp()
@@ -425,11 +471,16 @@ def test_frames_with_proposals_survive_the_models_latency(graph, scene_m, with_p
     stamp = next_stamp()
     graph.send_depth(scene_m, "16UC1", stamp)
     if with_proposals:
-        graph.pub["proposals"].publish(ProposalArray(header=header(stamp, COLOUR_FRAME), image_width=WIDTH, image_height=HEIGHT))
+        graph.pub["proposals"].publish(
+            ProposalArray(header=header(stamp, COLOUR_FRAME), image_width=WIDTH, image_height=HEIGHT)
+        )
     for later in range(1, DEPTH_RING + 2):  # pushes the frame out of the ring
         graph.send_depth(scene_m, "16UC1", stamp + later * 100_000_000)
-    graph.wait_diagnostic("grasp_target_node", lambda v: int(v.get("depth.received", 0)) >= graph.depth_sent,
-                          "the node to receive every depth frame")
+    graph.wait_diagnostic(
+        "grasp_target_node",
+        lambda v: int(v.get("depth.received", 0)) >= graph.depth_sent,
+        "the node to receive every depth frame",
+    )
     target = graph.ask(answer_msg(stamp, f"late-answer-{with_proposals}", [detection()]))
     if with_proposals:
         assert target.valid, target.reason
@@ -448,8 +499,11 @@ def test_missing_camera_info_then_boxes_scaled_by_colour_size(graph) -> None:
     assert refused.header.frame_id == HALF_FRAME
 
     graph.pub["bare/depth/camera_info"].publish(camera_info(HALF_FRAME, K_HALF, WIDTH // 2, HEIGHT // 2))
-    graph.wait_diagnostic("bare/grasp_target_node", lambda v: v.get("depth_camera_info_frames") == HALF_FRAME,
-                          "the bare node's camera_info")
+    graph.wait_diagnostic(
+        "bare/grasp_target_node",
+        lambda v: v.get("depth_camera_info_frames") == HALF_FRAME,
+        "the bare node's camera_info",
+    )
     stamp = next_stamp()
     graph.send_depth(depth, "16UC1", stamp, HALF_FRAME, bare=True)
     target = graph.ask(answer_msg(stamp, "bare-ratio", [detection()]), bare=True)

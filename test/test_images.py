@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from ros_harness import header
 
 from chatrex_ros.core.images import (
+    SUPPORTED_ENCODINGS,
     ImageFields,
     ImageFormatError,
-    SUPPORTED_ENCODINGS,
     array_to_compressed,
     array_to_image,
     compressed_to_array,
@@ -17,9 +18,19 @@ from chatrex_ros.core.images import (
     to_rgb,
 )
 from chatrex_ros.ros.conversions import compressed_image_msg, image_msg
-from ros_harness import header
 
-SHAPES = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "8UC1": 1, "8UC3": 3, "mono16": 1, "16UC1": 1, "32FC1": 1}
+SHAPES = {
+    "rgb8": 3,
+    "bgr8": 3,
+    "rgba8": 4,
+    "bgra8": 4,
+    "mono8": 1,
+    "8UC1": 1,
+    "8UC3": 3,
+    "mono16": 1,
+    "16UC1": 1,
+    "32FC1": 1,
+}
 DTYPES = {"mono16": np.uint16, "16UC1": np.uint16, "32FC1": np.float32}
 
 
@@ -77,7 +88,9 @@ def test_read_is_zero_copy_for_native_layouts() -> None:
     assert not view.flags.owndata and np.shares_memory(view, np.frombuffer(fields.data, np.uint8))
 
 
-@pytest.mark.parametrize("encoding,expected", [("bgr8", [3, 2, 1]), ("rgba8", [1, 2, 3]), ("bgra8", [3, 2, 1]), ("mono8", [1, 1, 1])])
+@pytest.mark.parametrize(
+    "encoding,expected", [("bgr8", [3, 2, 1]), ("rgba8", [1, 2, 3]), ("bgra8", [3, 2, 1]), ("mono8", [1, 1, 1])]
+)
 def test_to_rgb_reorders_channels(encoding: str, expected: list[int]) -> None:
     pixel = np.array([1, 2, 3, 4][: SHAPES[encoding]], np.uint8)
     array = np.broadcast_to(pixel, (2, 2, SHAPES[encoding])) if SHAPES[encoding] > 1 else np.ones((2, 2), np.uint8)
@@ -92,11 +105,14 @@ def test_unsupported_encoding_names_the_encoding() -> None:
         to_rgb(np.zeros((2, 2), np.uint16), "16UC1")
 
 
-@pytest.mark.parametrize("fields,message", [
-    (ImageFields(0, 4, "rgb8", False, 12, b""), "empty"),
-    (ImageFields(2, 4, "rgb8", False, 6, bytes(24)), "step"),
-    (ImageFields(4, 4, "rgb8", False, 12, bytes(20)), "bytes"),
-])
+@pytest.mark.parametrize(
+    "fields,message",
+    [
+        (ImageFields(0, 4, "rgb8", False, 12, b""), "empty"),
+        (ImageFields(2, 4, "rgb8", False, 6, bytes(24)), "step"),
+        (ImageFields(4, 4, "rgb8", False, 12, bytes(20)), "bytes"),
+    ],
+)
 def test_malformed_buffers_raise_clear_errors(fields: ImageFields, message: str) -> None:
     with pytest.raises(ImageFormatError, match=message):
         image_to_array(fields)

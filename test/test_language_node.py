@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
 import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
+from ros_harness import NodeProcess, RosClient, header, textured_image, wait_until
 from sensor_msgs.msg import Image
 
 from chatrex_ros.core.types import Proposals
 from chatrex_ros.msg import Answer, ProposalArray, Query
 from chatrex_ros.ros.conversions import image_msg, proposals_to_msg
 from chatrex_ros.srv import Ask
-from ros_harness import NodeProcess, RosClient, header, textured_image, wait_until
 
 pytestmark = pytest.mark.ros
 
@@ -41,10 +40,18 @@ STAMP = 1_700_000_100_000_000_000
 def graph(tmp_path_factory):
     record = tmp_path_factory.mktemp("model") / "calls.jsonl"
     options = dict(SCRIPT, record_path=str(record))
-    node = NodeProcess("chatrex_ros.ros.language_node", "language_node", params={
-        "language_backend": "python:doubles.scripted_model:ScriptedModel",
-        "backend_options": json.dumps(options), "queue_size": 2, "pairing_wait_s": 0.5,
-        "image_qos.reliability": "reliable", "image_qos.depth": 10})
+    node = NodeProcess(
+        "chatrex_ros.ros.language_node",
+        "language_node",
+        params={
+            "language_backend": "python:doubles.scripted_model:ScriptedModel",
+            "backend_options": json.dumps(options),
+            "queue_size": 2,
+            "pairing_wait_s": 0.5,
+            "image_qos.reliability": "reliable",
+            "image_qos.depth": 10,
+        },
+    )
     client = RosClient()
     try:
         pubs = {
@@ -128,13 +135,16 @@ def test_a_query_can_name_an_older_frame_by_stamp(graph) -> None:
     assert stale_answer.header.stamp == stale.image_stamp, "an answer without a frame still names the stamp asked about"
 
 
-@pytest.mark.parametrize("query,expected", [
-    (Query(id="unknown-task", task="dance", text="cup"), Answer.STATUS_BAD_QUERY),
-    (Query(id="empty-text", task="detect", text=""), Answer.STATUS_BAD_QUERY),
-    (Query(id="long-text", task="chat", text="why " * 5000), Answer.STATUS_BAD_QUERY),
-    (Query(id="region-bad-index", task="region_category", indices=[9]), Answer.STATUS_BAD_QUERY),
-    (Query(id="model-fails", task="detect", text="explode"), Answer.STATUS_MODEL_ERROR),
-])
+@pytest.mark.parametrize(
+    "query,expected",
+    [
+        (Query(id="unknown-task", task="dance", text="cup"), Answer.STATUS_BAD_QUERY),
+        (Query(id="empty-text", task="detect", text=""), Answer.STATUS_BAD_QUERY),
+        (Query(id="long-text", task="chat", text="why " * 5000), Answer.STATUS_BAD_QUERY),
+        (Query(id="region-bad-index", task="region_category", indices=[9]), Answer.STATUS_BAD_QUERY),
+        (Query(id="model-fails", task="detect", text="explode"), Answer.STATUS_MODEL_ERROR),
+    ],
+)
 def test_bad_queries_get_an_error_status_and_the_node_keeps_serving(graph, query, expected) -> None:
     send_frame(graph, STAMP + 10)
     answer = ask(graph, query)
@@ -164,7 +174,13 @@ def test_malformed_inputs_are_dropped_and_reported(graph) -> None:
     pubs["proposals"].publish(odd_count)
 
     def reported() -> bool:
-        values = {kv.key: kv.value for d in list(diagnostics) for s in d.status if "language_node" in s.name for kv in s.values}
+        values = {
+            kv.key: kv.value
+            for d in list(diagnostics)
+            for s in d.status
+            if "language_node" in s.name
+            for kv in s.values
+        }
         return int(values.get("problem.bad_image", 0)) >= 2 and int(values.get("problem.bad_proposals", 0)) >= 2
 
     wait_until(reported, 10, "/diagnostics to count the dropped messages")

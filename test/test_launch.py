@@ -33,11 +33,16 @@ from chatrex_ros.ros import grasp_target_node, language_node, proposal_node
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "config" / "chatrex.yaml"
-NODE_PARAMETERS = {"proposal_node": proposal_node.PARAMETERS, "language_node": language_node.PARAMETERS,
-                   "grasp_target_node": grasp_target_node.PARAMETERS}
-REALSENSE = {"depth": "/camera/camera/aligned_depth_to_color/image_raw",
-             "depth/camera_info": "/camera/camera/aligned_depth_to_color/camera_info",
-             "color/camera_info": "/camera/camera/color/camera_info"}
+NODE_PARAMETERS = {
+    "proposal_node": proposal_node.PARAMETERS,
+    "language_node": language_node.PARAMETERS,
+    "grasp_target_node": grasp_target_node.PARAMETERS,
+}
+REALSENSE = {
+    "depth": "/camera/camera/aligned_depth_to_color/image_raw",
+    "depth/camera_info": "/camera/camera/aligned_depth_to_color/camera_info",
+    "color/camera_info": "/camera/camera/color/camera_info",
+}
 
 
 class Recorded:
@@ -57,8 +62,11 @@ class LaunchConfigurationStandIn(Recorded):
 def _stub_modules(monkeypatch) -> None:
     modules = {
         "launch": {"LaunchDescription": Recorded},
-        "launch.actions": {"DeclareLaunchArgument": Recorded, "SetEnvironmentVariable": Recorded,
-                           "OpaqueFunction": Recorded},
+        "launch.actions": {
+            "DeclareLaunchArgument": Recorded,
+            "SetEnvironmentVariable": Recorded,
+            "OpaqueFunction": Recorded,
+        },
         "launch.conditions": {"IfCondition": Recorded},
         "launch.substitutions": {"LaunchConfiguration": LaunchConfigurationStandIn, "EnvironmentVariable": Recorded},
         "launch_ros": {},
@@ -127,17 +135,30 @@ def test_without_launch_arguments_the_params_file_alone_configures_the_nodes(des
 
 
 def test_given_launch_arguments_are_applied(description) -> None:
-    nodes = _nodes(description, params_file="/robot.yaml", proposal_backend="onnxruntime",
-                   language_backend="chatrex", model_path="/models/ChatRex-7B", image_topic="/cam/rgb",
-                   depth_topic="/d", depth_info_topic="/d/info", color_info_topic="/c/info")
+    nodes = _nodes(
+        description,
+        params_file="/robot.yaml",
+        proposal_backend="onnxruntime",
+        language_backend="chatrex",
+        model_path="/models/ChatRex-7B",
+        image_topic="/cam/rgb",
+        depth_topic="/d",
+        depth_info_topic="/d/info",
+        color_info_topic="/c/info",
+    )
     assert nodes["proposal_node"].kwargs["parameters"] == ["/robot.yaml", {"backend": "onnxruntime"}]
     assert nodes["language_node"].kwargs["parameters"] == [
-        "/robot.yaml", {"language_backend": "chatrex", "model_path": "/models/ChatRex-7B"}]
+        "/robot.yaml",
+        {"language_backend": "chatrex", "model_path": "/models/ChatRex-7B"},
+    ]
     assert nodes["grasp_target_node"].kwargs["parameters"] == ["/robot.yaml"]
     assert dict(nodes["proposal_node"].kwargs["remappings"]) == {"image": "/cam/rgb"}
     assert dict(nodes["language_node"].kwargs["remappings"]) == {"image": "/cam/rgb"}
     assert dict(nodes["grasp_target_node"].kwargs["remappings"]) == {
-        "depth": "/d", "depth/camera_info": "/d/info", "color/camera_info": "/c/info"}
+        "depth": "/d",
+        "depth/camera_info": "/d/info",
+        "color/camera_info": "/c/info",
+    }
     only_model = _nodes(description, model_path="/m")
     assert only_model["language_node"].kwargs["parameters"][1] == {"model_path": "/m"}
 
@@ -148,8 +169,9 @@ def test_launch_overrides_are_declared_parameters(description) -> None:
         declared = {spec.name for spec in NODE_PARAMETERS[name]}
         for entry in node.kwargs["parameters"][1:]:
             assert set(entry) <= declared, name
-    overridable = {argument.args[0] for argument in _arguments(description).values()
-                   if argument.kwargs["default_value"] == ""}
+    overridable = {
+        argument.args[0] for argument in _arguments(description).values() if argument.kwargs["default_value"] == ""
+    }
     assert overridable == {"proposal_backend", "language_backend", "model_path"}
 
 
@@ -194,26 +216,29 @@ def test_eval_reads_the_language_node_section_of_the_shipped_config() -> None:
 # ---- params-file matching, as rcl does it ----
 
 
-@pytest.mark.parametrize(("pattern", "node", "expected"), [
-    ("/**/proposal_node", "/chatrex/proposal_node", True),
-    ("/**/proposal_node", "/proposal_node", True),
-    ("/**/proposal_node", "/a/b/proposal_node", True),
-    ("/**", "/chatrex/proposal_node", True),
-    ("chatrex/proposal_node", "/chatrex/proposal_node", True),
-    ("/chatrex/proposal_node", "/chatrex/proposal_node", True),
-    ("proposal_node", "/chatrex/proposal_node", False),
-    ("proposal_node", "/proposal_node", True),
-    ("/*/proposal_node", "/chatrex/proposal_node", True),
-    ("/*/proposal_node", "/proposal_node", False),
-    ("/*", "/chatrex/proposal_node", False),
-    ("/*", "/proposal_node", True),
-    ("/chatrex/*", "/chatrex/language_node", True),
-    ("/chatrex/**", "/chatrex/proposal_node", True),
-    ("/chatrex/**", "/proposal_node", False),
-    ("/**/chatrex/**/proposal_node", "/a/chatrex/b/proposal_node", True),
-    ("/**/**/proposal_node", "/proposal_node", True),
-    ("/**/langauge_node", "/chatrex/language_node", False),
-])
+@pytest.mark.parametrize(
+    ("pattern", "node", "expected"),
+    [
+        ("/**/proposal_node", "/chatrex/proposal_node", True),
+        ("/**/proposal_node", "/proposal_node", True),
+        ("/**/proposal_node", "/a/b/proposal_node", True),
+        ("/**", "/chatrex/proposal_node", True),
+        ("chatrex/proposal_node", "/chatrex/proposal_node", True),
+        ("/chatrex/proposal_node", "/chatrex/proposal_node", True),
+        ("proposal_node", "/chatrex/proposal_node", False),
+        ("proposal_node", "/proposal_node", True),
+        ("/*/proposal_node", "/chatrex/proposal_node", True),
+        ("/*/proposal_node", "/proposal_node", False),
+        ("/*", "/chatrex/proposal_node", False),
+        ("/*", "/proposal_node", True),
+        ("/chatrex/*", "/chatrex/language_node", True),
+        ("/chatrex/**", "/chatrex/proposal_node", True),
+        ("/chatrex/**", "/proposal_node", False),
+        ("/**/chatrex/**/proposal_node", "/a/chatrex/b/proposal_node", True),
+        ("/**/**/proposal_node", "/proposal_node", True),
+        ("/**/langauge_node", "/chatrex/language_node", False),
+    ],
+)
 def test_pattern_matching(pattern: str, node: str, expected: bool) -> None:
     assert matches(pattern, node) is expected
 
@@ -232,8 +257,16 @@ chatrex:
     assert node_parameters(found, "/proposal_node") == {"a": 1, "b": 3, "q.x": 1}
 
 
-@pytest.mark.parametrize("text", ["/**: {ros__parameters: 5}", "/**: {foo: 5}", "ros__parameters: {a: 1}",
-                                  "/chatrex/prop*: {ros__parameters: {a: 1}}", "[1, 2]"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "/**: {ros__parameters: 5}",
+        "/**: {foo: 5}",
+        "ros__parameters: {a: 1}",
+        "/chatrex/prop*: {ros__parameters: {a: 1}}",
+        "[1, 2]",
+    ],
+)
 def test_malformed_params_files_are_refused(text: str) -> None:
     with pytest.raises(ValueError):
         sections(yaml.safe_load(text))
@@ -264,10 +297,16 @@ proposal_node: {ros__parameters: {h: 8}}
     context = Context()
     rclpy.init(context=context, args=["--ros-args", "--params-file", str(path)])
     try:
-        for namespace, name in (("/chatrex", "proposal_node"), ("/", "proposal_node"), ("/chatrex", "language_node"),
-                                ("/a/b", "proposal_node"), ("/", "language_node")):
-            node = Node(name, namespace=namespace, context=context,
-                        automatically_declare_parameters_from_overrides=True)
+        for namespace, name in (
+            ("/chatrex", "proposal_node"),
+            ("/", "proposal_node"),
+            ("/chatrex", "language_node"),
+            ("/a/b", "proposal_node"),
+            ("/", "language_node"),
+        ):
+            node = Node(
+                name, namespace=namespace, context=context, automatically_declare_parameters_from_overrides=True
+            )
             try:
                 theirs = {key: p.value for key, p in node.get_parameters_by_prefix("").items() if key not in builtins}
                 ours = node_parameters(found, node.get_fully_qualified_name())
@@ -286,8 +325,12 @@ def _config(text: str, path: str = "robot.yaml") -> GraphConfig:
 
 
 def test_up_plans_the_same_graph_with_overrides() -> None:
-    planned = plan_graph(load_config(None), {"proposal_node": {"backend": "onnxruntime", "min_score": 1}},
-                         {"image": "/cam/rgb"}, with_grasp=False)
+    planned = plan_graph(
+        load_config(None),
+        {"proposal_node": {"backend": "onnxruntime", "min_score": 1}},
+        {"image": "/cam/rgb"},
+        with_grasp=False,
+    )
     assert [p.spec.name for p in planned] == ["proposal_node", "language_node"]
     assert planned[0].parameters["backend"] == "onnxruntime" and planned[0].remaps == {"image": "/cam/rgb"}
     assert planned[0].parameters["min_score"] == 1.0 and isinstance(planned[0].parameters["min_score"], float)
@@ -310,9 +353,11 @@ def test_up_grasp_remaps_all_three_camera_inputs() -> None:
 
 def test_up_reads_sections_as_rcl_does_and_bare_names_as_the_graph_nodes(tmp_path) -> None:
     path = tmp_path / "robot.yaml"
-    path.write_text("/**:\n  ros__parameters:\n    use_sim_time: true\n"
-                    "/chatrex/proposal_node:\n  ros__parameters:\n    min_score: 0.5\n"
-                    "language_node:\n  ros__parameters:\n    queue_size: 7\n")
+    path.write_text(
+        "/**:\n  ros__parameters:\n    use_sim_time: true\n"
+        "/chatrex/proposal_node:\n  ros__parameters:\n    min_score: 0.5\n"
+        "language_node:\n  ros__parameters:\n    queue_size: 7\n"
+    )
     config = load_config(path)
     assert config.bare_names == ["language_node"]
     planned = {p.spec.name: p.parameters for p in plan_graph(config)}
@@ -321,18 +366,34 @@ def test_up_reads_sections_as_rcl_does_and_bare_names_as_the_graph_nodes(tmp_pat
     assert node_section(path, "language_node") == {"queue_size": 7}  # eval/demo read it the same way
 
 
-@pytest.mark.parametrize(("overrides", "text", "expected"), [
-    ({"language_node": {"bogus": 1}}, "", ["unknown parameter 'bogus'", "the parameters of language_node are:",
-                                           "queue_size", "use_sim_time"]),
-    ({"nosuchnode": {"x": 1}}, "", ["unknown node 'nosuchnode'", "proposal_node, language_node, grasp_target_node"]),
-    ({"proposal_node": {"max_proposals": 500}}, "", ["max_proposals must be <= 100"]),
-    ({"grasp_target_node": {"selection": "nearest"}}, "", ["selection must be one of"]),
-    ({}, "/**/langauge_node: {ros__parameters: {queue_size: 7}}", ["'/**/langauge_node' applies to no node",
-                                                                   "/chatrex/language_node"]),
-    ({}, "/**: {ros__parameters: {min_score: 0.5}}",
-     ["/** (for /chatrex/language_node): unknown parameter 'min_score'"]),
-    ({}, "/**/grasp_target_node: {ros__parameters: {margin: 0.9}}", ["margin must be <= 0.45"]),
-])
+@pytest.mark.parametrize(
+    ("overrides", "text", "expected"),
+    [
+        (
+            {"language_node": {"bogus": 1}},
+            "",
+            ["unknown parameter 'bogus'", "the parameters of language_node are:", "queue_size", "use_sim_time"],
+        ),
+        (
+            {"nosuchnode": {"x": 1}},
+            "",
+            ["unknown node 'nosuchnode'", "proposal_node, language_node, grasp_target_node"],
+        ),
+        ({"proposal_node": {"max_proposals": 500}}, "", ["max_proposals must be <= 100"]),
+        ({"grasp_target_node": {"selection": "nearest"}}, "", ["selection must be one of"]),
+        (
+            {},
+            "/**/langauge_node: {ros__parameters: {queue_size: 7}}",
+            ["'/**/langauge_node' applies to no node", "/chatrex/language_node"],
+        ),
+        (
+            {},
+            "/**: {ros__parameters: {min_score: 0.5}}",
+            ["/** (for /chatrex/language_node): unknown parameter 'min_score'"],
+        ),
+        ({}, "/**/grasp_target_node: {ros__parameters: {margin: 0.9}}", ["margin must be <= 0.45"]),
+    ],
+)
 def test_up_refuses_what_the_nodes_would_ignore_or_reject(overrides, text, expected) -> None:
     with pytest.raises(GraphConfigError) as caught:
         plan_graph(_config(text or "{}"), overrides)
@@ -361,8 +422,13 @@ def test_up_starts_the_graph_and_stops_cleanly_on_ctrl_c(tmp_path) -> None:
 
     config = tmp_path / "graph.yaml"
     config.write_text(yaml.safe_dump({"/**/proposal_node": {"ros__parameters": {"warmup": False}}}))
-    process = subprocess.Popen([sys.executable, "-m", "chatrex_ros", "up", "--config", str(config)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "chatrex_ros", "up", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     lines: list[str] = []
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and sum("ready" in line for line in lines) < 2:
@@ -382,8 +448,14 @@ def test_set_values_are_yaml_but_string_parameters_keep_their_text() -> None:
     """`--set language_node.backend_options={"a": 1}` is JSON for a string parameter, not a YAML mapping."""
     from chatrex_ros.commands.graph import parse_overrides
 
-    overrides = parse_overrides(['language_node.backend_options={"delay_s": 3}', "proposal_node.min_score=0.55",
-                                 "proposal_node.warmup=false", "language_node.image_qos.depth=3"])
+    overrides = parse_overrides(
+        [
+            'language_node.backend_options={"delay_s": 3}',
+            "proposal_node.min_score=0.55",
+            "proposal_node.warmup=false",
+            "language_node.image_qos.depth=3",
+        ]
+    )
     planned = {node.spec.name: node for node in plan_graph(load_config(None), overrides)}
     language, proposal = planned["language_node"].parameters, planned["proposal_node"].parameters
     assert language["backend_options"] == '{"delay_s": 3}'

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ros_harness import NodeProcess, RosClient, header, set_parameters, textured_image, wait_until
 from sensor_msgs.msg import Image
 
 from chatrex_ros.msg import ProposalArray
 from chatrex_ros.ros.conversions import image_msg
-from ros_harness import NodeProcess, RosClient, header, set_parameters, textured_image, wait_until
 
 pytestmark = pytest.mark.ros
 
@@ -23,8 +23,11 @@ TINY_CHECKPOINT = Path(__file__).parent / "data" / "upn" / "tiny_state_dict.safe
 
 @pytest.fixture(scope="module")
 def graph():
-    node = NodeProcess("chatrex_ros.ros.proposal_node", "proposal_node",
-                       params={"selective_search_long_side": 160, "max_proposals": 40})
+    node = NodeProcess(
+        "chatrex_ros.ros.proposal_node",
+        "proposal_node",
+        params={"selective_search_long_side": 160, "max_proposals": 40},
+    )
     client = RosClient()
     try:
         image_pub = client.publisher(Image, "image", reliable=False, depth=1)
@@ -101,8 +104,13 @@ def test_a_upn_backend_slots_in_without_touching_the_node(tmp_path) -> None:
     from chatrex_ros.parameters import resolve
 
     checkpoint = Path(__file__).parent / "data" / "upn" / "tiny_state_dict.safetensors"
-    params = {"backend": "torch", "model_variant": "tiny", "checkpoint": str(checkpoint), "warmup": False,
-              "image_qos.reliability": "reliable"}
+    params = {
+        "backend": "torch",
+        "model_variant": "tiny",
+        "checkpoint": str(checkpoint),
+        "warmup": False,
+        "image_qos.reliability": "reliable",
+    }
     image = textured_image(240, 320, seed=3)
     expected = proposal_pipeline(resolve(PROPOSAL_NODE_PARAMETERS, params)).run(image)
     with NodeProcess("chatrex_ros.ros.proposal_node", "proposal_node", params=params, namespace="/upn") as node:
@@ -124,13 +132,15 @@ def test_a_upn_backend_slots_in_without_touching_the_node(tmp_path) -> None:
     np.testing.assert_allclose(np.asarray(out.scores)[:5], expected.scores[:5], atol=1e-4)
 
 
-@pytest.mark.parametrize("params,message", [
-    ({"backend": "onnxruntime", "onnx": "/nonexistent/upn.onnx"}, "/nonexistent/upn.onnx"),
-    ({"backend": "torch", "checkpoint": "/nonexistent/upn_large.pth"}, "/nonexistent/upn_large.pth"),
-    ({"backend": "torch", "device": "cuda", "model_variant": "tiny",
-      "checkpoint": str(TINY_CHECKPOINT)}, "cuda"),
-    ({"backend": "python:no_such_module:Backend"}, "no_such_module"),
-])
+@pytest.mark.parametrize(
+    "params,message",
+    [
+        ({"backend": "onnxruntime", "onnx": "/nonexistent/upn.onnx"}, "/nonexistent/upn.onnx"),
+        ({"backend": "torch", "checkpoint": "/nonexistent/upn_large.pth"}, "/nonexistent/upn_large.pth"),
+        ({"backend": "torch", "device": "cuda", "model_variant": "tiny", "checkpoint": str(TINY_CHECKPOINT)}, "cuda"),
+        ({"backend": "python:no_such_module:Backend"}, "no_such_module"),
+    ],
+)
 def test_a_missing_model_file_or_device_fails_at_startup_with_a_clear_message(params, message) -> None:
     node = NodeProcess("chatrex_ros.ros.proposal_node", "proposal_node", params=params)
     assert node.process.wait(120) == 1
@@ -160,8 +170,12 @@ def test_compressed_images_are_served_with_image_transport_compressed() -> None:
     from chatrex_ros.core.images import array_to_compressed
     from chatrex_ros.ros.conversions import compressed_image_msg
 
-    params = {"image_transport": "compressed", "selective_search_long_side": 160, "warmup": False,
-              "image_qos.reliability": "reliable"}
+    params = {
+        "image_transport": "compressed",
+        "selective_search_long_side": 160,
+        "warmup": False,
+        "image_qos.reliability": "reliable",
+    }
     with NodeProcess("chatrex_ros.ros.proposal_node", "proposal_node", params=params, namespace="/jpeg") as node:
         client = RosClient()
         try:
@@ -185,7 +199,9 @@ def test_selection_parameters_change_at_runtime_and_bad_values_are_refused(graph
     assert set_parameters(client, "/proposal_node", max_proposals=3)[0].successful
     try:
         stamp = 1_700_000_000_700_000_000
-        out = _send_until_answered(image_pub, proposals, image_msg(textured_image(120, 160, seed=8), "rgb8", header(stamp)), stamp)
+        out = _send_until_answered(
+            image_pub, proposals, image_msg(textured_image(120, 160, seed=8), "rgb8", header(stamp)), stamp
+        )
         assert 0 < len(out.scores) <= 3
     finally:
         assert set_parameters(client, "/proposal_node", max_proposals=40)[0].successful

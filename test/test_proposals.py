@@ -26,8 +26,7 @@ def reference_select(boxes, scores, min_score, nms_iou, max_count) -> list[int]:
     rows = [[float(v) for v in row] for row in np.asarray(boxes, dtype=np.float64)]
     values = [float(v) for v in np.asarray(scores, dtype=np.float64)]
     candidates = [
-        i for i in range(len(values))
-        if np.isfinite(values[i]) and all(np.isfinite(rows[i])) and values[i] >= min_score
+        i for i in range(len(values)) if np.isfinite(values[i]) and all(np.isfinite(rows[i])) and values[i] >= min_score
     ]
     candidates.sort(key=lambda i: -values[i])  # sort is stable: ties keep input order
     kept: list[int] = []

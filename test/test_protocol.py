@@ -16,7 +16,6 @@ from chatrex_ros.core.protocol import (
     REGION_TASKS,
     TARGET_TASKS,
     AnswerGroup,
-    ParsedAnswer,
     ResolvedDetection,
     Task,
     build_prompt,
@@ -35,8 +34,15 @@ def contains_special_token(text: str) -> bool:
 # --- Task ------------------------------------------------------------------------------------------
 def test_task_values_are_the_message_strings():
     assert [task.value for task in Task] == [
-        "detect", "count", "region_category", "region_phrase", "region_brief", "region_sentence",
-        "caption_brief", "caption_detailed", "chat",
+        "detect",
+        "count",
+        "region_category",
+        "region_phrase",
+        "region_brief",
+        "region_sentence",
+        "caption_brief",
+        "caption_detailed",
+        "chat",
     ]
     assert Task.DETECT == "detect" and isinstance(Task.CHAT, str)
 
@@ -58,8 +64,8 @@ def test_task_parse_lists_valid_names_on_unknown():
 
 
 def test_task_groups():
-    assert TARGET_TASKS == {Task.DETECT, Task.COUNT}
-    assert REGION_TASKS == {Task.REGION_CATEGORY, Task.REGION_PHRASE, Task.REGION_BRIEF, Task.REGION_SENTENCE}
+    assert {Task.DETECT, Task.COUNT} == TARGET_TASKS
+    assert {Task.REGION_CATEGORY, Task.REGION_PHRASE, Task.REGION_BRIEF, Task.REGION_SENTENCE} == REGION_TASKS
     assert MAX_BOX_INDEX == 99
 
 
@@ -399,8 +405,29 @@ def test_resolution_refuses_a_different_box_list():
 
 # --- properties ------------------------------------------------------------------------------------
 FRAGMENTS = [
-    "<ground>", "</ground>", "<objects>", "</objects>", "<obj0>", "<obj1>", "<obj7>", "<obj42>", "<obj99>",
-    "<obj100>", "<obj", "obj3>", "<", ">", "/", "ground", "objects", " ", "\n", "a", "dog", "9", "<ground >",
+    "<ground>",
+    "</ground>",
+    "<objects>",
+    "</objects>",
+    "<obj0>",
+    "<obj1>",
+    "<obj7>",
+    "<obj42>",
+    "<obj99>",
+    "<obj100>",
+    "<obj",
+    "obj3>",
+    "<",
+    ">",
+    "/",
+    "ground",
+    "objects",
+    " ",
+    "\n",
+    "a",
+    "dog",
+    "9",
+    "<ground >",
 ]
 adversarial_text = st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=6)), max_size=40).map("".join)
 

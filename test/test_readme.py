@@ -15,7 +15,9 @@ ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 
 
-@pytest.mark.parametrize("node", [proposal_node, language_node, grasp_target_node], ids=lambda m: m.__name__.split(".")[-1])
+@pytest.mark.parametrize(
+    "node", [proposal_node, language_node, grasp_target_node], ids=lambda m: m.__name__.split(".")[-1]
+)
 def test_parameter_tables_match_the_declared_parameters(node) -> None:
     name = node.__name__.split(".")[-1]
     match = re.search(rf"<!-- parameters:{name} -->\n(.*?)\n<!-- /parameters -->", README, re.S)

@@ -14,11 +14,9 @@ import re
 import shlex
 import signal
 import time
-import tomllib
 from pathlib import Path
 
-import pytest
-
+import tomllib
 from user_path import Background, camera, run, up, workdir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,9 +29,10 @@ NOT_RUNNABLE = {
     # a real ROS 2 install: no ros2 CLI, launch or ROS workspace here
     "cd ~/ros2_ws/src && git clone <this repository> chatrex_ros && cd ..": "needs a ROS 2 workspace and a clone URL",
     "colcon build --packages-select chatrex_ros && . install/setup.bash": "needs a sourced ROS 2 install",
-    "ros2 launch chatrex_ros chatrex.launch.py image_topic:=/camera/color/image_raw":
-        "needs launch/launch_ros (not on PyPI); test_launch.py checks the description",
+    "ros2 launch chatrex_ros chatrex.launch.py image_topic:=/camera/color/image_raw": "needs launch/launch_ros (not on PyPI); test_launch.py checks the description",
 }
+
+
 def readme_commands(text: str = README) -> list[str]:
     """The commands of every ```bash block: continuation lines joined, comments and blank lines dropped."""
     commands = []
@@ -53,9 +52,11 @@ def _section(title: str, own_only: bool = False) -> list[str]:
     start = next((i for i, line in enumerate(lines) if re.fullmatch(rf"#+ {re.escape(title)}\n", line)), None)
     assert start is not None, f"README has no section {title!r}"
     level = 6 if own_only else len(lines[start]) - len(lines[start].lstrip("#"))
-    end = next((i for i in range(start + 1, len(lines))
-                if re.match(rf"#{{1,{level}}} ", lines[i]) and not _in_code(lines, i)), len(lines))
-    return readme_commands("".join(lines[start + 1:end]))
+    end = next(
+        (i for i in range(start + 1, len(lines)) if re.match(rf"#{{1,{level}}} ", lines[i]) and not _in_code(lines, i)),
+        len(lines),
+    )
+    return readme_commands("".join(lines[start + 1 : end]))
 
 
 def _in_code(lines: list[str], index: int) -> bool:
@@ -66,8 +67,11 @@ ROBOT = _section("Running on a robot")
 GRASP_ALONE = [c for c in readme_commands() if c.startswith("grasp_target_node ")]
 EVALUATION_EXAMPLE = _section("Evaluation", own_only=True)
 REPLAY = _section("Online replay: a bag into the running nodes, recorded and scored")
-COLCON_PYPI = [c for c in readme_commands() if c.startswith(("pip install colcon", "AMENT_PREFIX_PATH=$VIRTUAL_ENV"))
-               or c == ". install/setup.sh"]
+COLCON_PYPI = [
+    c
+    for c in readme_commands()
+    if c.startswith(("pip install colcon", "AMENT_PREFIX_PATH=$VIRTUAL_ENV")) or c == ". install/setup.sh"
+]
 RUN_HERE = {"chatrex-ros demo", *ROBOT, *GRASP_ALONE, *EVALUATION_EXAMPLE, *REPLAY, *COLCON_PYPI}
 
 
@@ -83,7 +87,9 @@ def test_the_colcon_recipe_installs_every_build_requirement() -> None:
     """The PyPI colcon recipe must bring what pip's isolated build brings (pyproject's [build-system])."""
     requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
     recipe = shlex.split(next(c for c in COLCON_PYPI if c.startswith("pip install")))
-    wanted = {r for r in requires if r.split(">")[0].split("~")[0].split("=")[0] not in ("setuptools", "wheel", "numpy")}
+    wanted = {
+        r for r in requires if r.split(">")[0].split("~")[0].split("=")[0] not in ("setuptools", "wheel", "numpy")
+    }
     assert wanted <= set(recipe), wanted - set(recipe)
 
 
@@ -135,8 +141,12 @@ def test_replay_example_run_twice_answers_about_the_replayed_frames() -> None:
         assert graph.stop() == 0, graph.output()
 
 
-SCRIPTED = ["--set", "language_node.language_backend=python:doubles.scripted_model:ScriptedModel",
-            "--set", 'language_node.backend_options={"answer": "<ground>mug</ground><objects><obj0></objects>"}']
+SCRIPTED = [
+    "--set",
+    "language_node.language_backend=python:doubles.scripted_model:ScriptedModel",
+    "--set",
+    'language_node.backend_options={"answer": "<ground>mug</ground><objects><obj0></objects>"}',
+]
 
 
 def test_robot_block() -> None:
@@ -192,8 +202,9 @@ def test_colcon_build_with_the_pypi_wheels() -> None:
         shutil.copytree(ROOT / name, ws / "src" / "chatrex_ros" / name)
     env = {**os.environ, "VIRTUAL_ENV": sys.prefix, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     script = " && ".join(COLCON_PYPI)
-    result = subprocess.run(["bash", "-c", f"set -e; {script}"], cwd=ws, env=env, capture_output=True, text=True,
-                            timeout=900)
+    result = subprocess.run(
+        ["bash", "-c", f"set -e; {script}"], cwd=ws, env=env, capture_output=True, text=True, timeout=900
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert list((ws / "install" / "chatrex_ros").rglob("_answer.py")), "colcon built no messages"
     assert (ws / "install" / "chatrex_ros" / "share" / "chatrex_ros" / "launch" / "chatrex.launch.py").is_file()

@@ -81,11 +81,14 @@ def test_plan_matches_ground_truth_within_the_stamp_tolerance_only(sample_bag) -
     assert all(len(frame.queries) == 1 for frame in plan.frames)
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"image_topic": "/camera/missing"}, "has no topic '/camera/missing'.*/camera/image_raw"),
-    ({"max_frames": 0}, "--max-frames must be >= 1"),
-    ({"ask": ";"}, "--ask"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"image_topic": "/camera/missing"}, "has no topic '/camera/missing'.*/camera/image_raw"),
+        ({"max_frames": 0}, "--max-frames must be >= 1"),
+        ({"ask": ";"}, "--ask"),
+    ],
+)
 def test_plan_rejects_bad_input_with_a_clear_message(sample_bag, kwargs, message) -> None:
     with pytest.raises(ValueError, match=message):
         plan_replay(sample_bag, **kwargs)
@@ -96,10 +99,17 @@ def test_referring_queries_without_ground_truth_are_refused(sample_bag, gt) -> N
         plan_replay(sample_bag, referring=load_queries(sample_queries_path(), gt))
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"rate": 0.0}, "--rate"), ({"rate": float("nan")}, "--rate"), ({"frame_timeout_s": 0.0}, "--frame-timeout"),
-    ({"namespace": "chatrex"}, "absolute"), ({"storage": "rosbag1"}, "storage"), ({"wait_s": -1.0}, "--wait"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"rate": 0.0}, "--rate"),
+        ({"rate": float("nan")}, "--rate"),
+        ({"frame_timeout_s": 0.0}, "--frame-timeout"),
+        ({"namespace": "chatrex"}, "absolute"),
+        ({"storage": "rosbag1"}, "storage"),
+        ({"wait_s": -1.0}, "--wait"),
+    ],
+)
 def test_options_reject_bad_values(kwargs, message) -> None:
     with pytest.raises(ReplayError, match=message):
         ReplayOptions(**kwargs).validate()
@@ -137,8 +147,9 @@ def test_hold_never_sends_the_clock_back() -> None:
 # --- bookkeeping ------------------------------------------------------------------------------------
 def _progress() -> ReplayProgress:
     request = QueryRequest.create("detect", text="cup")
-    return ReplayProgress([ReplayFrame(0, 10 * S, 10 * S, (("q0", request),)),
-                           ReplayFrame(1, 11 * S, 11 * S, (("q1", request),))])
+    return ReplayProgress(
+        [ReplayFrame(0, 10 * S, 10 * S, (("q0", request),)), ReplayFrame(1, 11 * S, 11 * S, (("q1", request),))]
+    )
 
 
 def test_recording_time_is_the_stamp_plus_the_wall_time_since_publication() -> None:
@@ -206,14 +217,30 @@ def test_cli_missing_bag_and_bad_rate_exit_2(sample_bag, tmp_path, capsys) -> No
 
 # --- end to end over DDS ----------------------------------------------------------------------------
 def _replay(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "chatrex_ros", "replay", *args], capture_output=True, text=True,
-                          timeout=timeout, env=dict(os.environ))
+    return subprocess.run(
+        [sys.executable, "-m", "chatrex_ros", "replay", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ),
+    )
 
 
 @pytest.mark.ros
 def test_replay_without_listening_nodes_exits_2(sample_bag, tmp_path) -> None:
-    result = _replay("--bag", str(sample_bag), "--image-out", "/replay_test_nobody/image", "--namespace",
-                     "/replay_test_nobody", "--step", "--wait", "1", "--record", str(tmp_path / "rec"))
+    result = _replay(
+        "--bag",
+        str(sample_bag),
+        "--image-out",
+        "/replay_test_nobody/image",
+        "--namespace",
+        "/replay_test_nobody",
+        "--step",
+        "--wait",
+        "1",
+        "--record",
+        str(tmp_path / "rec"),
+    )
     assert result.returncode == 2, result.stderr
     assert "no subscriber on /replay_test_nobody/image" in result.stderr
     assert not (tmp_path / "rec").exists(), "a replay that never started leaves no empty recording"
@@ -224,12 +251,24 @@ def graph():
     from ros_harness import NodeProcess, wait_until
 
     common = {"image": SAMPLE_IMAGE_TOPIC}
-    proposal = NodeProcess("chatrex_ros.ros.proposal_node", "proposal_node",
-                           {"selective_search_long_side": 160}, common, namespace="/chatrex")
-    language = NodeProcess("chatrex_ros.ros.language_node", "language_node", {
-        "language_backend": "python:doubles.scripted_model:ScriptedModel", "backend_options": json.dumps(SCRIPT),
-        "queue_size": 1,  # step mode asks one query at a time, so even a one-slot queue never overflows
-    }, common, namespace="/chatrex")
+    proposal = NodeProcess(
+        "chatrex_ros.ros.proposal_node",
+        "proposal_node",
+        {"selective_search_long_side": 160},
+        common,
+        namespace="/chatrex",
+    )
+    language = NodeProcess(
+        "chatrex_ros.ros.language_node",
+        "language_node",
+        {
+            "language_backend": "python:doubles.scripted_model:ScriptedModel",
+            "backend_options": json.dumps(SCRIPT),
+            "queue_size": 1,  # step mode asks one query at a time, so even a one-slot queue never overflows
+        },
+        common,
+        namespace="/chatrex",
+    )
     try:
         started = lambda: "ready" in proposal.output() and "ready" in language.output()  # noqa: E731
         wait_until(lambda: started() or not (proposal.alive() and language.alive()), 60, "the nodes to start")
@@ -245,15 +284,29 @@ def graph():
 def test_step_replay_records_every_frame_and_eval_scores_it(graph, sample_bag, gt, tmp_path) -> None:
     record, summary, out = tmp_path / "rec", tmp_path / "summary.json", tmp_path / "eval"
     annotations, queries = str(sample_annotations_path()), str(sample_queries_path())
-    from rosgraph_msgs.msg import Clock
     from ros_harness import RosClient
+    from rosgraph_msgs.msg import Clock
 
     listener = RosClient("replay_clock_listener")
     try:
         clock = listener.subscribe(Clock, "/clock", depth=1000)
-        result = _replay("--bag", str(sample_bag), "--step", "--gt", annotations, "--queries", queries,
-                         "--record", str(record), "--summary-json", str(summary), "--wait", "30",
-                         "--frame-timeout", "30")
+        result = _replay(
+            "--bag",
+            str(sample_bag),
+            "--step",
+            "--gt",
+            annotations,
+            "--queries",
+            queries,
+            "--record",
+            str(record),
+            "--summary-json",
+            str(summary),
+            "--wait",
+            "30",
+            "--frame-timeout",
+            "30",
+        )
     finally:
         listener.close()
     assert result.returncode == 0, result.stdout + result.stderr
@@ -275,16 +328,37 @@ def test_step_replay_records_every_frame_and_eval_scores_it(graph, sample_bag, g
         assert reader.topics["/chatrex/query"].count == report["queries_planned"]
     assert sorted(p.stamp_ns for p in proposals) == bag_stamps  # one list per frame: nothing dropped
     assert all(len(p) > 0 for p in proposals)
-    expected = {q: image.stamp_ns for image in gt.images
-                for q, _ in evaluation_requests(gt, image.id, load_queries(queries, gt))}
+    expected = {
+        q: image.stamp_ns
+        for image in gt.images
+        for q, _ in evaluation_requests(gt, image.id, load_queries(queries, gt))
+    }
     assert {a.query_id: a.stamp_ns for a in answers} == expected
     assert all(a.ok and a.detections for a in answers)
     # recorded on the stamp axis: log time - stamp is the wall latency from publication, not years
     assert all(0 < a.received_ns - a.stamp_ns < 30 * S for a in answers)
 
-    evaluation = subprocess.run([sys.executable, "-m", "chatrex_ros", "eval", "--answers", str(record), "--gt",
-                                 annotations, "--queries", queries, "--out", str(out), "--no-plots", "--quiet"],
-                                capture_output=True, text=True, timeout=120)
+    evaluation = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "chatrex_ros",
+            "eval",
+            "--answers",
+            str(record),
+            "--gt",
+            annotations,
+            "--queries",
+            queries,
+            "--out",
+            str(out),
+            "--no-plots",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert evaluation.returncode == 0, evaluation.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["metrics"]["proposals"]["frames_without_proposals"] == []
@@ -302,10 +376,24 @@ def test_a_slow_model_drops_nothing_in_step_mode_but_is_reported_in_timed_mode(g
         summary = tmp_path / f"{mode}.json"
         record = tmp_path / f"{mode}_rec"
         # timed mode also records into sqlite3 (its connection is bound to one thread) without the images
-        flags = ["--step"] if mode == "step" else ["--rate", "1.0", "--drain", "20", "--storage", "sqlite3",
-                                                   "--no-record-images"]
-        result = _replay("--bag", str(sample_bag), "--ask", SLOW_WORD, "--record", str(record),
-                         "--summary-json", str(summary), "--wait", "30", *flags)
+        flags = (
+            ["--step"]
+            if mode == "step"
+            else ["--rate", "1.0", "--drain", "20", "--storage", "sqlite3", "--no-record-images"]
+        )
+        result = _replay(
+            "--bag",
+            str(sample_bag),
+            "--ask",
+            SLOW_WORD,
+            "--record",
+            str(record),
+            "--summary-json",
+            str(summary),
+            "--wait",
+            "30",
+            *flags,
+        )
         assert result.returncode == 0, result.stdout + result.stderr
         reports[mode] = json.loads(summary.read_text())
         with BagReader(record) as reader:

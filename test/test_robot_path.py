@@ -15,12 +15,12 @@ import uuid
 import pytest
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
+from ros_harness import RosClient, wait_until
+from user_path import camera, run, up, workdir
 
 from chatrex_ros.core.answering import AnswerStatus
 from chatrex_ros.core.stamps import parse_stamp
 from chatrex_ros.msg import Answer, GraspTarget, ProposalArray, Query
-from ros_harness import RosClient, wait_until
-from user_path import camera, run, up, workdir
 
 pytestmark = pytest.mark.ros
 
@@ -31,11 +31,19 @@ SCRIPTED_MODEL = "python:doubles.scripted_model:ScriptedModel"
 
 def graph_args(image_topic: str, delay_s: float, *extra: str) -> list[str]:
     """`up` with the test doubles plugged in through `--set`, everything else at its defaults."""
-    return ["--image", image_topic,
-            "--set", f"proposal_node.backend={SLOW_PROPOSER}",
-            "--set", f"proposal_node.backend_options={json.dumps({'delay_s': delay_s})}",
-            "--set", f"language_node.language_backend={SCRIPTED_MODEL}",
-            "--set", f"language_node.backend_options={json.dumps(SCRIPT)}", *extra]
+    return [
+        "--image",
+        image_topic,
+        "--set",
+        f"proposal_node.backend={SLOW_PROPOSER}",
+        "--set",
+        f"proposal_node.backend_options={json.dumps({'delay_s': delay_s})}",
+        "--set",
+        f"language_node.language_backend={SCRIPTED_MODEL}",
+        "--set",
+        f"language_node.backend_options={json.dumps(SCRIPT)}",
+        *extra,
+    ]
 
 
 def ask_many(client: RosClient, count: int, period_s: float, answers: list[Answer], timeout_s: float = 30.0) -> dict:
@@ -93,8 +101,17 @@ def test_silence_lost_frames_and_no_model_show_on_diagnostics() -> None:
     cwd = workdir()
     topic = "/e2e_silent/image_raw"
     client = RosClient("robot_path_diagnostics")
-    graph = up(cwd, "--image", topic, "--set", "proposal_node.warmup=false",
-               "--set", "language_node.input_silence_s=1.0", "--set", "proposal_node.input_silence_s=1.0")
+    graph = up(
+        cwd,
+        "--image",
+        topic,
+        "--set",
+        "proposal_node.warmup=false",
+        "--set",
+        "language_node.input_silence_s=1.0",
+        "--set",
+        "proposal_node.input_silence_s=1.0",
+    )
     try:
         time.sleep(2.5)
         client.received.pop("/diagnostics", None)
@@ -106,9 +123,11 @@ def test_silence_lost_frames_and_no_model_show_on_diagnostics() -> None:
         assert f"no publisher on {topic}" in _diagnostics(client, "proposal_node")["message"]
 
         with camera(cwd, topic, 30, profile=False):  # a driver started without the package's Fast DDS profile
+
             def lost() -> bool:
                 client.received.pop("/diagnostics", None)
                 return int(_diagnostics(client, "language_node").get("images_lost_in_transport", "0")) > 0
+
             wait_until(lost, 20, "lost samples to be reported")
         assert "FASTDDS_DEFAULT_PROFILES_FILE" in graph.output()
     finally:
@@ -129,8 +148,23 @@ def test_ask_prints_exact_stamps_that_a_follow_up_finds() -> None:
             assert first.returncode == 0, first.stdout + first.stderr
             summary = json.loads(first.stdout)
             assert summary["status"] == "OK" and summary["detections"][0]["index"] == 5
-            follow_up = run(["chatrex-ros", "ask", "", "--task", "region_category", "--indices", "5",
-                             "--stamp", summary["image_stamp"], "--json", "--timeout", "30"], cwd)
+            follow_up = run(
+                [
+                    "chatrex-ros",
+                    "ask",
+                    "",
+                    "--task",
+                    "region_category",
+                    "--indices",
+                    "5",
+                    "--stamp",
+                    summary["image_stamp"],
+                    "--json",
+                    "--timeout",
+                    "30",
+                ],
+                cwd,
+            )
             assert follow_up.returncode == 0, follow_up.stdout + follow_up.stderr
             again = json.loads(follow_up.stdout)
             assert again["image_stamp_ns"] == summary["image_stamp_ns"] == parse_stamp(summary["image_stamp"])
@@ -145,8 +179,22 @@ def test_up_grasp_connects_answer_depth_and_both_camera_infos() -> None:
     client = RosClient("robot_path_grasp")
     # depth_qos.depth=5: the README's remedy for a loaded machine (CI: 2 cores, 5 processes, 1.5 MB/frame), where
     # a KEEP_LAST(1) reader can drop the one depth frame an answer is about (the target then says so).
-    graph = up(cwd, *graph_args(topic, 1.0, "--grasp", "--depth", depth, "--depth-info", infos[0],
-                                "--color-info", infos[1], "--set", "grasp_target_node.depth_qos.depth=5"))
+    graph = up(
+        cwd,
+        *graph_args(
+            topic,
+            1.0,
+            "--grasp",
+            "--depth",
+            depth,
+            "--depth-info",
+            infos[0],
+            "--color-info",
+            infos[1],
+            "--set",
+            "grasp_target_node.depth_qos.depth=5",
+        ),
+    )
     try:
         targets = client.subscribe(GraspTarget, "/chatrex/grasp_target")
         answers = client.subscribe(Answer, "/chatrex/answer")
@@ -170,9 +218,8 @@ def test_up_grasp_connects_answer_depth_and_both_camera_infos() -> None:
 
 def test_a_frame_stamped_in_the_future_does_not_stay_newest() -> None:
     """A camera clock glitch: one frame far in the future must not answer every later query."""
-    from sensor_msgs.msg import Image
-
     from ros_harness import header, textured_image
+    from sensor_msgs.msg import Image
 
     cwd = workdir()
     client = RosClient("robot_path_glitch")
@@ -233,9 +280,28 @@ def test_a_timed_replay_run_twice_is_answered_about_each_runs_frames() -> None:
     try:
         summaries = []
         for attempt in (1, 2):
-            result = run(["chatrex-ros", "replay", "--bag", "bag", "--gt", "bag_annotations.json", "--queries",
-                          "bag_queries.json", "--rate", "0.5", "--drain", "20", "--summary-json",
-                          f"run{attempt}.json", "--record", f"rec{attempt}"], cwd, timeout=300)
+            result = run(
+                [
+                    "chatrex-ros",
+                    "replay",
+                    "--bag",
+                    "bag",
+                    "--gt",
+                    "bag_annotations.json",
+                    "--queries",
+                    "bag_queries.json",
+                    "--rate",
+                    "0.5",
+                    "--drain",
+                    "20",
+                    "--summary-json",
+                    f"run{attempt}.json",
+                    "--record",
+                    f"rec{attempt}",
+                ],
+                cwd,
+                timeout=300,
+            )
             assert result.returncode == 0, result.stdout + result.stderr
             summaries.append(json.loads((cwd / f"run{attempt}.json").read_text()))
         first, second = summaries
@@ -243,8 +309,23 @@ def test_a_timed_replay_run_twice_is_answered_about_each_runs_frames() -> None:
         assert first["answer_statuses"] == second["answer_statuses"] == {"OK": first["queries_planned"]}
         scores = []
         for attempt in (1, 2):
-            result = run(["chatrex-ros", "eval", "--answers", f"rec{attempt}", "--gt", "bag_annotations.json",
-                          "--queries", "bag_queries.json", "--out", f"eval{attempt}", "--no-plots", "--quiet"], cwd)
+            result = run(
+                [
+                    "chatrex-ros",
+                    "eval",
+                    "--answers",
+                    f"rec{attempt}",
+                    "--gt",
+                    "bag_annotations.json",
+                    "--queries",
+                    "bag_queries.json",
+                    "--out",
+                    f"eval{attempt}",
+                    "--no-plots",
+                    "--quiet",
+                ],
+                cwd,
+            )
             assert result.returncode == 0, result.stderr
             metrics = json.loads((cwd / f"eval{attempt}" / "metrics.json").read_text())["metrics"]
             scores.append((metrics["proposals"], metrics["answers"]))

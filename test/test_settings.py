@@ -38,32 +38,87 @@ def test_param_spec_accepts_plugins_only_where_allowed() -> None:
 
 
 def test_backend_keywords_follow_the_parameters() -> None:
-    torch_values = resolve(PROPOSAL_NODE_PARAMETERS, {"backend": "torch", "checkpoint": "/m/upn.pth", "precision": "bf16",
-                                                      "device": "cuda", "granularity": "coarse"})
-    assert proposal_backend_kwargs(torch_values) == {"checkpoint": "/m/upn.pth", "variant": "large", "granularity": "coarse",
-                                                     "device": "cuda", "dtype": "bfloat16"}
+    torch_values = resolve(
+        PROPOSAL_NODE_PARAMETERS,
+        {
+            "backend": "torch",
+            "checkpoint": "/m/upn.pth",
+            "precision": "bf16",
+            "device": "cuda",
+            "granularity": "coarse",
+        },
+    )
+    assert proposal_backend_kwargs(torch_values) == {
+        "checkpoint": "/m/upn.pth",
+        "variant": "large",
+        "granularity": "coarse",
+        "device": "cuda",
+        "dtype": "bfloat16",
+    }
     ort = proposal_backend_kwargs(resolve(PROPOSAL_NODE_PARAMETERS, {"backend": "onnxruntime", "onnx": "u.onnx"}))
     assert ort == {"onnx_path": "u.onnx", "providers": ["CPUExecutionProvider"]}
-    pipeline = proposal_pipeline(resolve(PROPOSAL_NODE_PARAMETERS, {"selective_search_long_side": 128, "max_proposals": 7}))
+    pipeline = proposal_pipeline(
+        resolve(PROPOSAL_NODE_PARAMETERS, {"selective_search_long_side": 128, "max_proposals": 7})
+    )
     assert isinstance(pipeline.backend, SelectiveSearchBackend) and pipeline.backend.long_side == 128
     assert pipeline.policy.max_count == 7
     assert language_backend(resolve(LANGUAGE_NODE_PARAMETERS, {})) is None
     with pytest.raises(ValueError, match="backend_options"):
-        language_backend(resolve(LANGUAGE_NODE_PARAMETERS, {"language_backend": "python:x:y", "backend_options": "[1]"}))
+        language_backend(
+            resolve(LANGUAGE_NODE_PARAMETERS, {"language_backend": "python:x:y", "backend_options": "[1]"})
+        )
 
 
 def test_demo_uses_the_backends_of_the_config_file(tmp_path) -> None:
     config = tmp_path / "robot.yaml"
-    config.write_text(yaml.safe_dump({
-        "proposal_node": {"ros__parameters": {"selective_search_long_side": 160, "max_proposals": 5, "min_score": 0.0}},
-        "language_node": {"ros__parameters": {"language_backend": "none"}},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "proposal_node": {
+                    "ros__parameters": {"selective_search_long_side": 160, "max_proposals": 5, "min_score": 0.0}
+                },
+                "language_node": {"ros__parameters": {"language_backend": "none"}},
+            }
+        )
+    )
     assert node_section(config, "proposal_node")["max_proposals"] == 5
     out = tmp_path / "demo"
-    assert main(["demo", "--config", str(config), "--out", str(out), "--no-progress", "--quiet", "--no-plots",
-                 "--max-frames", "2"]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--config",
+                str(config),
+                "--out",
+                str(out),
+                "--no-progress",
+                "--quiet",
+                "--no-plots",
+                "--max-frames",
+                "2",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["inputs"]["selection"]["max_count"] == 5
-    assert main(["demo", "--config", str(config), "--out", str(out), "--no-progress", "--quiet", "--no-plots",
-                 "--max-frames", "1", "--max-proposals", "3"]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--config",
+                str(config),
+                "--out",
+                str(out),
+                "--no-progress",
+                "--quiet",
+                "--no-plots",
+                "--max-frames",
+                "1",
+                "--max-proposals",
+                "3",
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "metrics.json").read_text())["inputs"]["selection"]["max_count"] == 3

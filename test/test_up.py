@@ -30,7 +30,7 @@ def _stat(pid: int) -> tuple[str, int] | None:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = text[text.rindex(")") + 2:].split()  # the name may hold spaces: fields after it, from 'state' on
+    fields = text[text.rindex(")") + 2 :].split()  # the name may hold spaces: fields after it, from 'state' on
     return fields[0], int(fields[19])
 
 
@@ -43,7 +43,7 @@ def _children(pid: int) -> dict[int, int]:
                 text = Path(f"/proc/{entry}/stat").read_text()
             except OSError:
                 continue
-            parents[int(entry)] = int(text[text.rindex(")") + 2:].split()[1])
+            parents[int(entry)] = int(text[text.rindex(")") + 2 :].split()[1])
     found: dict[int, int] = {}
     frontier = [pid]
     while frontier:
@@ -64,9 +64,13 @@ class Up:
     """`python -m chatrex_ros up ...` in the background, its output collected line by line."""
 
     def __init__(self, *args: str) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", "chatrex_ros", "up", *LIGHT, *args],
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "chatrex_ros", "up", *LIGHT, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         self.lines: list[str] = []
         self.nodes: dict[int, int] = {}
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -81,9 +85,11 @@ class Up:
     def output(self) -> str:
         return "".join(self.lines)
 
-    def wait_ready(self, nodes: tuple[str, ...] = ("proposal_node", "language_node"),
-                   timeout: float = 30.0) -> dict[int, int]:
+    def wait_ready(
+        self, nodes: tuple[str, ...] = ("proposal_node", "language_node"), timeout: float = 30.0
+    ) -> dict[int, int]:
         """Until every node logged that it serves; returns (and remembers) the node processes."""
+
         def ready(node: str) -> bool:
             return any(line.startswith(f"[{node}]") and READY[node] in line for line in list(self.lines))
 
@@ -133,15 +139,22 @@ def client():
 @pytest.mark.ros
 def test_set_and_config_values_are_the_running_nodes_parameters(tmp_path, client) -> None:
     config = tmp_path / "robot.yaml"
-    config.write_text(yaml.safe_dump({"/**/language_node": {"ros__parameters": {"queue_size": 7,
-                                                                                 "image_qos": {"depth": 2}}}}))
-    with Up("--config", str(config), "--set", "proposal_node.min_score=0.55",
-            "--set", "proposal_node.image_qos.depth=3") as up:
+    config.write_text(
+        yaml.safe_dump({"/**/language_node": {"ros__parameters": {"queue_size": 7, "image_qos": {"depth": 2}}}})
+    )
+    with Up(
+        "--config", str(config), "--set", "proposal_node.min_score=0.55", "--set", "proposal_node.image_qos.depth=3"
+    ) as up:
         up.wait_ready()
         assert get_parameters(client, "/chatrex/proposal_node", "min_score", "warmup", "image_qos.depth") == {
-            "min_score": 0.55, "warmup": False, "image_qos.depth": 3}
+            "min_score": 0.55,
+            "warmup": False,
+            "image_qos.depth": 3,
+        }
         assert get_parameters(client, "/chatrex/language_node", "queue_size", "image_qos.depth") == {
-            "queue_size": 7, "image_qos.depth": 2}
+            "queue_size": 7,
+            "image_qos.depth": 2,
+        }
 
 
 @pytest.mark.ros
@@ -159,16 +172,24 @@ def test_a_bare_node_name_in_the_config_means_the_graphs_node_and_says_so(tmp_pa
 def test_grasp_node_runs_in_the_graph_namespace_with_its_camera_inputs_remapped(client) -> None:
     with Up("--grasp", "--depth", "/cam/depth", "--color-info", "/cam/color/info") as up:
         up.wait_ready(("proposal_node", "language_node", "grasp_target_node"))
-        expected = {"/chatrex/answer", "/chatrex/proposals", "/cam/depth",
-                    "/camera/camera/aligned_depth_to_color/camera_info", "/cam/color/info"}
+        expected = {
+            "/chatrex/answer",
+            "/chatrex/proposals",
+            "/cam/depth",
+            "/camera/camera/aligned_depth_to_color/camera_info",
+            "/cam/color/info",
+        }
 
         def subscriptions() -> set[str]:
             found = client.node.get_subscriber_names_and_types_by_node("grasp_target_node", "/chatrex")
             return {topic for topic, _ in found}
 
         # Asking about a node that is not discovered yet raises; wait for the node first.
-        wait_until(lambda: ("grasp_target_node", "/chatrex") in client.node.get_node_names_and_namespaces(), 10,
-                   "grasp_target_node in /chatrex")
+        wait_until(
+            lambda: ("grasp_target_node", "/chatrex") in client.node.get_node_names_and_namespaces(),
+            10,
+            "grasp_target_node in /chatrex",
+        )
         try:
             wait_until(lambda: expected <= subscriptions(), 10, "grasp_target_node's subscriptions")
         except AssertionError:
@@ -178,18 +199,33 @@ def test_grasp_node_runs_in_the_graph_namespace_with_its_camera_inputs_remapped(
 # ---- mistakes stop `up` before anything starts ----
 
 
-@pytest.mark.parametrize(("arguments", "config", "expected"), [
-    (["--set", "language_node.bogus=1"], None,
-     ["unknown parameter 'bogus'", "the parameters of language_node are:", "queue_size", "use_sim_time"]),
-    (["--set", "nosuchnode.x=1"], None,
-     ["unknown node 'nosuchnode'", "proposal_node, language_node, grasp_target_node"]),
-    (["--set", "proposal_node.max_proposals=500"], None, ["max_proposals must be <= 100, got 500"]),
-    (["--set", "grasp_target_node.margin=2"], None, ["margin must be <= 0.45"]),  # checked without --grasp
-    ([], {"/**/langauge_node": {"ros__parameters": {"queue_size": 7}}},
-     ["'/**/langauge_node' applies to no node", "/chatrex/language_node", "'/**/language_node'"]),
-    ([], {"/**": {"ros__parameters": {"min_score": 0.5}}},
-     ["/** (for /chatrex/language_node): unknown parameter 'min_score'"]),
-])
+@pytest.mark.parametrize(
+    ("arguments", "config", "expected"),
+    [
+        (
+            ["--set", "language_node.bogus=1"],
+            None,
+            ["unknown parameter 'bogus'", "the parameters of language_node are:", "queue_size", "use_sim_time"],
+        ),
+        (
+            ["--set", "nosuchnode.x=1"],
+            None,
+            ["unknown node 'nosuchnode'", "proposal_node, language_node, grasp_target_node"],
+        ),
+        (["--set", "proposal_node.max_proposals=500"], None, ["max_proposals must be <= 100, got 500"]),
+        (["--set", "grasp_target_node.margin=2"], None, ["margin must be <= 0.45"]),  # checked without --grasp
+        (
+            [],
+            {"/**/langauge_node": {"ros__parameters": {"queue_size": 7}}},
+            ["'/**/langauge_node' applies to no node", "/chatrex/language_node", "'/**/language_node'"],
+        ),
+        (
+            [],
+            {"/**": {"ros__parameters": {"min_score": 0.5}}},
+            ["/** (for /chatrex/language_node): unknown parameter 'min_score'"],
+        ),
+    ],
+)
 def test_mistakes_exit_2_and_start_nothing(tmp_path, monkeypatch, capsys, arguments, config, expected) -> None:
     def no_process(*args, **kwargs):
         raise AssertionError(f"a process was started: {args}")

@@ -46,8 +46,21 @@ def exported(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("onnx") / "upn_tiny_coarse.onnx"
     parser = argparse.ArgumentParser()
     upn_commands.register(parser.add_subparsers())
-    args = parser.parse_args(["export-upn", "--checkpoint", WEIGHTS, "--variant", "tiny", "--camera", "600x400",
-                              "--prompt", "coarse", "--out", str(out)])
+    args = parser.parse_args(
+        [
+            "export-upn",
+            "--checkpoint",
+            WEIGHTS,
+            "--variant",
+            "tiny",
+            "--camera",
+            "600x400",
+            "--prompt",
+            "coarse",
+            "--out",
+            str(out),
+        ]
+    )
     assert args.func(args) == 0
     return out
 
@@ -143,7 +156,9 @@ def test_torch_backend_random_weights_only_when_asked():
     assert boxes.shape[:2] == logits.shape[:2] and np.isfinite(boxes).all()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="needs onnxruntime to reach the provider check")
+@pytest.mark.skipif(
+    importlib.util.find_spec("onnxruntime") is None, reason="needs onnxruntime to reach the provider check"
+)
 def test_onnxruntime_refuses_providers_it_does_not_have(exported):
     import onnxruntime
 
@@ -162,24 +177,38 @@ def test_tensorrt_backend_without_tensorrt_fails_at_start_up(exported, tmp_path,
 
     parser = argparse.ArgumentParser()
     upn_commands.register(parser.add_subparsers())
-    args = parser.parse_args(["build-engine", "--onnx", str(exported), "--cache-dir", str(tmp_path), "--precision", "fp32"])
+    args = parser.parse_args(
+        ["build-engine", "--onnx", str(exported), "--cache-dir", str(tmp_path), "--precision", "fp32"]
+    )
     assert args.func(args) == 1
     assert "pip install chatrex_ros[tensorrt]" in capsys.readouterr().err
 
 
 # --- engine cache (pure Python: runs without TensorRT) ---------------------------------------------------
 
+
 def key(**changes) -> EngineKey:
-    values = dict(gpu_name="NVIDIA H100 80GB HBM3", tensorrt_version="10.3.0", precision="fp16",
-                  input_shape=(1, 3, 750, 1333), onnx_sha256="a" * 64)
+    values = dict(
+        gpu_name="NVIDIA H100 80GB HBM3",
+        tensorrt_version="10.3.0",
+        precision="fp16",
+        input_shape=(1, 3, 750, 1333),
+        onnx_sha256="a" * 64,
+    )
     values.update(changes)
     return EngineKey(**values)
 
 
-@pytest.mark.parametrize("change", [
-    {"gpu_name": "NVIDIA RTX 4090"}, {"tensorrt_version": "10.4.0"}, {"precision": "fp32"},
-    {"input_shape": (1, 3, 800, 1066)}, {"onnx_sha256": "b" * 64},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"gpu_name": "NVIDIA RTX 4090"},
+        {"tensorrt_version": "10.4.0"},
+        {"precision": "fp32"},
+        {"input_shape": (1, 3, 800, 1066)},
+        {"onnx_sha256": "b" * 64},
+    ],
+)
 def test_any_key_change_selects_another_engine_file(tmp_path, change):
     assert cache_entry(tmp_path, key()).engine_path != cache_entry(tmp_path, key(**change)).engine_path
 
@@ -208,6 +237,7 @@ def test_engine_key_validation():
 
 
 # --- TensorRT build logic against a stand-in for the tensorrt module (TensorRT itself is not installable here)
+
 
 class FakeTensorRTModule:
     """Test double of the ``tensorrt`` module: only the attributes the precision pinning reads."""

@@ -44,15 +44,18 @@ def traces(tiny, golden):
         for case in CASES:
             pixels = torch.from_numpy(golden[f"{case}__input"])
             for prompt in PROMPTS:
-                out[case, prompt] = {k: v.numpy() if torch.is_tensor(v) else v for k, v in tiny.trace(pixels, prompt).items()}
+                out[case, prompt] = {
+                    k: v.numpy() if torch.is_tensor(v) else v for k, v in tiny.trace(pixels, prompt).items()
+                }
     return out
 
 
 def first_tokens(tokens: np.ndarray, starts: np.ndarray, count: int = 4) -> np.ndarray:
-    return np.stack([tokens[:, s:s + count] for s in starts], axis=1)
+    return np.stack([tokens[:, s : s + count] for s in starts], axis=1)
 
 
 # --- large: the official checkpoint's key set ---------------------------------------------------------
+
 
 def test_large_state_dict_matches_the_manifest_key_by_key():
     model = build_upn("large", device="meta")
@@ -88,6 +91,7 @@ def test_reference_config_dict_builds_the_same_tiny_architecture():
 
 # --- tiny: golden numerics, stage by stage -------------------------------------------------------------
 
+
 @pytest.mark.parametrize("case", CASES)
 def test_backbone_and_flattening_match(traces, golden, case):
     trace = traces[case, "fine"]
@@ -95,9 +99,15 @@ def test_backbone_and_flattening_match(traces, golden, case):
         np.testing.assert_allclose(trace[f"backbone_feat{i}"], golden[f"{case}__backbone_feat{i}"], atol=1e-4, rtol=0)
     assert [list(s) for s in trace["level_shapes"]] == golden[f"{case}__spatial_shapes"].tolist()
     starts = golden[f"{case}__level_start_index"]
-    np.testing.assert_allclose(first_tokens(trace["src_flatten"], starts), golden[f"{case}__src_flatten_lvl_first4tok"], atol=1e-4, rtol=0)
-    np.testing.assert_allclose(first_tokens(trace["lvl_pos_embed"], starts), golden[f"{case}__lvl_pos_embed_lvl_first4tok"], atol=1e-5, rtol=0)
-    np.testing.assert_allclose(first_tokens(trace["memory"], starts), golden[f"{case}__memory_lvl_first4tok"], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(
+        first_tokens(trace["src_flatten"], starts), golden[f"{case}__src_flatten_lvl_first4tok"], atol=1e-4, rtol=0
+    )
+    np.testing.assert_allclose(
+        first_tokens(trace["lvl_pos_embed"], starts), golden[f"{case}__lvl_pos_embed_lvl_first4tok"], atol=1e-5, rtol=0
+    )
+    np.testing.assert_allclose(
+        first_tokens(trace["memory"], starts), golden[f"{case}__memory_lvl_first4tok"], atol=1e-4, rtol=0
+    )
     memory = trace["memory"].astype(np.float64)
     stats = [memory.mean(), memory.std(ddof=1), np.abs(memory).max()]
     np.testing.assert_allclose(stats, golden[f"{case}__memory_stats_mean_std_absmax"], atol=1e-4, rtol=0)
@@ -110,7 +120,9 @@ def test_selection_decoder_and_outputs_match(traces, golden, case, prompt):
     trace, key = traces[case, prompt], f"{case}__{prompt}__"
     np.testing.assert_allclose(trace["enc_logits"], golden[key + "enc_logits"], atol=1e-4, rtol=0)
     np.testing.assert_array_equal(trace["enc_topk_indices"], golden[key + "enc_topk_indices"])
-    np.testing.assert_allclose(trace["dec_init_refpoint_unsig"], golden[key + "dec_init_refpoint_unsig"], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        trace["dec_init_refpoint_unsig"], golden[key + "dec_init_refpoint_unsig"], atol=1e-5, rtol=0
+    )
     np.testing.assert_allclose(trace["dec_references"], golden[key + "dec_references"], atol=1e-5, rtol=0)
     np.testing.assert_allclose(trace["dec_hs"], golden[key + "dec_hs"], atol=1e-4, rtol=0)
     np.testing.assert_allclose(trace["pred_boxes"], golden[key + "pred_boxes"], atol=1e-5, rtol=0)
@@ -164,6 +176,7 @@ def test_bad_inputs_fail_with_clear_errors(tiny):
 
 
 # --- checkpoint loading --------------------------------------------------------------------------------
+
 
 def official_style_checkpoint(tmp_path: Path, state: dict[str, torch.Tensor]) -> Path:
     path = tmp_path / "upn.pth"

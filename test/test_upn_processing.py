@@ -27,8 +27,16 @@ def images() -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize(
     ("hw", "expected"),
-    [((480, 640), (800, 1066)), ((720, 1280), (750, 1333)), ((1080, 1920), (750, 1333)), ((512, 512), (800, 800)),
-     ((400, 600), (800, 1200)), ((1333, 750), (1333, 750)), ((800, 1066), (800, 1066)), ((640, 480), (1066, 800))],
+    [
+        ((480, 640), (800, 1066)),
+        ((720, 1280), (750, 1333)),
+        ((1080, 1920), (750, 1333)),
+        ((512, 512), (800, 800)),
+        ((400, 600), (800, 1200)),
+        ((1333, 750), (1333, 750)),
+        ((800, 1066), (800, 1066)),
+        ((640, 480), (1066, 800)),
+    ],
 )
 def test_detr_resize_rule(hw, expected):
     assert detr_resize_hw(*hw) == expected
@@ -46,7 +54,9 @@ def test_prepare_image_reproduces_the_reference_input(golden, images, case):
     prepared = prepare_image(images[case], short=400, max_size=560)
     assert prepared.original_hw == tuple(golden[f"{case}__original_hw"][0])
     assert prepared.resized_hw == tuple(golden[f"{case}__resized_hw"][0])
-    np.testing.assert_array_equal(prepared.pixels, golden[f"{case}__input"])  # bit-exact: same PIL resize, same float32 steps
+    np.testing.assert_array_equal(
+        prepared.pixels, golden[f"{case}__input"]
+    )  # bit-exact: same PIL resize, same float32 steps
 
 
 @pytest.mark.parametrize("case", ["astronaut", "coffee"])
@@ -54,7 +64,9 @@ def test_prepare_image_at_the_official_800_size(golden, images, case):
     prepared = prepare_image(images[case])
     assert prepared.pixels.shape[1:] == tuple(golden[f"{case}__official800_input_shape"])
     np.testing.assert_array_equal(prepared.pixels[0, :, ::8, ::8], golden[f"{case}__official800_input_stride8"])
-    assert prepared.pixels.astype(np.float64).sum() == pytest.approx(float(golden[f"{case}__official800_input_sum"][0]), abs=1e-3)
+    assert prepared.pixels.astype(np.float64).sum() == pytest.approx(
+        float(golden[f"{case}__official800_input_sum"][0]), abs=1e-3
+    )
 
 
 def test_prepare_image_refuses_a_size_the_export_was_not_made_for(images):
@@ -80,7 +92,9 @@ def test_as_rgb_accepts_grey_and_rgba_and_rejects_the_rest():
 @pytest.mark.parametrize(("case", "prompt"), [("astronaut", "coarse"), ("coffee", "fine")])
 def test_decode_outputs_matches_the_reference_postprocess(golden, case, prompt):
     key = f"{case}__{prompt}__"
-    raw = decode_outputs(golden[key + "pred_boxes"], golden[key + "pred_logits"], tuple(golden[f"{case}__original_hw"][0]))
+    raw = decode_outputs(
+        golden[key + "pred_boxes"], golden[key + "pred_logits"], tuple(golden[f"{case}__original_hw"][0])
+    )
     assert raw.boxes.dtype == np.float32 and raw.scores.dtype == np.float32 and raw.boxes.shape == (100, 4)
     order = golden[key + "post_order"][0]
     np.testing.assert_allclose(raw.boxes[order], golden[key + "post_boxes_xyxy"][0], atol=1e-3, rtol=0)

@@ -44,8 +44,9 @@ def workdir() -> Path:
 def run(args: list[str], cwd: Path, timeout: float = 300.0, **kwargs) -> subprocess.CompletedProcess[str]:
     """One command, as typed: ``args[0]`` 'chatrex-ros' is the installed script."""
     command = [CHATREX_ROS if args[0] == "chatrex-ros" else args[0], *args[1:]]
-    return subprocess.run(command, cwd=cwd, env=user_environment(), capture_output=True, text=True,
-                          timeout=timeout, **kwargs)
+    return subprocess.run(
+        command, cwd=cwd, env=user_environment(), capture_output=True, text=True, timeout=timeout, **kwargs
+    )
 
 
 class Background:
@@ -54,8 +55,9 @@ class Background:
     def __init__(self, args: list[str], cwd: Path, profile: bool = True) -> None:
         command = [CHATREX_ROS if args[0] == "chatrex-ros" else args[0], *args[1:]]
         self._log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False, dir=cwd)
-        self.process = subprocess.Popen(command, cwd=cwd, env=user_environment(profile), stdout=self._log,
-                                        stderr=subprocess.STDOUT, text=True)
+        self.process = subprocess.Popen(
+            command, cwd=cwd, env=user_environment(profile), stdout=self._log, stderr=subprocess.STDOUT, text=True
+        )
 
     def output(self) -> str:
         return Path(self._log.name).read_text(errors="replace")
@@ -89,8 +91,15 @@ class Background:
         self.stop()
 
 
-def camera(cwd: Path, topic: str, rate_hz: float, width: int = 640, height: int = 480, profile: bool = True,
-           depth: tuple[str, str, str] | None = None) -> Background:
+def camera(
+    cwd: Path,
+    topic: str,
+    rate_hz: float,
+    width: int = 640,
+    height: int = 480,
+    profile: bool = True,
+    depth: tuple[str, str, str] | None = None,
+) -> Background:
     """The camera driver double in its own process."""
     args = [sys.executable, str(TEST_DIR / "camera_process.py"), topic, str(rate_hz), str(width), str(height)]
     if depth:

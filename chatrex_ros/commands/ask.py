@@ -19,7 +19,6 @@ from collections.abc import Callable
 from typing import Any
 
 from chatrex_ros.core.protocol import Task
-
 from chatrex_ros.core.stamps import NS_PER_S, format_stamp, parse_stamp
 
 EXIT_OK, EXIT_ERROR_STATUS, EXIT_USAGE, EXIT_TIMEOUT, EXIT_NO_NODE = 0, 1, 2, 3, 4
@@ -39,29 +38,53 @@ def parse_indices(text: str) -> list[int]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("ask", help="ask the running language_node a question", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = subparsers.add_parser(
+        "ask",
+        help="ask the running language_node a question",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("text", help="target phrase(s) for detect/count ('a; b'), the question for chat")
-    parser.add_argument("--task", default="detect", choices=[task.value for task in Task], metavar="TASK",
-                        help=f"one of {', '.join(task.value for task in Task)} (default detect)")
+    parser.add_argument(
+        "--task",
+        default="detect",
+        choices=[task.value for task in Task],
+        metavar="TASK",
+        help=f"one of {', '.join(task.value for task in Task)} (default detect)",
+    )
     parser.add_argument("--indices", default=[], type=parse_indices, help="proposal indices for region tasks, e.g. 3,5")
-    parser.add_argument("--stamp", type=stamp_argument, default=0, metavar="SEC[.NANOS]",
-                        help="exact image stamp to ask about, as a previous answer printed it (image_stamp); "
-                             "default: the newest frame")
-    parser.add_argument("--timeout", type=seconds_argument(allow_zero=False), default=60.0, metavar="SECONDS",
-                        help="seconds to wait for the answer once the query is sent (default 60)")
-    parser.add_argument("--wait-for-node", type=seconds_argument(allow_zero=True), default=5.0, metavar="SECONDS",
-                        help="seconds to wait for a language_node on the query/answer topics before giving up "
-                             "with exit status 4 (default 5)")
+    parser.add_argument(
+        "--stamp",
+        type=stamp_argument,
+        default=0,
+        metavar="SEC[.NANOS]",
+        help="exact image stamp to ask about, as a previous answer printed it (image_stamp); default: the newest frame",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=seconds_argument(allow_zero=False),
+        default=60.0,
+        metavar="SECONDS",
+        help="seconds to wait for the answer once the query is sent (default 60)",
+    )
+    parser.add_argument(
+        "--wait-for-node",
+        type=seconds_argument(allow_zero=True),
+        default=5.0,
+        metavar="SECONDS",
+        help="seconds to wait for a language_node on the query/answer topics before giving up "
+        "with exit status 4 (default 5)",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=0)
-    parser.add_argument("--namespace", default="/chatrex",
-                        help="namespace of the language_node topics (default /chatrex)")
+    parser.add_argument(
+        "--namespace", default="/chatrex", help="namespace of the language_node topics (default /chatrex)"
+    )
     parser.add_argument("--json", action="store_true", help="print the answer as JSON")
     parser.set_defaults(func=run)
 
 
 def stamp_argument(text: str) -> int:
-    """argparse type for --stamp: :func:`parse_stamp`, its message kept, so a bad value is a usage error (2)."""
+    """Argparse type for --stamp: :func:`parse_stamp`, its message kept, so a bad value is a usage error (2)."""
     try:
         return parse_stamp(text)
     except ValueError as error:
@@ -69,7 +92,7 @@ def stamp_argument(text: str) -> int:
 
 
 def seconds_argument(allow_zero: bool) -> Callable[[str], float]:
-    """argparse type for a duration: a finite float, > 0 (or >= 0), refused at parse time rather than hanging."""
+    """Argparse type for a duration: a finite float, > 0 (or >= 0), refused at parse time rather than hanging."""
 
     def parse(text: str) -> float:
         try:
@@ -98,20 +121,35 @@ def answer_to_dict(answer: Any) -> dict[str, Any]:
 
     stamp_ns = int(answer.header.stamp.sec) * NS_PER_S + int(answer.header.stamp.nanosec)
     return {
-        "query_id": answer.query_id, "task": answer.task, "status": AnswerStatus(answer.status).name,
-        "status_message": answer.status_message, "text": answer.text, "raw_output": answer.raw_output,
+        "query_id": answer.query_id,
+        "task": answer.task,
+        "status": AnswerStatus(answer.status).name,
+        "status_message": answer.status_message,
+        "text": answer.text,
+        "raw_output": answer.raw_output,
         "question": answer.question,
-        "image_stamp": format_stamp(stamp_ns), "image_stamp_ns": stamp_ns,
-        "frame_id": answer.header.frame_id, "num_proposals": answer.num_proposals,
-        "detections": [{"index": d.proposal_index, "label": d.label, "box": [round(float(v), 2) for v in d.box],
-                        "score": round(float(d.score), 4)} for d in answer.detections],
+        "image_stamp": format_stamp(stamp_ns),
+        "image_stamp_ns": stamp_ns,
+        "frame_id": answer.header.frame_id,
+        "num_proposals": answer.num_proposals,
+        "detections": [
+            {
+                "index": d.proposal_index,
+                "label": d.label,
+                "box": [round(float(v), 2) for v in d.box],
+                "score": round(float(d.score), 4),
+            }
+            for d in answer.detections
+        ],
         "timings_ms": {"queue": answer.queue_ms, "model": answer.model_ms, "total": answer.total_ms},
     }
 
 
 def format_table(summary: dict[str, Any]) -> str:
-    lines = [f"status: {summary['status']}" + (f" ({summary['status_message']})" if summary["status_message"] else ""),
-             f"answer: {summary['text']}"]
+    lines = [
+        f"status: {summary['status']}" + (f" ({summary['status_message']})" if summary["status_message"] else ""),
+        f"answer: {summary['text']}",
+    ]
     if summary["image_stamp_ns"] and summary["status"] == "OK":
         stamp, frame = summary["image_stamp"], f", frame_id {summary['frame_id']}" if summary["frame_id"] else ""
         lines.append(f"image stamp: {stamp}{frame} (ask about it again with --stamp {stamp})")
@@ -125,21 +163,28 @@ def format_table(summary: dict[str, Any]) -> str:
             box = " ".join(f"{v:.1f}" for v in d["box"])
             lines.append(f"{d['index']:>5}  {d['label'][:24]:<24} {d['score']:>6.3f}  {box}")
     timings = summary["timings_ms"]
-    lines.append(f"timings: queue {timings['queue']:.1f} ms, model {timings['model']:.1f} ms, total {timings['total']:.1f} ms")
+    lines.append(
+        f"timings: queue {timings['queue']:.1f} ms, model {timings['model']:.1f} ms, total {timings['total']:.1f} ms"
+    )
     return "\n".join(lines)
 
 
-def no_node_message(namespace: str, query_topic: str, answer_topic: str, query_served: bool, wait_s: float,
-                    elsewhere: list[str]) -> str:
+def no_node_message(
+    namespace: str, query_topic: str, answer_topic: str, query_served: bool, wait_s: float, elsewhere: list[str]
+) -> str:
     """The one stderr line when no language_node shows up: which topics were looked on, and what to do."""
     if query_served:
-        problem = (f"something subscribes to {query_topic} but nothing publishes {answer_topic} "
-                   f"(namespace {namespace}) after {wait_s:g} s")
+        problem = (
+            f"something subscribes to {query_topic} but nothing publishes {answer_topic} "
+            f"(namespace {namespace}) after {wait_s:g} s"
+        )
     else:
         problem = f"no language_node subscribes to {query_topic} (namespace {namespace}) after {wait_s:g} s"
     if elsewhere:
-        hint = (f"a Query topic is served at {', '.join(elsewhere)}: pass "
-                f"--namespace {elsewhere[0].rsplit('/', 1)[0] or '/'}")
+        hint = (
+            f"a Query topic is served at {', '.join(elsewhere)}: pass "
+            f"--namespace {elsewhere[0].rsplit('/', 1)[0] or '/'}"
+        )
     else:
         hint = "start it with `chatrex-ros up`, or pass --namespace if it runs elsewhere"
     return f"chatrex-ros ask: {problem}: {hint}"
@@ -150,8 +195,13 @@ def build_query(args: argparse.Namespace) -> Any:
     from chatrex_ros.msg import Query
     from chatrex_ros.ros.conversions import ns_to_stamp
 
-    query = Query(id=uuid.uuid4().hex[:12], task=args.task, text=args.text, max_new_tokens=max(0, args.max_new_tokens),
-                  timeout_s=float(args.timeout))
+    query = Query(
+        id=uuid.uuid4().hex[:12],
+        task=args.task,
+        text=args.text,
+        max_new_tokens=max(0, args.max_new_tokens),
+        timeout_s=float(args.timeout),
+    )
     if args.task.startswith("region"):
         query.text = ""
         query.indices = list(args.indices)
@@ -173,7 +223,8 @@ def run(args: argparse.Namespace) -> int:
     node = Node(f"chatrex_ask_{query.id}")
     answers: list[Answer] = []
     subscription = node.create_subscription(
-        Answer, answer_topic, lambda a: answers.append(a) if a.query_id == query.id else None, reliable_qos())
+        Answer, answer_topic, lambda a: answers.append(a) if a.query_id == query.id else None, reliable_qos()
+    )
     publisher = node.create_publisher(Query, query_topic, reliable_qos())
     try:
         # Both directions must be matched before publishing: a reliable, volatile Query sent earlier is lost.
@@ -185,8 +236,9 @@ def run(args: argparse.Namespace) -> int:
                 break
             if time.monotonic() >= node_deadline:
                 elsewhere = _served_query_topics(node, exclude=query_topic)
-                message = no_node_message(namespace, query_topic, answer_topic, query_served, args.wait_for_node,
-                                          elsewhere)
+                message = no_node_message(
+                    namespace, query_topic, answer_topic, query_served, args.wait_for_node, elsewhere
+                )
                 print(message, file=sys.stderr)
                 return EXIT_NO_NODE
         publisher.publish(query)
@@ -201,12 +253,17 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_TIMEOUT
     summary = answer_to_dict(answers[0])
     print(json.dumps(summary, indent=2) if args.json else format_table(summary))
-    return EXIT_OK if summary["status"] == "OK" else (EXIT_TIMEOUT if summary["status"] == "TIMEOUT" else EXIT_ERROR_STATUS)
+    return (
+        EXIT_OK
+        if summary["status"] == "OK"
+        else (EXIT_TIMEOUT if summary["status"] == "TIMEOUT" else EXIT_ERROR_STATUS)
+    )
 
 
 def _served_query_topics(node: Any, exclude: str) -> list[str]:
     """Other ``.../query`` topics of type Query that something subscribes to: a language_node elsewhere."""
     return sorted(
-        name for name, types in node.get_topic_names_and_types()
+        name
+        for name, types in node.get_topic_names_and_types()
         if QUERY_TYPE in types and name != exclude and name.endswith("/query") and node.count_subscribers(name) > 0
     )

@@ -22,33 +22,60 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``eval``, ``make-sample`` and ``demo`` subcommands."""
-    evaluate = subparsers.add_parser("eval", help="score the pipeline (or recorded answers) on a rosbag", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    evaluate = subparsers.add_parser(
+        "eval",
+        help="score the pipeline (or recorded answers) on a rosbag",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     source = evaluate.add_argument_group("input")
     source.add_argument("--bag", type=Path, help="rosbag2 (directory, .mcap or .db3) with the images")
-    source.add_argument("--answers", type=Path, metavar="REC",
-                        help="score a bag recorded from the running nodes (Answer/ProposalArray topics) instead of running models")
-    source.add_argument("--gt", type=Path, help="COCO ground truth with images[].stamp_ns (see chatrex_ros.eval.groundtruth)")
-    source.add_argument("--gt-topic", help="read the ground truth from this Answer topic of the bag instead (e.g. /chatrex/ground_truth)")
-    source.add_argument("--queries", type=Path, help="referring queries JSON: {queries: [{id, image_id, phrase, annotation_id}]}")
+    source.add_argument(
+        "--answers",
+        type=Path,
+        metavar="REC",
+        help="score a bag recorded from the running nodes (Answer/ProposalArray topics) instead of running models",
+    )
+    source.add_argument(
+        "--gt", type=Path, help="COCO ground truth with images[].stamp_ns (see chatrex_ros.eval.groundtruth)"
+    )
+    source.add_argument(
+        "--gt-topic",
+        help="read the ground truth from this Answer topic of the bag instead (e.g. /chatrex/ground_truth)",
+    )
+    source.add_argument(
+        "--queries", type=Path, help="referring queries JSON: {queries: [{id, image_id, phrase, annotation_id}]}"
+    )
     source.add_argument("--image-topic", help="image topic (default: the bag's only colour image topic)")
     source.add_argument("--answer-topic", help="Answer topic of --answers (default: its only Answer topic)")
     source.add_argument("--proposal-topic", help="ProposalArray topic of --answers (default: its only one)")
-    source.add_argument("--stamp-tolerance-ms", type=float, default=0.0,
-                        help="match ground-truth stamps to image stamps within this many ms (default exact)")
-    evaluate.add_argument("--out", type=Path, default=Path("chatrex_eval"), help="output directory (default ./chatrex_eval)")
+    source.add_argument(
+        "--stamp-tolerance-ms",
+        type=float,
+        default=0.0,
+        help="match ground-truth stamps to image stamps within this many ms (default exact)",
+    )
+    evaluate.add_argument(
+        "--out", type=Path, default=Path("chatrex_eval"), help="output directory (default ./chatrex_eval)"
+    )
     _add_run_arguments(evaluate)
     evaluate.set_defaults(func=run_eval)
 
-    sample = subparsers.add_parser("make-sample", help="write the sample bag (scikit-image photographs, hand-made annotations)")
+    sample = subparsers.add_parser(
+        "make-sample", help="write the sample bag (scikit-image photographs, hand-made annotations)"
+    )
     sample.add_argument("--out", type=Path, default=Path("chatrex_sample_bag"), help="bag directory to create")
     sample.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
-    sample.add_argument("--with-gt-topic", action="store_true", help="also write the annotations on /chatrex/ground_truth")
+    sample.add_argument(
+        "--with-gt-topic", action="store_true", help="also write the annotations on /chatrex/ground_truth"
+    )
     sample.add_argument("--force", action="store_true", help="replace --out if it exists")
     sample.set_defaults(func=run_make_sample)
 
     demo = subparsers.add_parser("demo", help="evaluate the sample bag end to end and print the report")
-    demo.add_argument("--out", type=Path, default=Path("chatrex_demo"), help="output directory (default ./chatrex_demo)")
+    demo.add_argument(
+        "--out", type=Path, default=Path("chatrex_demo"), help="output directory (default ./chatrex_demo)"
+    )
     demo.add_argument("--sample-bag", type=Path, help="where the sample bag is cached (default OUT/sample_bag)")
     demo.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
     _add_run_arguments(demo)
@@ -57,17 +84,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     models = parser.add_argument_group(
-        "models (the same backends and config the nodes use; flags override the config file)")
-    models.add_argument("--config", type=Path,
-                        help="ROS params file whose proposal_node/language_node sections pick the backends "
-                             "(default: the package's config/chatrex.yaml)")
-    models.add_argument("--proposal-backend", help="selective_search | torch | onnxruntime | tensorrt | python:module:Class")
-    models.add_argument("--proposal-param", action="append", default=[], metavar="KEY=VALUE",
-                        help="proposal backend constructor keyword, e.g. checkpoint=upn_large.pth (repeatable)")
+        "models (the same backends and config the nodes use; flags override the config file)"
+    )
+    models.add_argument(
+        "--config",
+        type=Path,
+        help="ROS params file whose proposal_node/language_node sections pick the backends "
+        "(default: the package's config/chatrex.yaml)",
+    )
+    models.add_argument(
+        "--proposal-backend", help="selective_search | torch | onnxruntime | tensorrt | python:module:Class"
+    )
+    models.add_argument(
+        "--proposal-param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="proposal backend constructor keyword, e.g. checkpoint=upn_large.pth (repeatable)",
+    )
     models.add_argument("--language-backend", help="none | chatrex | python:module:Class")
     models.add_argument("--model-path", help="ChatRex-7B directory (passed as model_path=)")
-    models.add_argument("--language-param", action="append", default=[], metavar="KEY=VALUE",
-                        help="language backend constructor keyword, e.g. device=cpu (repeatable)")
+    models.add_argument(
+        "--language-param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="language backend constructor keyword, e.g. device=cpu (repeatable)",
+    )
     models.add_argument("--min-score", type=float, help="proposal score threshold (config default 0.3)")
     models.add_argument("--nms-iou", type=float, help="proposal NMS IoU (config default 0.8)")
     models.add_argument("--max-proposals", type=int, help="top-K proposals given to the model (config default 100)")
@@ -120,8 +163,12 @@ def _build_models(args: argparse.Namespace) -> tuple[Any, Any]:
     config = args.config or config_file("chatrex.yaml")
     proposal_values = node_section(config, "proposal_node")
     language_values = node_section(config, "language_node")
-    for flag, key in (("proposal_backend", "backend"), ("min_score", "min_score"), ("nms_iou", "nms_iou"),
-                      ("max_proposals", "max_proposals")):
+    for flag, key in (
+        ("proposal_backend", "backend"),
+        ("min_score", "min_score"),
+        ("nms_iou", "nms_iou"),
+        ("max_proposals", "max_proposals"),
+    ):
         if getattr(args, flag) is not None:
             proposal_values[key] = getattr(args, flag)
     if args.language_backend is not None:
@@ -130,12 +177,16 @@ def _build_models(args: argparse.Namespace) -> tuple[Any, Any]:
         language_values["model_path"] = args.model_path
     proposal_values = resolve(PROPOSAL_NODE_PARAMETERS, proposal_values)
     language_values = resolve(LANGUAGE_NODE_PARAMETERS, language_values)
-    proposal_kwargs = {**proposal_backend_kwargs(proposal_values), **parse_params(args.proposal_param, "--proposal-param")}
+    proposal_kwargs = {
+        **proposal_backend_kwargs(proposal_values),
+        **parse_params(args.proposal_param, "--proposal-param"),
+    }
     proposal = make_proposal_backend(proposal_values["backend"], **proposal_kwargs)
     extra_language = parse_params(args.language_param, "--language-param")
     if language_values["language_backend"] == "none" and (extra_language or args.model_path):
-        raise ValueError("--model-path/--language-param given but the language backend is 'none'; "
-                         "add --language-backend chatrex")
+        raise ValueError(
+            "--model-path/--language-param given but the language backend is 'none'; add --language-backend chatrex"
+        )
     language_kwargs = {**language_backend_kwargs(language_values), **extra_language}
     language = make_language_backend(language_values["language_backend"], **language_kwargs)
     return ProposalPipeline(proposal, selection_policy(proposal_values)), language
@@ -175,16 +226,34 @@ def run_eval(args: argparse.Namespace) -> int:
                 gt = reader.ground_truth(args.gt_topic, None)
         queries = load_queries(args.queries, gt) if args.queries else ()
         if args.answers is not None:
-            result = evaluate_recorded(args.answers, gt, queries, args.answer_topic, args.proposal_topic,
-                                       args.image_topic, args.bag, tolerance_ns)
+            result = evaluate_recorded(
+                args.answers,
+                gt,
+                queries,
+                args.answer_topic,
+                args.proposal_topic,
+                args.image_topic,
+                args.bag,
+                tolerance_ns,
+            )
             answers = result.metrics.get("answers", {})
             if not answers.get("available", True):  # said even with --quiet: the numbers the user came for
-                print(f"chatrex-ros eval: detection/referring metrics not available: {answers['reason']}",
-                      file=sys.stderr)
+                print(
+                    f"chatrex-ros eval: detection/referring metrics not available: {answers['reason']}", file=sys.stderr
+                )
         else:
             pipeline, language = _build_models(args)
-            result = evaluate_bag(args.bag, gt, pipeline, language, queries, args.image_topic, tolerance_ns,
-                                  args.max_frames, progress=not args.no_progress)
+            result = evaluate_bag(
+                args.bag,
+                gt,
+                pipeline,
+                language,
+                queries,
+                args.image_topic,
+                tolerance_ns,
+                args.max_frames,
+                progress=not args.no_progress,
+            )
         return _finish(result, args)
     except (ValueError, FileNotFoundError, ImportError, TypeError, RuntimeError) as error:  # RemoteCodeRefused too
         return _fail("eval", error)
@@ -218,8 +287,9 @@ def run_demo(args: argparse.Namespace) -> int:
         gt = GroundTruth.load(sample_annotations_path())
         queries = load_queries(sample_queries_path(), gt)
         pipeline, language = _build_models(args)
-        result = evaluate_bag(bag, gt, pipeline, language, queries, max_frames=args.max_frames,
-                              progress=not args.no_progress)
+        result = evaluate_bag(
+            bag, gt, pipeline, language, queries, max_frames=args.max_frames, progress=not args.no_progress
+        )
         return _finish(result, args)
     except (ValueError, FileNotFoundError, ImportError, TypeError) as error:
         return _fail("demo", error)

@@ -25,24 +25,51 @@ from chatrex_ros.launcher import (
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("up", help="start proposal_node and language_node (no ROS CLI needed)",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path,
-                        help="ROS params file (default: the package's config/chatrex.yaml); sections as for ros2 "
-                             "launch, e.g. '/**/language_node:'; a bare 'language_node:' means "
-                             f"/{NAMESPACE}/language_node")
+    parser = subparsers.add_parser(
+        "up",
+        help="start proposal_node and language_node (no ROS CLI needed)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="ROS params file (default: the package's config/chatrex.yaml); sections as for ros2 "
+        "launch, e.g. '/**/language_node:'; a bare 'language_node:' means "
+        f"/{NAMESPACE}/language_node",
+    )
     parser.add_argument("--image", default=DEFAULT_IMAGE_TOPIC, help="camera image topic (default %(default)s)")
     parser.add_argument("--grasp", action="store_true", help="also start grasp_target_node")
-    parser.add_argument("--depth", default=DEFAULT_DEPTH_TOPIC, metavar="TOPIC",
-                        help="depth image aligned to the colour image, for --grasp (default %(default)s)")
-    parser.add_argument("--depth-info", default=DEFAULT_DEPTH_INFO_TOPIC, metavar="TOPIC",
-                        help="camera_info of the depth image, for --grasp (default %(default)s)")
-    parser.add_argument("--color-info", default=DEFAULT_COLOR_INFO_TOPIC, metavar="TOPIC",
-                        help="camera_info of the colour image, for --grasp (default %(default)s)")
-    parser.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE",
-                        help="override a parameter, e.g. --set proposal_node.backend=onnxruntime (YAML value)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="check the configuration, print the commands and resolved parameters, start nothing")
+    parser.add_argument(
+        "--depth",
+        default=DEFAULT_DEPTH_TOPIC,
+        metavar="TOPIC",
+        help="depth image aligned to the colour image, for --grasp (default %(default)s)",
+    )
+    parser.add_argument(
+        "--depth-info",
+        default=DEFAULT_DEPTH_INFO_TOPIC,
+        metavar="TOPIC",
+        help="camera_info of the depth image, for --grasp (default %(default)s)",
+    )
+    parser.add_argument(
+        "--color-info",
+        default=DEFAULT_COLOR_INFO_TOPIC,
+        metavar="TOPIC",
+        help="camera_info of the colour image, for --grasp (default %(default)s)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NODE.PARAM=VALUE",
+        help="override a parameter, e.g. --set proposal_node.backend=onnxruntime (YAML value)",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the configuration, print the commands and resolved parameters, start nothing",
+    )
     parser.set_defaults(func=run)
 
 
@@ -61,8 +88,12 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, object]]:
 def run(args: argparse.Namespace) -> int:
     from chatrex_ros.launcher import GraphConfigError, GraphProcesses, load_config, plan_graph
 
-    topics = {"image": args.image, "depth": args.depth, "depth/camera_info": args.depth_info,
-              "color/camera_info": args.color_info}
+    topics = {
+        "image": args.image,
+        "depth": args.depth,
+        "depth/camera_info": args.depth_info,
+        "color/camera_info": args.color_info,
+    }
     try:
         config = load_config(args.config)
         planned = plan_graph(config, parse_overrides(args.set), topics, args.grasp)
@@ -73,8 +104,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"chatrex-ros up: nothing started: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     for name in config.bare_names:
-        print(f"chatrex-ros up: note: {config.path}: '{name}' is read as /{NAMESPACE}/{name}; `ros2 launch` "
-              f"would apply it only to a node in the root namespace: write '/**/{name}' there", file=sys.stderr)
+        print(
+            f"chatrex-ros up: note: {config.path}: '{name}' is read as /{NAMESPACE}/{name}; `ros2 launch` "
+            f"would apply it only to a node in the root namespace: write '/**/{name}' there",
+            file=sys.stderr,
+        )
     if args.dry_run:
         for node in planned:
             print(shlex.join(node.command(Path(f"<{node.spec.name}.yaml>"))))

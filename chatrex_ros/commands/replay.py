@@ -29,8 +29,12 @@ EXIT_OK, EXIT_INCOMPLETE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``replay`` subcommand."""
-    parser = subparsers.add_parser("replay", help="play a bag into the running nodes and record their outputs",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = subparsers.add_parser(
+        "replay",
+        help="play a bag into the running nodes and record their outputs",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     source = parser.add_argument_group("input")
     source.add_argument("--bag", type=Path, required=True, help="rosbag2 (directory, .mcap or .db3) with the images")
     source.add_argument("--image-topic", help="image topic of the bag (default: its only colour image topic)")
@@ -39,34 +43,64 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     queries.add_argument("--gt", type=Path, help="COCO ground truth with images[].stamp_ns: ask the evaluation queries")
     queries.add_argument("--gt-topic", help="read the ground truth from this Answer topic of the bag instead")
     queries.add_argument("--queries", type=Path, help="referring queries JSON for --gt ({queries: [...]})")
-    queries.add_argument("--stamp-tolerance-ms", type=float, default=0.0,
-                         help="match ground-truth stamps within this many ms (default exact)")
-    queries.add_argument("--ask", default="", metavar="PHRASES",
-                         help="also ask 'detect PHRASES' about every frame, e.g. 'cup; the red mug'")
+    queries.add_argument(
+        "--stamp-tolerance-ms",
+        type=float,
+        default=0.0,
+        help="match ground-truth stamps within this many ms (default exact)",
+    )
+    queries.add_argument(
+        "--ask",
+        default="",
+        metavar="PHRASES",
+        help="also ask 'detect PHRASES' about every frame, e.g. 'cup; the red mug'",
+    )
     timing = parser.add_argument_group("timing")
     timing.add_argument("--rate", type=float, default=1.0, help="playback speed factor (default 1.0)")
-    timing.add_argument("--step", action="store_true",
-                        help="publish the next frame only after the previous one's proposals and answers arrived")
-    timing.add_argument("--frame-timeout", type=float, default=120.0, metavar="S",
-                        help="step mode: the longest one frame may take (proposals + all answers), then it is "
-                             "reported and the replay moves on (default 120)")
-    timing.add_argument("--drain", type=float, default=10.0, metavar="S",
-                        help="timed mode: how long to wait for outputs still in flight after the last frame "
-                             "(default 10)")
-    timing.add_argument("--wait", type=float, default=10.0, metavar="S",
-                        help="how long to wait for the nodes to appear before giving up (default 10)")
+    timing.add_argument(
+        "--step",
+        action="store_true",
+        help="publish the next frame only after the previous one's proposals and answers arrived",
+    )
+    timing.add_argument(
+        "--frame-timeout",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="step mode: the longest one frame may take (proposals + all answers), then it is "
+        "reported and the replay moves on (default 120)",
+    )
+    timing.add_argument(
+        "--drain",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="timed mode: how long to wait for outputs still in flight after the last frame (default 10)",
+    )
+    timing.add_argument(
+        "--wait",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="how long to wait for the nodes to appear before giving up (default 10)",
+    )
     timing.add_argument("--no-clock", action="store_true", help="do not publish /clock")
     timing.add_argument("--clock-hz", type=float, default=50.0, help="/clock publication rate (default 50)")
     graph = parser.add_argument_group("graph")
     graph.add_argument("--namespace", default="/chatrex", help="namespace of the nodes' topics (default /chatrex)")
     graph.add_argument("--image-out", help="publish the images on this topic instead of the bag's topic name")
     output = parser.add_argument_group("output")
-    output.add_argument("--record", type=Path, metavar="OUT",
-                        help="record images, queries, proposals and answers into this new bag")
-    output.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap",
-                        help="storage of --record (default mcap)")
-    output.add_argument("--no-record-images", action="store_true",
-                        help="leave the images out of --record (then pass --bag to eval --answers)")
+    output.add_argument(
+        "--record", type=Path, metavar="OUT", help="record images, queries, proposals and answers into this new bag"
+    )
+    output.add_argument(
+        "--storage", choices=("mcap", "sqlite3"), default="mcap", help="storage of --record (default mcap)"
+    )
+    output.add_argument(
+        "--no-record-images",
+        action="store_true",
+        help="leave the images out of --record (then pass --bag to eval --answers)",
+    )
     output.add_argument("--summary-json", type=Path, help="also write the replay report as JSON here")
     parser.set_defaults(func=run)
 
@@ -96,18 +130,38 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         options = ReplayOptions(
-            rate=args.rate, step=args.step, namespace=args.namespace, image_out=args.image_out, record=args.record,
-            storage=args.storage, record_images=not args.no_record_images, clock=not args.no_clock,
-            clock_hz=args.clock_hz, wait_s=args.wait, frame_timeout_s=args.frame_timeout, drain_s=args.drain,
+            rate=args.rate,
+            step=args.step,
+            namespace=args.namespace,
+            image_out=args.image_out,
+            record=args.record,
+            storage=args.storage,
+            record_images=not args.no_record_images,
+            clock=not args.no_clock,
+            clock_hz=args.clock_hz,
+            wait_s=args.wait,
+            frame_timeout_s=args.frame_timeout,
+            drain_s=args.drain,
         )
         options.validate()  # before reading a long bag
         gt, referring = _load_ground_truth(args)
-        plan = plan_replay(args.bag, args.image_topic, gt, referring, args.ask, stamp_tolerance_ns(args.stamp_tolerance_ms),
-                           args.max_frames)
+        plan = plan_replay(
+            args.bag,
+            args.image_topic,
+            gt,
+            referring,
+            args.ask,
+            stamp_tolerance_ns(args.stamp_tolerance_ms),
+            args.max_frames,
+        )
     except (ValueError, FileNotFoundError, ImportError) as error:
         return _fail(error)
-    print(f"replaying {len(plan.frames)} frames of {plan.image_topic} ({plan.query_count} queries)"
-          f"{' in step mode' if args.step else f' at rate {args.rate:g}'}", file=sys.stderr, flush=True)
+    print(
+        f"replaying {len(plan.frames)} frames of {plan.image_topic} ({plan.query_count} queries)"
+        f"{' in step mode' if args.step else f' at rate {args.rate:g}'}",
+        file=sys.stderr,
+        flush=True,
+    )
     os.environ.update(dds_environment())  # the same big-SHM profile as `chatrex-ros up`, before rclpy starts
     try:
         report = run_replay(plan, options, log=_say)

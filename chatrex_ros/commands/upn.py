@@ -14,15 +14,20 @@ EXPECTED_ERRORS = (FileNotFoundError, ImportError, ValueError, RuntimeError)
 def register(subparsers: Any) -> None:
     """Add the two subcommands to the main CLI's subparsers."""
     export = subparsers.add_parser(
-        "export-upn", help="export UPN to ONNX (static shape per camera resolution, prompt baked in)",
+        "export-upn",
+        help="export UPN to ONNX (static shape per camera resolution, prompt baked in)",
         description="Export the UPN to ONNX for one input size and one prompt. The input size is the network's "
         "(after the 800/1333 resize): 750x1333 for 1280x720 or 1920x1080 cameras, 800x1066 for 640x480; "
         "--camera computes it for you.",
     )
-    export.add_argument("--checkpoint", required=True, help="upn_large.pth (['model'] state dict) or a .safetensors file")
+    export.add_argument(
+        "--checkpoint", required=True, help="upn_large.pth (['model'] state dict) or a .safetensors file"
+    )
     size = export.add_mutually_exclusive_group(required=True)
     size.add_argument("--size", help="network input HEIGHTxWIDTH, e.g. 750x1333")
-    size.add_argument("--camera", help="camera image WIDTHxHEIGHT, e.g. 1280x720 (the input size follows the resize rule)")
+    size.add_argument(
+        "--camera", help="camera image WIDTHxHEIGHT, e.g. 1280x720 (the input size follows the resize rule)"
+    )
     export.add_argument("--prompt", choices=("fine", "coarse"), default="fine", help="granularity baked into the graph")
     export.add_argument("--variant", default="large", help="'large', 'tiny' or a config JSON in the reference schema")
     export.add_argument("--out", required=True, help="output .onnx path")
@@ -30,13 +35,17 @@ def register(subparsers: Any) -> None:
     export.set_defaults(func=run_export)
 
     engine = subparsers.add_parser(
-        "build-engine", help="build (or rebuild) the cached TensorRT engine of an exported UPN",
+        "build-engine",
+        help="build (or rebuild) the cached TensorRT engine of an exported UPN",
         description="Build the TensorRT engine for this GPU, TensorRT version, precision, input shape and ONNX file, "
         "and store it in the cache directory the tensorrt backend reads. Needs pip install chatrex_ros[tensorrt].",
     )
     engine.add_argument("--onnx", required=True, help="file made by export-upn")
-    engine.add_argument("--cache-dir", default=_default_engine_cache(),
-                        help="engine cache directory: the node's engine_cache_dir (default %(default)s)")
+    engine.add_argument(
+        "--cache-dir",
+        default=_default_engine_cache(),
+        help="engine cache directory: the node's engine_cache_dir (default %(default)s)",
+    )
     engine.add_argument("--precision", choices=("fp16", "fp32"), default="fp16")
     engine.add_argument("--rebuild", action="store_true", help="build even if a valid cached engine exists")
     engine.set_defaults(func=run_build_engine)

@@ -191,7 +191,8 @@ class FrameCache(Generic[ImageT, ProposalsT]):
 
     def skipped(self, stamp_ns: int) -> bool:
         """True when the proposer evidently passed this frame by: its image is here, the proposer announces its
-        frames, has announced or answered a later one, and never announced this one. No proposals will come."""
+        frames, has announced or answered a later one, and never announced this one. No proposals will come.
+        """
         with self._lock:
             if self.stats.claims == 0 or stamp_ns not in self._recent:
                 return False
@@ -204,8 +205,13 @@ class FrameCache(Generic[ImageT, ProposalsT]):
 
     def sizes(self) -> dict[str, int]:
         with self._lock:
-            return {"answerable": len(self._answerable), "claimed": len(self._claimed),
-                    "recent": len(self._recent), "orphans": len(self._orphans), "kept": len(self._kept)}
+            return {
+                "answerable": len(self._answerable),
+                "claimed": len(self._claimed),
+                "recent": len(self._recent),
+                "orphans": len(self._orphans),
+                "kept": len(self._kept),
+            }
 
     def take_events(self) -> list[StampVerdict]:
         """Jumps and outliers since the last call (for logging them once, outside the lock)."""
@@ -252,7 +258,8 @@ class FrameCache(Generic[ImageT, ProposalsT]):
 
     def _count_missed(self, stamp_ns: int) -> None:
         """An image the proposer saw and this cache never got; frames from before this node's first image
-        (it was still starting, its subscription not yet matched) do not count."""
+        (it was still starting, its subscription not yet matched) do not count.
+        """
         if self._first_image_ns is not None and stamp_ns >= self._first_image_ns:
             self.stats.proposals_without_image += 1
 

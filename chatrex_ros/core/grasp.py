@@ -20,8 +20,9 @@ Conventions (each one is a place where a silent mismatch would move the target):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -262,7 +263,9 @@ def foreground_interval(
     return _foreground_interval(values, min_mode_fraction, bin_width, band)
 
 
-def _foreground_interval(values: np.ndarray, min_mode_fraction: float, bin_width: float, band: float) -> tuple[float, float]:
+def _foreground_interval(
+    values: np.ndarray, min_mode_fraction: float, bin_width: float, band: float
+) -> tuple[float, float]:
     """``foreground_interval`` on already checked, valid float32 depths (the hot path)."""
     step = math.log1p(bin_width)
     bins = np.floor(np.log(values) / step).astype(np.int64)
@@ -319,7 +322,9 @@ def scale_box_with_intrinsics(box: Box, K_colour: np.ndarray, K_depth: np.ndarra
     kc, kd = _as_matrix(K_colour), _as_matrix(K_depth)
     for name, k in (("K_colour", kc), ("K_depth", kd)):
         if not intrinsics_valid(k):
-            raise ValueError(f"{name} is not valid camera intrinsics (finite, positive focal lengths, last row 0 0 1): {k.tolist()}")
+            raise ValueError(
+                f"{name} is not valid camera intrinsics (finite, positive focal lengths, last row 0 0 1): {k.tolist()}"
+            )
     x1, y1, x2, y2 = _as_box(box)
     corners = np.array([[x1, y1, 1.0], [x2, y1, 1.0], [x1, y2, 1.0], [x2, y2, 1.0]])
     corners[:, :2] -= 0.5  # box convention -> K convention

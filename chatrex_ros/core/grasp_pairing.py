@@ -19,7 +19,9 @@ SELECTIONS = ("highest_score", "phrase", "index")
 T = TypeVar("T")
 
 
-def choose_detection(detections: Sequence[Any], selection: str, phrase: str = "", proposal_index: int = -1) -> tuple[Any | None, str]:
+def choose_detection(
+    detections: Sequence[Any], selection: str, phrase: str = "", proposal_index: int = -1
+) -> tuple[Any | None, str]:
     """(detection, "") or (None, reason) for an Answer's detections (objects with label, proposal_index, score).
 
     highest_score: the best UPN score (ChatRex does not score its choices; ties keep answer order).
@@ -84,7 +86,8 @@ class DepthStore(Generic[T]):
 
     def add(self, stamp_ns: int, item: T) -> StampVerdict:
         """Store a frame; returns what its stamp meant. A frame whose stamp went back is held apart until the
-        next one shows whether time jumped (the store empties) or that frame was mis-stamped (it is dropped)."""
+        next one shows whether time jumped (the store empties) or that frame was mis-stamped (it is dropped).
+        """
         self.received += 1
         verdict, store = self._timeline.observe(stamp_ns, item)
         if verdict.event is StampEvent.JUMP:

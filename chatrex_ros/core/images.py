@@ -70,10 +70,14 @@ def image_to_array(msg: Any) -> np.ndarray:
     row_bytes = width * channels * dtype.itemsize
     if step < row_bytes:
         raise ImageFormatError(f"step {step} is smaller than one row of {width} {encoding} pixels ({row_bytes} bytes)")
-    buffer = memoryview(msg.data).cast("B") if not isinstance(msg.data, np.ndarray) else msg.data.reshape(-1).view(np.uint8)
+    buffer = (
+        memoryview(msg.data).cast("B") if not isinstance(msg.data, np.ndarray) else msg.data.reshape(-1).view(np.uint8)
+    )
     needed = step * (height - 1) + row_bytes
     if len(buffer) < needed:
-        raise ImageFormatError(f"image data has {len(buffer)} bytes, {width}x{height} {encoding} with step {step} needs {needed}")
+        raise ImageFormatError(
+            f"image data has {len(buffer)} bytes, {width}x{height} {encoding} with step {step} needs {needed}"
+        )
     shape: tuple[int, ...] = (height, width, channels) if channels > 1 else (height, width)
     strides: tuple[int, ...] = (step, channels * dtype.itemsize, dtype.itemsize)[: len(shape)]
     array = np.ndarray(shape=shape, dtype=dtype, buffer=buffer, strides=strides)
@@ -89,7 +93,9 @@ def array_to_image(array: np.ndarray, encoding: str) -> ImageFields:
     if array.ndim == 3 and channels == 1 and array.shape[2] == 1:
         array = array[:, :, 0]
     if array.ndim != expected_ndim or (channels > 1 and array.shape[2] != channels):
-        raise ImageFormatError(f"array of shape {array.shape} does not fit encoding {encoding!r} ({channels} channel(s))")
+        raise ImageFormatError(
+            f"array of shape {array.shape} does not fit encoding {encoding!r} ({channels} channel(s))"
+        )
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise ImageFormatError(f"empty image {array.shape}")
     packed = np.ascontiguousarray(array, dtype=np.dtype(kind))

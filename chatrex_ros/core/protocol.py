@@ -61,9 +61,7 @@ class Task(StrEnum):
 TARGET_TASKS = frozenset({Task.DETECT, Task.COUNT})
 """Tasks whose ``[OBJ]`` is one or more text phrases."""
 
-REGION_TASKS = frozenset(
-    {Task.REGION_CATEGORY, Task.REGION_PHRASE, Task.REGION_BRIEF, Task.REGION_SENTENCE}
-)
+REGION_TASKS = frozenset({Task.REGION_CATEGORY, Task.REGION_PHRASE, Task.REGION_BRIEF, Task.REGION_SENTENCE})
 """Tasks whose ``[OBJ]`` is one or more proposal indices (``<obj3>; <obj5>``)."""
 
 # The strings the model was trained on, verbatim ("breifly" included: correcting it changes the input
@@ -213,9 +211,7 @@ def _render_phrases(task: Task, targets: object) -> str:
     phrases = []
     for item in items:
         if not isinstance(item, str):
-            raise ValueError(
-                f"task {task.value!r} takes text phrases as targets, got {item!r} ({type(item).__name__})"
-            )
+            raise ValueError(f"task {task.value!r} takes text phrases as targets, got {item!r} ({type(item).__name__})")
         phrases.append(_check_text(item, "target phrase", task))
     joined = TARGET_SEPARATOR.join(phrases)
     if len(joined) > MAX_TEXT_CHARS:
@@ -361,7 +357,8 @@ def _free_text(segment: str, num_boxes: int, mentions: dict[int, None], dropped:
 
 def _remove_special_tokens(text: str) -> str:
     """Remove every special token, including ones that removal itself creates (``<obj<obj1>1>``):
-    ``.text`` must never show the model's control tokens to a human."""
+    ``.text`` must never show the model's control tokens to a human.
+    """
     cleaned = SPECIAL_TOKEN_RE.sub("", text)
     if not SPECIAL_TOKEN_RE.search(cleaned):
         return cleaned
@@ -374,7 +371,7 @@ def _remove_special_tokens(text: str) -> str:
             tail = "".join(kept[-_LONGEST_SPECIAL_TOKEN:])
             token = _TRAILING_SPECIAL_TOKEN_RE.search(tail)
             if token:
-                del kept[len(kept) - (len(tail) - token.start()):]
+                del kept[len(kept) - (len(tail) - token.start()) :]
     return "".join(kept)
 
 
@@ -389,12 +386,13 @@ def _normalise_whitespace(text: str) -> str:
 
 def _ends_inside_element(text: str) -> bool:
     """True when the text stops inside an open ``<ground>``/``<objects>`` element, or right after a
-    ``</ground>`` whose objects block never started (only whitespace follows it)."""
+    ``</ground>`` whose objects block never started (only whitespace follows it).
+    """
     position, tag = max((text.rfind(tag), tag) for tag in _STRUCTURE_TAGS)
     if position < 0:
         return False
     if tag == "</ground>":
-        return not text[position + len(tag):].strip()
+        return not text[position + len(tag) :].strip()
     return tag in ("<ground>", "<objects>")
 
 

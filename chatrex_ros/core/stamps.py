@@ -47,8 +47,10 @@ def parse_stamp(text: str) -> int:
         raise ValueError(f"stamp {text!r} is not SEC or SEC.FRACTION (digits only, e.g. 1712345678.123456789)")
     seconds_text, fraction = match.group(1), match.group(2) or ""
     if len(fraction) > FRACTION_DIGITS:
-        raise ValueError(f"stamp {text!r} has {len(fraction)} fraction digits; at most {FRACTION_DIGITS} "
-                         "(nanoseconds) are meaningful")
+        raise ValueError(
+            f"stamp {text!r} has {len(fraction)} fraction digits; at most {FRACTION_DIGITS} "
+            "(nanoseconds) are meaningful"
+        )
     seconds = int(seconds_text)
     if seconds > MAX_SEC:
         raise ValueError(f"stamp {text!r} is beyond {MAX_SEC} s, the largest builtin_interfaces/Time.sec")

@@ -188,7 +188,9 @@ class BagReader:
             listing = ", ".join(f"{t} ({i.msgtype})" for t, i in sorted(topics.items())) or "none"
             raise BagError(f"bag {self.path} has no topic {topic!r}; its topics: {listing}")
         if topics[topic].msgtype not in msgtypes:
-            raise BagError(f"topic {topic!r} in {self.path} is {topics[topic].msgtype}, expected {' or '.join(msgtypes)}")
+            raise BagError(
+                f"topic {topic!r} in {self.path} is {topics[topic].msgtype}, expected {' or '.join(msgtypes)}"
+            )
 
     def image_topic(self, requested: str | None = None) -> str:
         """The given topic (checked), or the only colour image topic (depth topics are ignored)."""
@@ -200,7 +202,9 @@ class BagReader:
         if len(colour) == 1:
             return colour[0]
         if not colour:
-            raise BagError(f"bag {self.path} has no image topic ({' or '.join(IMAGE_TYPES)}); topics: {sorted(self.topics)}")
+            raise BagError(
+                f"bag {self.path} has no image topic ({' or '.join(IMAGE_TYPES)}); topics: {sorted(self.topics)}"
+            )
         raise BagError(f"bag {self.path} has several image topics {colour}; choose one with --image-topic")
 
     def raw(self, topic: str) -> Iterator[tuple[int, memoryview | bytes]]:
@@ -221,7 +225,9 @@ class BagReader:
         try:
             return self.typestore.deserialize_cdr(data, msgtype)
         except KeyError:
-            raise BagError(f"no definition for {msgtype} (topic {topic!r}); set {MSG_DIR_ENV} for chatrex_ros messages") from None
+            raise BagError(
+                f"no definition for {msgtype} (topic {topic!r}); set {MSG_DIR_ENV} for chatrex_ros messages"
+            ) from None
         except Exception as error:
             raise BagError(f"cannot deserialise a {msgtype} message of {topic!r} in {self.path}: {error}") from error
 
@@ -286,7 +292,9 @@ class BagWriter:
             raise BagError(f"unknown bag storage {storage!r}; choose one of {', '.join(STORAGES)}")
         self.path = Path(path)
         if self.path.exists():
-            raise BagError(f"{self.path} already exists; rosbag2 writers never overwrite (remove it or choose another path)")
+            raise BagError(
+                f"{self.path} already exists; rosbag2 writers never overwrite (remove it or choose another path)"
+            )
         plugin = rosbag2.StoragePlugin.MCAP if storage == "mcap" else rosbag2.StoragePlugin.SQLITE3
         self._writer = rosbag2.Writer(self.path, version=rosbag2.Writer.VERSION_LATEST, storage_plugin=plugin)
         self.typestore = typestore or make_typestore(require_ours=False)
@@ -323,22 +331,36 @@ class BagWriter:
             raise BagError(f"topic {topic!r} already carries {connection.msgtype}, cannot also write {msgtype}")
         self._writer.write(connection, int(log_time_ns), self.typestore.serialize_cdr(msg, msgtype))
 
-    def write_image(self, topic: str, rgb: np.ndarray, stamp_ns: int, frame_id: str, log_time_ns: int | None = None) -> None:
+    def write_image(
+        self, topic: str, rgb: np.ndarray, stamp_ns: int, frame_id: str, log_time_ns: int | None = None
+    ) -> None:
         """An rgb8 ``sensor_msgs/Image`` stamped ``stamp_ns`` (logged at that time unless given)."""
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise ValueError(f"write_image takes an (H, W, 3) uint8 RGB array, got {rgb.shape} {rgb.dtype}")
         height, width = rgb.shape[:2]
         msg = self._type("sensor_msgs/msg/Image")(
-            header=self._header(stamp_ns, frame_id), height=height, width=width, encoding="rgb8",
-            is_bigendian=sys.byteorder == "big", step=width * 3, data=np.ascontiguousarray(rgb).reshape(-1),
+            header=self._header(stamp_ns, frame_id),
+            height=height,
+            width=width,
+            encoding="rgb8",
+            is_bigendian=sys.byteorder == "big",
+            step=width * 3,
+            data=np.ascontiguousarray(rgb).reshape(-1),
         )
         self.write(topic, "sensor_msgs/msg/Image", msg, stamp_ns if log_time_ns is None else log_time_ns)
 
-    def write_proposals(self, topic: str, record: ProposalRecord, frame_id: str, log_time_ns: int | None = None) -> None:
+    def write_proposals(
+        self, topic: str, record: ProposalRecord, frame_id: str, log_time_ns: int | None = None
+    ) -> None:
         msg = self._type(PROPOSALS_TYPE)(
-            header=self._header(record.stamp_ns, frame_id), image_width=record.width, image_height=record.height,
-            boxes=np.asarray(record.boxes, dtype=np.float32).reshape(-1), scores=np.asarray(record.scores, dtype=np.float32),
-            granularity="fine", backend=record.backend, inference_ms=float(record.inference_ms),
+            header=self._header(record.stamp_ns, frame_id),
+            image_width=record.width,
+            image_height=record.height,
+            boxes=np.asarray(record.boxes, dtype=np.float32).reshape(-1),
+            scores=np.asarray(record.scores, dtype=np.float32),
+            granularity="fine",
+            backend=record.backend,
+            inference_ms=float(record.inference_ms),
         )
         self.write(topic, PROPOSALS_TYPE, msg, _log_time(record.stamp_ns, record.received_ns, log_time_ns))
 
@@ -355,14 +377,27 @@ class BagWriter:
         msg = self._type(ANSWER_TYPE)(
             header=self._header(record.stamp_ns, frame_id),
             proposals_stamp=self._type("builtin_interfaces/msg/Time")(sec=sec, nanosec=nanosec),
-            query_id=record.query_id, task=record.task, question=record.question, text=record.text,
+            query_id=record.query_id,
+            task=record.task,
+            question=record.question,
+            text=record.text,
             raw_output=record.raw_output,
             groups=[group_type(phrase=p, indices=np.asarray(i, dtype=np.int32)) for p, i in groups],
-            detections=[detection_type(proposal_index=d.proposal_index, label=d.label,
-                                       box=np.asarray(d.box, dtype=np.float32), score=float(d.score))
-                        for d in record.detections],
-            num_proposals=record.num_proposals, status=record.status, status_message=record.status_message,
-            queue_ms=0.0, model_ms=float(record.model_ms), total_ms=float(record.total_ms),
+            detections=[
+                detection_type(
+                    proposal_index=d.proposal_index,
+                    label=d.label,
+                    box=np.asarray(d.box, dtype=np.float32),
+                    score=float(d.score),
+                )
+                for d in record.detections
+            ],
+            num_proposals=record.num_proposals,
+            status=record.status,
+            status_message=record.status_message,
+            queue_ms=0.0,
+            model_ms=float(record.model_ms),
+            total_ms=float(record.total_ms),
         )
         self.write(topic, ANSWER_TYPE, msg, _log_time(record.stamp_ns, record.received_ns, log_time_ns))
 

@@ -69,7 +69,9 @@ def normalise_label(label: str) -> str:
 class GroundTruth:
     """Annotated frames, their objects and the category vocabulary; immutable after construction."""
 
-    def __init__(self, images: Iterable[GroundTruthImage], objects: Iterable[GroundTruthObject], source: str = "") -> None:
+    def __init__(
+        self, images: Iterable[GroundTruthImage], objects: Iterable[GroundTruthObject], source: str = ""
+    ) -> None:
         self.source = source
         self.images: tuple[GroundTruthImage, ...] = tuple(sorted(images, key=lambda image: image.stamp_ns))
         if not self.images:
@@ -144,16 +146,20 @@ class GroundTruth:
         annotations = []
         for obj in self._object_by_id.values():
             x1, y1, x2, y2 = obj.box
-            annotations.append({
-                "id": obj.id,
-                "image_id": obj.image_id,
-                "category_id": 1 if class_agnostic else category_id[obj.category],
-                "bbox": [x1, y1, x2 - x1, y2 - y1],
-                "area": (x2 - x1) * (y2 - y1),
-                "iscrowd": 0,
-            })
+            annotations.append(
+                {
+                    "id": obj.id,
+                    "image_id": obj.image_id,
+                    "category_id": 1 if class_agnostic else category_id[obj.category],
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": (x2 - x1) * (y2 - y1),
+                    "iscrowd": 0,
+                }
+            )
         return {
-            "images": [{"id": i.id, "width": i.width, "height": i.height, "file_name": i.file_name} for i in self.images],
+            "images": [
+                {"id": i.id, "width": i.width, "height": i.height, "file_name": i.file_name} for i in self.images
+            ],
             "annotations": annotations,
             "categories": [{"id": category_id[name], "name": name} for name in names],
         }
@@ -181,11 +187,17 @@ class GroundTruth:
             except KeyError as error:
                 raise ValueError(f"ground truth {source}: annotation {entry!r} lacks or mis-refers {error}") from None
             except (TypeError, ValueError):
-                raise ValueError(f"ground truth {source}: annotation {entry!r} needs bbox [x, y, w, h] of numbers") from None
+                raise ValueError(
+                    f"ground truth {source}: annotation {entry!r} needs bbox [x, y, w, h] of numbers"
+                ) from None
             if not all(math.isfinite(v) for v in obj.box) or w <= 0 or h <= 0:
-                raise ValueError(f"ground truth {source}: annotation {obj.id} has an empty or non-finite bbox {entry['bbox']}")
+                raise ValueError(
+                    f"ground truth {source}: annotation {obj.id} has an empty or non-finite bbox {entry['bbox']}"
+                )
             if entry.get("iscrowd", 0):
-                raise ValueError(f"ground truth {source}: annotation {obj.id} is a crowd region; crowd boxes are not supported")
+                raise ValueError(
+                    f"ground truth {source}: annotation {obj.id} is a crowd region; crowd boxes are not supported"
+                )
             objects.append(obj)
         return cls(images, objects, source)
 
@@ -207,7 +219,9 @@ def _coco_image(entry: Any, source: str) -> GroundTruthImage:
             "message's header.stamp); it is how COCO images are matched to bag messages"
         )
     if isinstance(stamp, bool) or not isinstance(stamp, int) or stamp < 0:
-        raise ValueError(f"ground truth {source}: image {entry['id']} stamp_ns must be a non-negative int, got {stamp!r}")
+        raise ValueError(
+            f"ground truth {source}: image {entry['id']} stamp_ns must be a non-negative int, got {stamp!r}"
+        )
     try:
         width, height = int(entry["width"]), int(entry["height"])
     except (KeyError, TypeError, ValueError):
@@ -234,7 +248,10 @@ def parse_queries(data: Any, gt: GroundTruth, source: str = "<dict>") -> tuple[R
     for position, entry in enumerate(entries):
         try:
             query = ReferringQuery(
-                str(entry.get("id", position)), int(entry["image_id"]), str(entry["phrase"]).strip(), int(entry["annotation_id"])
+                str(entry.get("id", position)),
+                int(entry["image_id"]),
+                str(entry["phrase"]).strip(),
+                int(entry["annotation_id"]),
             )
         except (KeyError, TypeError, ValueError, AttributeError):
             raise ValueError(f"queries {source}: entry {entry!r} needs image_id, phrase and annotation_id") from None
@@ -242,7 +259,9 @@ def parse_queries(data: Any, gt: GroundTruth, source: str = "<dict>") -> tuple[R
             raise ValueError(f"queries {source}: query {query.id!r} has an empty phrase")
         gt.image(query.image_id)
         if gt.object(query.annotation_id).image_id != query.image_id:
-            raise ValueError(f"queries {source}: query {query.id!r} targets annotation {query.annotation_id} of another image")
+            raise ValueError(
+                f"queries {source}: query {query.id!r} targets annotation {query.annotation_id} of another image"
+            )
         queries.append(query)
     if len({q.id for q in queries}) != len(queries):
         raise ValueError(f"queries {source}: query ids must be unique")

@@ -165,12 +165,13 @@ def mean_precision_recall(counts: Mapping[str, ClassCounts]) -> tuple[float | No
     considered = [c for c in counts.values() if c.truths or c.predictions]
     precision = [c.precision or 0.0 for c in considered]
     recall = [c.recall for c in with_truth]
-    return (float(np.mean(precision)) if precision else None,
-            float(np.mean(recall)) if recall else None)  # type: ignore[arg-type]
+    return (float(np.mean(precision)) if precision else None, float(np.mean(recall)) if recall else None)  # type: ignore[arg-type]
 
 
 # --- referring ------------------------------------------------------------------------------------
-def referring_hits(target_boxes: np.ndarray, predicted_boxes: Sequence[np.ndarray | None], threshold: float = 0.5) -> np.ndarray:
+def referring_hits(
+    target_boxes: np.ndarray, predicted_boxes: Sequence[np.ndarray | None], threshold: float = 0.5
+) -> np.ndarray:
     """(Q,) bool: the predicted box overlaps its single target with IoU strictly above ``threshold``."""
     targets = np.asarray(target_boxes, dtype=np.float64).reshape(-1, 4)
     if len(targets) != len(predicted_boxes):
@@ -178,17 +179,31 @@ def referring_hits(target_boxes: np.ndarray, predicted_boxes: Sequence[np.ndarra
     hits = np.zeros(len(targets), dtype=bool)
     for i, predicted in enumerate(predicted_boxes):
         if predicted is not None:
-            hits[i] = bool(box_iou(np.asarray(predicted, dtype=np.float64).reshape(1, 4), targets[i : i + 1])[0, 0] > threshold)
+            hits[i] = bool(
+                box_iou(np.asarray(predicted, dtype=np.float64).reshape(1, 4), targets[i : i + 1])[0, 0] > threshold
+            )
     return hits
 
 
 # --- COCO mAP -------------------------------------------------------------------------------------
-COCO_STAT_NAMES = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large", "AR1", "AR10", "AR100",
-                   "AR_small", "AR_medium", "AR_large")
+COCO_STAT_NAMES = (
+    "AP",
+    "AP50",
+    "AP75",
+    "AP_small",
+    "AP_medium",
+    "AP_large",
+    "AR1",
+    "AR10",
+    "AR100",
+    "AR_small",
+    "AR_medium",
+    "AR_large",
+)
 
 
 def coco_detection_metrics(coco_gt: Mapping[str, Any], detections: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """pycocotools' 12 bbox statistics (AP over IoU 0.5:0.95, AP50, ...), -1 where undefined.
+    """Pycocotools' 12 bbox statistics (AP over IoU 0.5:0.95, AP50, ...), -1 where undefined.
 
     ``detections``: ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`` dicts. No detections
     gives 0 AP (pycocotools refuses an empty result list). Its progress prints are swallowed.
@@ -221,5 +236,11 @@ def latency_summary(samples_ms: Sequence[float]) -> dict[str, float | int]:
     if values.size == 0:
         return {"count": 0}
     p50, p90, p99 = np.percentile(values, [50, 90, 99])
-    return {"count": int(values.size), "mean": float(values.mean()), "p50": float(p50), "p90": float(p90),
-            "p99": float(p99), "max": float(values.max())}
+    return {
+        "count": int(values.size),
+        "mean": float(values.mean()),
+        "p50": float(p50),
+        "p90": float(p90),
+        "p99": float(p99),
+        "max": float(values.max()),
+    }

@@ -56,16 +56,23 @@ def evaluate_bag(
 class _OfflineRun:
     """One pass over a bag; holds the records and per-stage samples while it goes."""
 
-    def __init__(self, reader: BagReader, gt: GroundTruth, pipeline: ProposalPipeline,
-                 language: LanguageBackend | None, queries: Sequence[ReferringQuery]) -> None:
+    def __init__(
+        self,
+        reader: BagReader,
+        gt: GroundTruth,
+        pipeline: ProposalPipeline,
+        language: LanguageBackend | None,
+        queries: Sequence[ReferringQuery],
+    ) -> None:
         self.reader, self.gt, self.pipeline, self.language, self.queries = reader, gt, pipeline, language, queries
         self.proposals: list[ProposalRecord] = []
         self.answers: list[AnswerRecord] = []
         stages = ("read", "infer", "select") + (("language", "resolve") if language is not None else ()) + ("frame",)
         self.stage_ms: dict[str, list[float]] = {stage: [] for stage in stages}
 
-    def run(self, image_topic: str | None, tolerance_ns: int, max_frames: int | None, progress: bool,
-            started: float) -> EvaluationResult:
+    def run(
+        self, image_topic: str | None, tolerance_ns: int, max_frames: int | None, progress: bool, started: float
+    ) -> EvaluationResult:
         """``started``: perf_counter() before the bag was opened, so opening counts as reading time."""
         indexing = time.perf_counter()
         topic = self.reader.image_topic(image_topic)
@@ -89,8 +96,15 @@ class _OfflineRun:
         timing["index_ms"] = round(index_ms, 3)
         timing["metrics_ms"] = round(metrics_ms, 3)
         notes = self._notes(topic, len(bag_stamps), len(matched), len(wanted))
-        return EvaluationResult(self._inputs(topic, len(bag_stamps), len(evaluated)), metrics, timing, notes,
-                                self.proposals, self.answers, self.stage_ms)
+        return EvaluationResult(
+            self._inputs(topic, len(bag_stamps), len(evaluated)),
+            metrics,
+            timing,
+            notes,
+            self.proposals,
+            self.answers,
+            self.stage_ms,
+        )
 
     def _frames(self, topic: str, wanted: dict[int, GroundTruthImage], progress: bool) -> list[int]:
         """Evaluate the wanted frames in bag order; returns their image ids in stamp order."""
@@ -130,12 +144,16 @@ class _OfflineRun:
             try:
                 answer = answer_query(self.language, rgb, proposals, request)
                 total_ms = (time.perf_counter() - asked) * 1e3
-                record = AnswerRecord.from_result(image.stamp_ns, query_id, request.task.value, answer, len(proposals), total_ms)
+                record = AnswerRecord.from_result(
+                    image.stamp_ns, query_id, request.task.value, answer, len(proposals), total_ms
+                )
                 language_ms += answer.model_ms
                 resolve_ms += total_ms - answer.model_ms
             except QueryError as error:
                 total_ms = (time.perf_counter() - asked) * 1e3
-                record = AnswerRecord.from_error(image.stamp_ns, query_id, request.task.value, error, len(proposals), total_ms)
+                record = AnswerRecord.from_error(
+                    image.stamp_ns, query_id, request.task.value, error, len(proposals), total_ms
+                )
                 language_ms += total_ms
             self.answers.append(record)
         self.stage_ms["language"].append(language_ms)
@@ -144,7 +162,9 @@ class _OfflineRun:
     def _notes(self, topic: str, in_bag: int, matched: int, wanted: int) -> list[str]:
         notes = [] if self.language is not None else [NO_LANGUAGE_NOTE]
         if len(self.gt) > matched:
-            notes.append(f"{len(self.gt) - matched} ground-truth image(s) match no image of {topic} and are not scored.")
+            notes.append(
+                f"{len(self.gt) - matched} ground-truth image(s) match no image of {topic} and are not scored."
+            )
         if in_bag > matched:
             notes.append(f"{in_bag - matched} bag image(s) have no ground truth and were skipped.")
         if wanted < matched:
@@ -178,7 +198,7 @@ def _check_size(image: GroundTruthImage, rgb: np.ndarray, stamp_ns: int) -> None
 
 
 def _progress(total: int, enabled: bool, topic: str) -> Any:
-    """tqdm on stderr, or a silent stand-in when disabled or tqdm is missing."""
+    """Tqdm on stderr, or a silent stand-in when disabled or tqdm is missing."""
     if enabled:
         try:
             from tqdm import tqdm

@@ -24,8 +24,10 @@ from chatrex_ros.eval.groundtruth import GroundTruth, ReferringQuery, match_stam
 from chatrex_ros.eval.result import EvaluationResult
 from chatrex_ros.eval.scoring import answers_not_available, score_answers, score_proposals, timing_summary
 
-NO_PROPOSALS_NOTE = ("No ProposalArray topic in the recorded bag: proposal recall and drops are not reported "
-                     "(pass --proposal-topic if it has another name).")
+NO_PROPOSALS_NOTE = (
+    "No ProposalArray topic in the recorded bag: proposal recall and drops are not reported "
+    "(pass --proposal-topic if it has another name)."
+)
 
 
 def evaluate_recorded(
@@ -65,7 +67,9 @@ def evaluate_recorded(
     latency_ms = {  # before any stamp snapping: latency is measured from the stamp the image really had
         "proposals": [(p.received_ns - p.stamp_ns) / 1e6 for p in proposals if p.received_ns is not None],
         # An answer without a frame (NO_IMAGE, BUSY, ...) has no image stamp to measure from.
-        "answers": [(a.received_ns - a.stamp_ns) / 1e6 for a in answers if a.received_ns is not None and a.stamp_ns > 0],
+        "answers": [
+            (a.received_ns - a.stamp_ns) / 1e6 for a in answers if a.received_ns is not None and a.stamp_ns > 0
+        ],
         "answer_model": [a.model_ms for a in answers if a.ok],
         "answer_total": [a.total_ms for a in answers],
     }
@@ -97,8 +101,10 @@ def evaluate_recorded(
     }
     timing["read_ms"] = round((read_done - started) * 1e3, 3)
     timing["metrics_ms"] = round((metrics_done - read_done) * 1e3, 3)
-    timing["note"] = ("stages_ms.proposals/answers: bag receive time minus image stamp (end-to-end latency); "
-                      "recorded_throughput: messages per second of the recording's log time")
+    timing["note"] = (
+        "stages_ms.proposals/answers: bag receive time minus image stamp (end-to-end latency); "
+        "recorded_throughput: messages per second of the recording's log time"
+    )
     inputs = {
         "mode": "recorded",
         "answers_bag": str(answers_bag),
@@ -115,15 +121,19 @@ def evaluate_recorded(
 def not_available_note(entry: Mapping[str, Any], answer_topic: str) -> str:
     """The report note for a recording without usable answers: why, and what to record instead."""
     if entry["no_language_model"]:
-        cause = ("The language_node ran without a language model: start it with language_backend:=chatrex and "
-                 "model_path:=<ChatRex-7B dir> and record again")
+        cause = (
+            "The language_node ran without a language model: start it with language_backend:=chatrex and "
+            "model_path:=<ChatRex-7B dir> and record again"
+        )
     elif not entry["answers"]:
         cause = "Replay with --gt (and --queries) so that the evaluation queries are asked and recorded"
     else:
         cause = "The answer statuses say why"
-    return (f"Detection precision/recall, COCO mAP by class and referring accuracy are not available: "
-            f"{entry['reason']} on {answer_topic}. {cause}. Proposal recall, class-agnostic AP and latency are "
-            "reported.")
+    return (
+        f"Detection precision/recall, COCO mAP by class and referring accuracy are not available: "
+        f"{entry['reason']} on {answer_topic}. {cause}. Proposal recall, class-agnostic AP and latency are "
+        "reported."
+    )
 
 
 def log_time_rate(received_ns: Sequence[int]) -> dict[str, Any]:
@@ -134,8 +144,11 @@ def log_time_rate(received_ns: Sequence[int]) -> dict[str, Any]:
     """
     times = sorted(received_ns)
     span_s = (times[-1] - times[0]) / 1e9 if len(times) >= 2 else 0.0
-    return {"count": len(times), "span_s": round(span_s, 6),
-            "per_s": round((len(times) - 1) / span_s, 4) if span_s > 0 else None}
+    return {
+        "count": len(times),
+        "span_s": round(span_s, 6),
+        "per_s": round((len(times) - 1) / span_s, 4) if span_s > 0 else None,
+    }
 
 
 def _only_topic(reader: BagReader, msgtype: str, exclude: Sequence[str] = ()) -> str:

@@ -61,7 +61,7 @@ def stamp_to_ns(stamp: Any) -> int:
 
 
 def ns_to_stamp(stamp_ns: int) -> tuple[int, int]:
-    """int nanoseconds -> (sec, nanosec), the two fields of ``builtin_interfaces/Time``."""
+    """Int nanoseconds -> (sec, nanosec), the two fields of ``builtin_interfaces/Time``."""
     if stamp_ns < 0:
         raise ValueError(f"stamps must be non-negative, got {stamp_ns} ns")
     return int(stamp_ns) // NS_PER_S, int(stamp_ns) % NS_PER_S
@@ -85,8 +85,15 @@ class ProposalRecord:
 
     @classmethod
     def from_proposals(cls, stamp_ns: int, proposals: Proposals, width: int = 0, height: int = 0) -> ProposalRecord:
-        return cls(stamp_ns, proposals.boxes, proposals.scores, proposals.backend, proposals.inference_ms,
-                   width=width, height=height)
+        return cls(
+            stamp_ns,
+            proposals.boxes,
+            proposals.scores,
+            proposals.backend,
+            proposals.inference_ms,
+            width=width,
+            height=height,
+        )
 
     @classmethod
     def from_message(cls, msg: Any, received_ns: int | None = None) -> ProposalRecord:
@@ -96,8 +103,14 @@ class ProposalRecord:
         if flat.size != 4 * scores.size:
             raise ValueError(f"ProposalArray has {flat.size} box values for {scores.size} scores; expected 4 per score")
         return cls(
-            stamp_to_ns(msg.header.stamp), flat.reshape(-1, 4), scores, str(msg.backend), float(msg.inference_ms),
-            received_ns, int(msg.image_width), int(msg.image_height),
+            stamp_to_ns(msg.header.stamp),
+            flat.reshape(-1, 4),
+            scores,
+            str(msg.backend),
+            float(msg.inference_ms),
+            received_ns,
+            int(msg.image_width),
+            int(msg.image_height),
         )
 
 
@@ -141,27 +154,55 @@ class AnswerRecord:
             DetectionRecord(d.phrase, tuple(float(v) for v in d.box), float(d.score), int(d.index))  # type: ignore[arg-type]
             for d in result.detections
         )
-        return cls(stamp_ns, query_id, task, int(AnswerStatus.OK), detections, num_proposals, result.prompt,
-                   result.raw_output, result.parsed.text, "", result.model_ms, total_ms)
+        return cls(
+            stamp_ns,
+            query_id,
+            task,
+            int(AnswerStatus.OK),
+            detections,
+            num_proposals,
+            result.prompt,
+            result.raw_output,
+            result.parsed.text,
+            "",
+            result.model_ms,
+            total_ms,
+        )
 
     @classmethod
-    def from_error(cls, stamp_ns: int, query_id: str, task: str, error: QueryError, num_proposals: int,
-                   total_ms: float = 0.0) -> AnswerRecord:
-        return cls(stamp_ns, query_id, task, int(error.status), (), num_proposals, status_message=str(error),
-                   total_ms=total_ms)
+    def from_error(
+        cls, stamp_ns: int, query_id: str, task: str, error: QueryError, num_proposals: int, total_ms: float = 0.0
+    ) -> AnswerRecord:
+        return cls(
+            stamp_ns, query_id, task, int(error.status), (), num_proposals, status_message=str(error), total_ms=total_ms
+        )
 
     @classmethod
     def from_message(cls, msg: Any, received_ns: int | None = None) -> AnswerRecord:
         """From a ``chatrex_ros/msg/Answer``."""
         detections = tuple(
-            DetectionRecord(str(d.label), tuple(float(v) for v in np.asarray(d.box).reshape(4)), float(d.score),  # type: ignore[arg-type]
-                            int(d.proposal_index))
+            DetectionRecord(
+                str(d.label),
+                tuple(float(v) for v in np.asarray(d.box).reshape(4)),
+                float(d.score),  # type: ignore[arg-type]
+                int(d.proposal_index),
+            )
             for d in msg.detections
         )
         return cls(
-            stamp_to_ns(msg.header.stamp), str(msg.query_id), str(msg.task), int(msg.status), detections,
-            int(msg.num_proposals), str(msg.question), str(msg.raw_output), str(msg.text), str(msg.status_message),
-            float(msg.model_ms), float(msg.total_ms), received_ns,
+            stamp_to_ns(msg.header.stamp),
+            str(msg.query_id),
+            str(msg.task),
+            int(msg.status),
+            detections,
+            int(msg.num_proposals),
+            str(msg.question),
+            str(msg.raw_output),
+            str(msg.text),
+            str(msg.status_message),
+            float(msg.model_ms),
+            float(msg.total_ms),
+            received_ns,
         )
 
 
@@ -175,5 +216,6 @@ def ground_truth_record(gt: GroundTruth, image_id: int) -> AnswerRecord:
     detections = tuple(
         DetectionRecord(obj.category, obj.box, 1.0, index) for index, obj in enumerate(gt.objects(image_id))
     )
-    return AnswerRecord(image.stamp_ns, GROUND_TRUTH_QUERY_ID, "detect", detections=detections,
-                        num_proposals=len(detections))
+    return AnswerRecord(
+        image.stamp_ns, GROUND_TRUTH_QUERY_ID, "detect", detections=detections, num_proposals=len(detections)
+    )

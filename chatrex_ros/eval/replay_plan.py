@@ -111,8 +111,9 @@ def frame_data(plan: ReplayPlan) -> Iterator[tuple[ReplayFrame, bytes]]:
             try:
                 _, data = next(stream)
             except StopIteration:
-                raise BagError(f"bag {plan.bag} ended after {frame.index} images; "
-                               "was it modified during the replay?") from None
+                raise BagError(
+                    f"bag {plan.bag} ended after {frame.index} images; was it modified during the replay?"
+                ) from None
             yield frame, bytes(data)
 
 
@@ -242,31 +243,46 @@ class ReplayProgress:
                 return None
             return max(0, progress.frame.stamp_ns + wall_ns - progress.published_ns)
 
-    def report(self, plan: ReplayPlan, options: ReplayOptions, wall_s: float, recorded: dict[str, int],
-               stopped: str = "") -> ReplayReport:
+    def report(
+        self, plan: ReplayPlan, options: ReplayOptions, wall_s: float, recorded: dict[str, int], stopped: str = ""
+    ) -> ReplayReport:
         with self._changed:
             published = [p for p in self.frames if p.published_ns is not None]
             proposal_ms = [(p.proposals_ns - p.published_ns) / 1e6 for p in published if p.proposals_ns is not None]
             answer_ms = [(received - p.published_ns) / 1e6 for p in published for _, received in p.answers.values()]
             statuses = Counter(_status_name(status) for p in published for status, _ in p.answers.values())
             return ReplayReport(
-                bag=str(plan.bag), image_topic=plan.image_topic, step=options.step, rate=options.rate,
-                frames_planned=len(plan.frames), frames_published=len(published),
+                bag=str(plan.bag),
+                image_topic=plan.image_topic,
+                step=options.step,
+                rate=options.rate,
+                frames_planned=len(plan.frames),
+                frames_published=len(published),
                 frames_without_proposals=[p.frame.index for p in published if p.proposals_ns is None],
-                frames_with_empty_proposals=[p.frame.index for p in published
-                                             if p.proposals_ns is not None and p.proposal_count == 0],
+                frames_with_empty_proposals=[
+                    p.frame.index for p in published if p.proposals_ns is not None and p.proposal_count == 0
+                ],
                 frames_missing_answers=[p.frame.index for p in published if p.missing_answers],
-                frames_with_failed_answers=[p.frame.index for p in published
-                                            if any(status != AnswerStatus.OK for status, _ in p.answers.values())],
+                frames_with_failed_answers=[
+                    p.frame.index
+                    for p in published
+                    if any(status != AnswerStatus.OK for status, _ in p.answers.values())
+                ],
                 queries_planned=sum(len(p.frame.queries) for p in published),
                 queries_sent=sum(len(p.sent_ns) for p in published),
                 answers_received=sum(len(p.answers) for p in published),
                 answer_statuses=dict(sorted(statuses.items())),
-                timeouts=[{"frame": p.frame.index, "stamp_ns": p.frame.stamp_ns, "missing": p.timeout}
-                          for p in published if p.timeout],
+                timeouts=[
+                    {"frame": p.frame.index, "stamp_ns": p.frame.stamp_ns, "missing": p.timeout}
+                    for p in published
+                    if p.timeout
+                ],
                 latency_ms={"proposals": _rounded_summary(proposal_ms), "answers": _rounded_summary(answer_ms)},
-                foreign_messages=dict(self.foreign), recorded=dict(recorded),
-                record=str(options.record) if options.record else None, wall_s=round(wall_s, 3), stopped=stopped,
+                foreign_messages=dict(self.foreign),
+                recorded=dict(recorded),
+                record=str(options.record) if options.record else None,
+                wall_s=round(wall_s, 3),
+                stopped=stopped,
             )
 
 
@@ -310,8 +326,13 @@ class ReplayReport:
     @property
     def complete(self) -> bool:
         """Every planned frame published, and each got its proposals and all its answers."""
-        return (not self.stopped and self.frames_published == self.frames_planned and not self.timeouts
-                and not self.frames_without_proposals and not self.frames_missing_answers)
+        return (
+            not self.stopped
+            and self.frames_published == self.frames_planned
+            and not self.timeouts
+            and not self.frames_without_proposals
+            and not self.frames_missing_answers
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {**self.__dict__, "complete": self.complete}
@@ -326,14 +347,20 @@ class ReplayReport:
             ("frames with 0 proposals", _listing(self.frames_with_empty_proposals)),
             ("frames missing answers", _listing(self.frames_missing_answers)),
             ("frames with failed answers", _listing(self.frames_with_failed_answers)),
-            ("queries sent / answered",
-             f"{self.queries_sent} / {self.answers_received} (planned {self.queries_planned})"),
+            (
+                "queries sent / answered",
+                f"{self.queries_sent} / {self.answers_received} (planned {self.queries_planned})",
+            ),
             ("answer statuses", ", ".join(f"{k} {v}" for k, v in self.answer_statuses.items()) or "-"),
             ("step timeouts", str(len(self.timeouts))),
             ("latency proposals (ms)", _latency(self.latency_ms["proposals"])),
             ("latency answers (ms)", _latency(self.latency_ms["answers"])),
-            ("recorded", f"{self.record}: " + ", ".join(f"{t} {n}" for t, n in sorted(self.recorded.items()))
-             if self.record else "-"),
+            (
+                "recorded",
+                f"{self.record}: " + ", ".join(f"{t} {n}" for t, n in sorted(self.recorded.items()))
+                if self.record
+                else "-",
+            ),
             ("wall time", f"{self.wall_s:.2f} s"),
         ]
         if self.stopped:

@@ -57,7 +57,12 @@ def render_markdown(report: Mapping[str, Any], plots: Mapping[str, str] | None =
 
     proposals = metrics.get("proposals")
     if proposals:
-        lines += ["## Proposals (class-agnostic)", "", "| K | recall@K IoU 0.5 | recall@K IoU 0.5:0.95 |", "|---|---|---|"]
+        lines += [
+            "## Proposals (class-agnostic)",
+            "",
+            "| K | recall@K IoU 0.5 | recall@K IoU 0.5:0.95 |",
+            "|---|---|---|",
+        ]
         for k, values in proposals["recall"].items():
             lines.append(f"| {k} | {_pct(values['iou_0.5'])} | {_pct(values['iou_0.5:0.95'])} |")
         coco = proposals["class_agnostic_coco"]
@@ -71,8 +76,12 @@ def render_markdown(report: Mapping[str, Any], plots: Mapping[str, str] | None =
     answers = metrics.get("answers")
     if answers and not answers.get("available", True):
         statuses = ", ".join(f"{name} {count}" for name, count in answers["status_counts"].items()) or "none"
-        lines += ["## Detection and referring", "",
-                  f"Not available: {answers['reason']}. Answers by status: {statuses}.", ""]
+        lines += [
+            "## Detection and referring",
+            "",
+            f"Not available: {answers['reason']}. Answers by status: {statuses}.",
+            "",
+        ]
     elif answers:
         detection = answers["detection"]
         lines += [
@@ -86,9 +95,14 @@ def render_markdown(report: Mapping[str, Any], plots: Mapping[str, str] | None =
             "|---|---|---|---|---|---|",
         ]
         for name, c in detection["per_class"].items():
-            lines.append(f"| {name} | {c['tp']} | {c['fp']} | {c['fn']} | {_pct(c['precision'])} | {_pct(c['recall'])} |")
-        lines += ["", "n/a precision: the class was never answered (it counts as 0 in the average); n/a recall: the "
-                  "class has no ground truth (the model named it anyway)."]
+            lines.append(
+                f"| {name} | {c['tp']} | {c['fp']} | {c['fn']} | {_pct(c['precision'])} | {_pct(c['recall'])} |"
+            )
+        lines += [
+            "",
+            "n/a precision: the class was never answered (it counts as 0 in the average); n/a recall: the "
+            "class has no ground truth (the model named it anyway).",
+        ]
         referring = answers["referring"]
         lines += ["", "## Referring", ""]
         if referring["queries"]:
@@ -103,16 +117,24 @@ def render_markdown(report: Mapping[str, Any], plots: Mapping[str, str] | None =
 
     lines += ["## Latency", "", "| stage | count | p50 ms | p90 ms | p99 ms | mean ms |", "|---|---|---|---|---|---|"]
     for stage, stats in timing["stages_ms"].items():
-        lines.append(f"| {stage} | {stats.get('count', 0)} | {_ms(stats, 'p50')} | {_ms(stats, 'p90')} | "
-                     f"{_ms(stats, 'p99')} | {_ms(stats, 'mean')} |")
+        lines.append(
+            f"| {stage} | {stats.get('count', 0)} | {_ms(stats, 'p50')} | {_ms(stats, 'p90')} | "
+            f"{_ms(stats, 'p99')} | {_ms(stats, 'mean')} |"
+        )
     if timing.get("frames_per_s"):
-        lines += ["", f"Throughput: {timing['frames_per_s']:.2f} frames/s ({timing['frames']} frames in {timing['wall_s']:.2f} s)."]
+        lines += [
+            "",
+            f"Throughput: {timing['frames_per_s']:.2f} frames/s ({timing['frames']} frames in {timing['wall_s']:.2f} s).",
+        ]
     recorded = timing.get("recorded_throughput")
     if recorded:
-        lines += ["", f"Throughput of the recorded pipeline (log time): {_rate(recorded['answers'], 'answers')}; "
-                      f"{_rate(recorded['proposals'], 'proposal lists')}. Log time is stamp + latency: this is the "
-                      "pipeline's rate for a live recording or a timed replay, not for a step-mode replay (its "
-                      "frames wait for each other; see the replay summary's wall time)."]
+        lines += [
+            "",
+            f"Throughput of the recorded pipeline (log time): {_rate(recorded['answers'], 'answers')}; "
+            f"{_rate(recorded['proposals'], 'proposal lists')}. Log time is stamp + latency: this is the "
+            "pipeline's rate for a live recording or a timed replay, not for a step-mode replay (its "
+            "frames wait for each other; see the replay summary's wall time).",
+        ]
         if "scoring_s" in timing:
             lines.append(f"Scoring the recording took {timing['scoring_s']:.2f} s (not a pipeline measurement).")
     if plots:
@@ -142,14 +164,16 @@ def _figure(width: float = 6.4, height: float = 4.0) -> Any:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as error:
-        raise ImportError("the evaluation plots need matplotlib: pip install matplotlib (or pass --no-plots)") from error
+        raise ImportError(
+            "the evaluation plots need matplotlib: pip install matplotlib (or pass --no-plots)"
+        ) from error
     figure = Figure(figsize=(width, height), dpi=100, layout="tight")
     FigureCanvasAgg(figure)
     return figure
 
 
 def write_plots(result: EvaluationResult, out: Path) -> dict[str, Path]:
-    """recall vs K, per-class bars (P/R with a language model, proposal recall without), latency histogram."""
+    """Recall vs K, per-class bars (P/R with a language model, proposal recall without), latency histogram."""
     written: dict[str, Path] = {}
     proposals = result.metrics.get("proposals")
     if proposals:
@@ -211,12 +235,27 @@ def per_class_figure(names: list[str], series: Mapping[str, list[float | None]],
         colour = bars.patches[0].get_facecolor() if bars.patches else None
         zeros = [x for x, v in zip(positions, values) if v is not None and v == 0]
         if zeros:
-            axes.plot(zeros, [0.0] * len(zeros), linestyle="none", marker="D", markersize=5, color=colour,
-                      clip_on=False, zorder=3)
+            axes.plot(
+                zeros,
+                [0.0] * len(zeros),
+                linestyle="none",
+                marker="D",
+                markersize=5,
+                color=colour,
+                clip_on=False,
+                zorder=3,
+            )
         for x, value in zip(positions, values):
             if value is None or value == 0:
-                axes.text(x, 0.02, UNMEASURED_LABEL if value is None else ZERO_LABEL, ha="center", va="bottom",
-                          fontsize=7, color="dimgray" if value is None else colour)
+                axes.text(
+                    x,
+                    0.02,
+                    UNMEASURED_LABEL if value is None else ZERO_LABEL,
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                    color="dimgray" if value is None else colour,
+                )
     axes.set_xticks(range(len(names)), names, rotation=45, ha="right")
     axes.set_ylim(0, 1)
     axes.set_title(title)
@@ -229,12 +268,21 @@ def _per_class_series(metrics: Mapping[str, Any]) -> tuple[list[str], dict[str, 
     if answers and answers.get("detection") and answers["detection"]["per_class"]:
         per_class = answers["detection"]["per_class"]
         names = list(per_class)
-        return names, {"precision": [per_class[n]["precision"] for n in names],
-                       "recall": [per_class[n]["recall"] for n in names]}, "Detection precision / recall per class (IoU 0.5)"
+        return (
+            names,
+            {
+                "precision": [per_class[n]["precision"] for n in names],
+                "recall": [per_class[n]["recall"] for n in names],
+            },
+            "Detection precision / recall per class (IoU 0.5)",
+        )
     proposals = metrics.get("proposals")
     if proposals and proposals["recall_at_100_per_class_iou_0.5"]:
         per_class = proposals["recall_at_100_per_class_iou_0.5"]
         names = list(per_class)
-        return names, {"proposal recall@100": [per_class[n] for n in names]}, \
-            "Proposal recall@100 per class, IoU 0.5 (no language model answers: no P/R)"
+        return (
+            names,
+            {"proposal recall@100": [per_class[n] for n in names]},
+            "Proposal recall@100 per class, IoU 0.5 (no language model answers: no P/R)",
+        )
     return None

@@ -28,5 +28,10 @@ class EvaluationResult:
     stage_ms: dict[str, list[float]] = field(default_factory=dict, repr=False)  # raw samples, for the plots
 
     def to_json(self) -> dict[str, Any]:
-        return {"schema": SCHEMA, "inputs": self.inputs, "metrics": self.metrics, "notes": self.notes,
-                "timing": self.timing}
+        return {
+            "schema": SCHEMA,
+            "inputs": self.inputs,
+            "metrics": self.metrics,
+            "notes": self.notes,
+            "timing": self.timing,
+        }

@@ -26,7 +26,9 @@ def data_file(name: str) -> Path:
     """Path of a package data file (``chatrex_ros/data/<name>``)."""
     path = Path(str(resources.files("chatrex_ros").joinpath("data", name)))
     if not path.is_file():
-        raise FileNotFoundError(f"package data file chatrex_ros/data/{name} is missing; is the package installed with its data?")
+        raise FileNotFoundError(
+            f"package data file chatrex_ros/data/{name} is missing; is the package installed with its data?"
+        )
     return path
 
 

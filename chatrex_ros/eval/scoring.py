@@ -84,7 +84,9 @@ def score_proposals(proposals: Sequence[ProposalRecord], gt: GroundTruth, image_
     }
 
 
-def _per_class_recall(gt: GroundTruth, image_ids: Sequence[int], frame_boxes: Sequence[np.ndarray]) -> dict[str, float | None]:
+def _per_class_recall(
+    gt: GroundTruth, image_ids: Sequence[int], frame_boxes: Sequence[np.ndarray]
+) -> dict[str, float | None]:
     """Which kinds of object the proposer finds at all: recall@100, IoU 0.5, per category."""
     found: Counter[str] = Counter()
     total: Counter[str] = Counter()
@@ -178,8 +180,10 @@ def answers_not_available(answers: Iterable[Any]) -> dict[str, Any] | None:
         for r in records
     )
     if records:
-        found = ", ".join(f"{name}: {count}" + (f' ("{_shorten(typical[name])}")' if typical[name] else "")
-                          for name, count in sorted(statuses.items()))
+        found = ", ".join(
+            f"{name}: {count}" + (f' ("{_shorten(typical[name])}")' if typical[name] else "")
+            for name, count in sorted(statuses.items())
+        )
         reason = f"no answer in the recording is OK ({found})"
     else:
         reason = "the recording has no answers"
@@ -224,8 +228,14 @@ def _score_detection(by_id: Mapping[str, AnswerRecord], gt: GroundTruth, frames:
             if label not in vocabulary:
                 outside_vocabulary[label] += 1
                 continue
-            coco_detections.append({"image_id": image.id, "category_id": vocabulary[label],
-                                    "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})
+            coco_detections.append(
+                {
+                    "image_id": image.id,
+                    "category_id": vocabulary[label],
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "score": score,
+                }
+            )
     counts = m.count_matches(frame_detections, 0.5)
     precision, recall = m.mean_precision_recall(counts)
     coco = m.coco_detection_metrics(_coco_subset(gt, [f.id for f in frames], class_agnostic=False), coco_detections)
@@ -235,8 +245,13 @@ def _score_detection(by_id: Mapping[str, AnswerRecord], gt: GroundTruth, frames:
         "precision_iou_0.5": _rounded(precision),
         "recall_iou_0.5": _rounded(recall),
         "per_class": {
-            name: {"tp": c.true_positives, "fp": c.false_positives, "fn": c.false_negatives,
-                   "precision": _rounded(c.precision), "recall": _rounded(c.recall)}
+            name: {
+                "tp": c.true_positives,
+                "fp": c.false_positives,
+                "fn": c.false_negatives,
+                "precision": _rounded(c.precision),
+                "recall": _rounded(c.recall),
+            }
             for name, c in sorted(counts.items())
         },
         "labels_outside_vocabulary": dict(sorted(outside_vocabulary.items())),
@@ -244,7 +259,9 @@ def _score_detection(by_id: Mapping[str, AnswerRecord], gt: GroundTruth, frames:
     }
 
 
-def _score_referring(by_id: Mapping[str, AnswerRecord], gt: GroundTruth, queries: Sequence[ReferringQuery]) -> dict[str, Any]:
+def _score_referring(
+    by_id: Mapping[str, AnswerRecord], gt: GroundTruth, queries: Sequence[ReferringQuery]
+) -> dict[str, Any]:
     targets = np.asarray([gt.object(q.annotation_id).box for q in queries], dtype=np.float64).reshape(-1, 4)
     predicted: list[np.ndarray | None] = []
     unanswered = 0
@@ -272,6 +289,8 @@ def timing_summary(stage_ms: Mapping[str, Sequence[float]], frames: int, wall_s:
         "frames": frames,
         "wall_s": round(wall_s, 4),
         "frames_per_s": round(frames / wall_s, 4) if wall_s > 0 else None,
-        "stages_ms": {stage: {k: (round(v, 3) if isinstance(v, float) else v) for k, v in m.latency_summary(values).items()}
-                      for stage, values in stage_ms.items()},
+        "stages_ms": {
+            stage: {k: (round(v, 3) if isinstance(v, float) else v) for k, v in m.latency_summary(values).items()}
+            for stage, values in stage_ms.items()
+        },
     }

@@ -43,9 +43,7 @@ class LanguageBackend(Protocol):
 
     name: str
 
-    def generate(
-        self, image_rgb: np.ndarray, boxes_xyxy: np.ndarray, prompt: str, max_new_tokens: int = 512
-    ) -> str:
+    def generate(self, image_rgb: np.ndarray, boxes_xyxy: np.ndarray, prompt: str, max_new_tokens: int = 512) -> str:
         """Raw model output. ``boxes_xyxy`` is exactly the list the answer's indices refer to."""
         ...
 
@@ -64,7 +62,9 @@ class SelectionPolicy:
         if not self.nms_iou <= 1.0:
             raise ValueError(f"nms_iou must be <= 1 (<= 0 disables NMS), got {self.nms_iou}")
         if not 1 <= self.max_count <= MAX_PROPOSALS:
-            raise ValueError(f"max_count must be in 1..{MAX_PROPOSALS} (ChatRex has {MAX_PROPOSALS} index tokens), got {self.max_count}")
+            raise ValueError(
+                f"max_count must be in 1..{MAX_PROPOSALS} (ChatRex has {MAX_PROPOSALS} index tokens), got {self.max_count}"
+            )
 
 
 class ProposalPipeline:

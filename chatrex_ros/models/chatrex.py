@@ -109,7 +109,7 @@ def check_transformers_version(version: str, supported: str | None = None) -> st
 
 
 def import_dependencies() -> tuple[Any, Any]:
-    """torch and transformers, imported late (they are heavy) and offline; clear errors when missing."""
+    """Torch and transformers, imported late (they are heavy) and offline; clear errors when missing."""
     # Read by huggingface_hub at import: no hub calls even if some code path asks for one.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -382,9 +382,7 @@ class ChatRexBackend:
             )
         return output
 
-    def generate(
-        self, image_rgb: np.ndarray, boxes_xyxy: np.ndarray, prompt: str, max_new_tokens: int = 512
-    ) -> str:
+    def generate(self, image_rgb: np.ndarray, boxes_xyxy: np.ndarray, prompt: str, max_new_tokens: int = 512) -> str:
         """Raw answer text for ``prompt`` about ``image_rgb`` and the ordered ``boxes_xyxy`` (<= max_boxes).
 
         Nothing is stripped: the protocol parser needs the ``<ground>``/``<objects>``/``<objK>`` tokens.

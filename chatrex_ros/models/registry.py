@@ -18,7 +18,7 @@ PLUGIN_PREFIX = "python:"
 
 def load_object(spec: str) -> Any:
     """``python:package.module:Name`` -> the object ``Name`` of that module (a clear error otherwise)."""
-    target = spec[len(PLUGIN_PREFIX):] if spec.startswith(PLUGIN_PREFIX) else spec
+    target = spec[len(PLUGIN_PREFIX) :] if spec.startswith(PLUGIN_PREFIX) else spec
     module_name, _, attribute = target.partition(":")
     if not module_name or not attribute:
         raise ValueError(f"plugin spec {spec!r} must look like 'python:package.module:ClassName'")
@@ -45,7 +45,9 @@ def make_proposal_backend(name: str, **params: Any) -> ProposalBackend:
     elif name.startswith(PLUGIN_PREFIX):
         backend = load_object(name)(**params)
     else:
-        raise ValueError(f"unknown proposal backend {name!r}; choose one of {', '.join(PROPOSAL_BACKENDS)} or 'python:module:Class'")
+        raise ValueError(
+            f"unknown proposal backend {name!r}; choose one of {', '.join(PROPOSAL_BACKENDS)} or 'python:module:Class'"
+        )
     if not isinstance(backend, ProposalBackend):
         raise TypeError(f"{name!r} does not implement ProposalBackend (needs .name and .propose(image_rgb))")
     return backend
@@ -62,7 +64,9 @@ def make_language_backend(name: str, **params: Any) -> LanguageBackend | None:
     elif name.startswith(PLUGIN_PREFIX):
         backend = load_object(name)(**params)
     else:
-        raise ValueError(f"unknown language backend {name!r}; choose one of {', '.join(LANGUAGE_BACKENDS)} or 'python:module:Class'")
+        raise ValueError(
+            f"unknown language backend {name!r}; choose one of {', '.join(LANGUAGE_BACKENDS)} or 'python:module:Class'"
+        )
     if not isinstance(backend, LanguageBackend):
         raise TypeError(f"{name!r} does not implement LanguageBackend (needs .name and .generate(...))")
     return backend

@@ -62,15 +62,19 @@ class SelectiveSearchBackend:
 
     def propose(self, image_rgb: np.ndarray) -> RawProposals:
         """Deterministic: OpenCV ranks regions with libc ``rand()``; reseeding makes a frame's proposals a
-        function of its pixels alone, not of how many frames (or other rand() users) came before."""
+        function of its pixels alone, not of how many frames (or other rand() users) came before.
+        """
         cv2 = self._cv2
         if _SRAND is not None:
             _SRAND(1)
         small, scale = self._downscale(image_rgb)
         search = cv2.ximgproc.segmentation.createSelectiveSearchSegmentation()
         search.setBaseImage(np.ascontiguousarray(small[:, :, ::-1]))  # OpenCV wants BGR
-        {"fast": search.switchToSelectiveSearchFast, "quality": search.switchToSelectiveSearchQuality,
-         "single": search.switchToSingleStrategy}[self.mode]()
+        {
+            "fast": search.switchToSelectiveSearchFast,
+            "quality": search.switchToSelectiveSearchQuality,
+            "single": search.switchToSingleStrategy,
+        }[self.mode]()
         rects = np.asarray(search.process(), dtype=np.float32).reshape(-1, 4)[: self.max_candidates]
         return self._decode(rects, scale, image_rgb.shape[1], image_rgb.shape[0])
 

@@ -36,7 +36,9 @@ def make_upn_backend(name: str, **params: Any) -> ProposalBackend:
 def __getattr__(attribute: str) -> Any:
     """Lazy access to the backend classes (``from chatrex_ros.models.upn_backends import TorchUPNBackend``)."""
     modules = {
-        "TorchUPNBackend": "runtime_torch", "OnnxRuntimeUPNBackend": "runtime_onnx", "TensorRTUPNBackend": "runtime_tensorrt",
+        "TorchUPNBackend": "runtime_torch",
+        "OnnxRuntimeUPNBackend": "runtime_onnx",
+        "TensorRTUPNBackend": "runtime_tensorrt",
     }
     if attribute in modules:
         import importlib

@@ -9,7 +9,16 @@ import numpy as np
 from chatrex_ros.core.protocol import ResolvedDetection
 
 _PALETTE = np.array(
-    [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240), (240, 50, 230)],
+    [
+        (230, 25, 75),
+        (60, 180, 75),
+        (255, 225, 25),
+        (0, 130, 200),
+        (245, 130, 48),
+        (145, 30, 180),
+        (70, 240, 240),
+        (240, 50, 230),
+    ],
     dtype=np.uint8,
 )
 
@@ -26,5 +35,14 @@ def draw_detections(image_rgb: np.ndarray, detections: Sequence[ResolvedDetectio
         x1, y1, x2, y2 = (int(round(v)) for v in detection.box)
         cv2.rectangle(canvas, (x1, y1), (x2, y2), color, thickness)
         label = f"<obj{detection.index}> {detection.phrase}".strip()
-        cv2.putText(canvas, label, (x1 + 2, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thickness, color, thickness, cv2.LINE_AA)
+        cv2.putText(
+            canvas,
+            label,
+            (x1 + 2, max(12, y1 - 4)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.4 * thickness,
+            color,
+            thickness,
+            cv2.LINE_AA,
+        )
     return canvas

@@ -43,7 +43,8 @@ def proposals_to_msg(proposals: Proposals, header: Header, width: int, height: i
 
 def msg_to_proposals(msg: ProposalArray) -> Proposals:
     """Validate and view a ProposalArray: ValueError for a malformed one (the list must stay index-stable,
-    so a bad box is not silently dropped: the whole message is rejected)."""
+    so a bad box is not silently dropped: the whole message is rejected).
+    """
     boxes = np.frombuffer(msg.boxes, dtype=np.float32) if len(msg.boxes) else np.zeros(0, np.float32)
     scores = np.frombuffer(msg.scores, dtype=np.float32) if len(msg.scores) else np.zeros(0, np.float32)
     if boxes.size % 4:
@@ -58,10 +59,16 @@ def msg_to_proposals(msg: ProposalArray) -> Proposals:
 
 
 def image_msg(array_: np.ndarray, encoding: str, header: Header) -> Image:
-    """numpy -> sensor_msgs/Image (tightly packed rows)."""
+    """Numpy -> sensor_msgs/Image (tightly packed rows)."""
     fields = array_to_image(array_, encoding)
-    msg = Image(header=header, height=fields.height, width=fields.width, encoding=fields.encoding,
-                is_bigendian=int(fields.is_bigendian), step=fields.step)
+    msg = Image(
+        header=header,
+        height=fields.height,
+        width=fields.width,
+        encoding=fields.encoding,
+        is_bigendian=int(fields.is_bigendian),
+        step=fields.step,
+    )
     data = array.array("B")
     data.frombytes(fields.data)
     msg.data = data

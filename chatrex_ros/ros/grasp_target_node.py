@@ -40,9 +40,9 @@ from chatrex_ros.core.grasp import (
 )
 from chatrex_ros.core.grasp_pairing import SELECTIONS, DepthStore, choose_detection
 from chatrex_ros.core.images import ImageFormatError, image_to_array
+from chatrex_ros.core.time_jumps import StampEvent
 from chatrex_ros.msg import Answer, GraspTarget, ProposalArray
 from chatrex_ros.ros.conversions import stamp_to_ns
-from chatrex_ros.core.time_jumps import StampEvent
 from chatrex_ros.ros.health import Diagnostics, InputWatch, ProblemLog
 from chatrex_ros.ros.node_runtime import StartupError, run_node
 from chatrex_ros.ros.params import ParamSpec, declare_parameters, install_validator
@@ -52,19 +52,83 @@ DEPTH_ENCODINGS = ("16UC1", "32FC1")  # REP 118: millimetres, metres
 
 PARAMETERS: list[ParamSpec] = [
     ParamSpec("selection", "highest_score", "Which detection of an answer to target.", SELECTIONS),
-    ParamSpec("phrase", "", "With selection=phrase: the grounded phrase to target (case-insensitive; whole words of the label)."),
-    ParamSpec("proposal_index", -1, "With selection=index: the proposal index (<objK>) to target.", minimum=-1, maximum=99),
-    ParamSpec("stamp_tolerance_s", 0.0, "Largest difference between the answer's and a depth frame's stamps that still pairs (0 = exact).", minimum=0.0, maximum=1.0),
-    ParamSpec("pairing_timeout_s", 2.0, "How long an answer waits for its depth frame before it is published as stale.", minimum=0.0, maximum=60.0),
-    ParamSpec("margin", 0.1, "Fraction of the box's width/height removed on each side before the depth statistics.", minimum=0.0, maximum=0.45),
-    ParamSpec("percentile", 50.0, "Depth percentile of the used pixels that becomes the target's z.", minimum=0.0, maximum=100.0),
-    ParamSpec("foreground", True, "Use only the nearest dense depth mode in the box (the object, not the wall behind it)."),
-    ParamSpec("depth_scale", 0.0, "Metres per depth unit; 0 = REP 118 (16UC1 millimetres, 32FC1 metres).", minimum=0.0, maximum=1.0),
-    ParamSpec("color_width", 0, "Colour image width when no `color/camera_info` arrives (boxes scaled by size ratio); 0 = boxes already in depth pixels.", minimum=0, maximum=16384),
+    ParamSpec(
+        "phrase",
+        "",
+        "With selection=phrase: the grounded phrase to target (case-insensitive; whole words of the label).",
+    ),
+    ParamSpec(
+        "proposal_index", -1, "With selection=index: the proposal index (<objK>) to target.", minimum=-1, maximum=99
+    ),
+    ParamSpec(
+        "stamp_tolerance_s",
+        0.0,
+        "Largest difference between the answer's and a depth frame's stamps that still pairs (0 = exact).",
+        minimum=0.0,
+        maximum=1.0,
+    ),
+    ParamSpec(
+        "pairing_timeout_s",
+        2.0,
+        "How long an answer waits for its depth frame before it is published as stale.",
+        minimum=0.0,
+        maximum=60.0,
+    ),
+    ParamSpec(
+        "margin",
+        0.1,
+        "Fraction of the box's width/height removed on each side before the depth statistics.",
+        minimum=0.0,
+        maximum=0.45,
+    ),
+    ParamSpec(
+        "percentile",
+        50.0,
+        "Depth percentile of the used pixels that becomes the target's z.",
+        minimum=0.0,
+        maximum=100.0,
+    ),
+    ParamSpec(
+        "foreground", True, "Use only the nearest dense depth mode in the box (the object, not the wall behind it)."
+    ),
+    ParamSpec(
+        "depth_scale",
+        0.0,
+        "Metres per depth unit; 0 = REP 118 (16UC1 millimetres, 32FC1 metres).",
+        minimum=0.0,
+        maximum=1.0,
+    ),
+    ParamSpec(
+        "color_width",
+        0,
+        "Colour image width when no `color/camera_info` arrives (boxes scaled by size ratio); 0 = boxes already in depth pixels.",
+        minimum=0,
+        maximum=16384,
+    ),
     ParamSpec("color_height", 0, "Colour image height, as color_width.", minimum=0, maximum=16384),
-    ParamSpec("depth_buffer_size", 30, "Recent depth frames kept for pairing by stamp.", minimum=1, maximum=300, read_only=True),
-    ParamSpec("pinned_frames", 8, "Depth frames kept because proposals were computed for them (0 = do not subscribe `proposals`).", minimum=0, maximum=64, read_only=True),
-    ParamSpec("input_silence_s", 5.0, "Warn on /diagnostics when depth or its camera_info delivers nothing for this long.", minimum=0.5, maximum=3600.0),
+    ParamSpec(
+        "depth_buffer_size",
+        30,
+        "Recent depth frames kept for pairing by stamp.",
+        minimum=1,
+        maximum=300,
+        read_only=True,
+    ),
+    ParamSpec(
+        "pinned_frames",
+        8,
+        "Depth frames kept because proposals were computed for them (0 = do not subscribe `proposals`).",
+        minimum=0,
+        maximum=64,
+        read_only=True,
+    ),
+    ParamSpec(
+        "input_silence_s",
+        5.0,
+        "Warn on /diagnostics when depth or its camera_info delivers nothing for this long.",
+        minimum=0.5,
+        maximum=3600.0,
+    ),
     *sensor_qos_specs("depth_qos", "Depth and camera_info"),
 ]
 
@@ -72,7 +136,6 @@ MAX_PENDING = 16
 """Answers waiting for their depth frame; beyond this the oldest is published as stale."""
 MARKER_NAMESPACE = "grasp_target"
 ARROW_LENGTH_M = 0.15
-
 
 
 def check_parameters(values: dict[str, Any]) -> str | None:
@@ -129,24 +192,35 @@ class GraspTargetNode(Node):
         self.info_watch = InputWatch(self, "depth camera_info", silence, remap, self.problems)
         # Depth has a group of its own: a 30 Hz stream that must not wait behind answers and camera_info (a
         # KEEP_LAST(1) reader that is not served in time loses exactly the frame an answer may need).
-        depth_sub = self.create_subscription(Image, "depth", self._on_depth, qos,
-                                             callback_group=MutuallyExclusiveCallbackGroup(),
-                                             event_callbacks=self.depth_watch.event_callbacks())
+        depth_sub = self.create_subscription(
+            Image,
+            "depth",
+            self._on_depth,
+            qos,
+            callback_group=MutuallyExclusiveCallbackGroup(),
+            event_callbacks=self.depth_watch.event_callbacks(),
+        )
         self.depth_watch.attach(depth_sub.topic_name)
-        info_sub = self.create_subscription(CameraInfo, "depth/camera_info", self._on_depth_info, qos,
-                                            callback_group=group)
+        info_sub = self.create_subscription(
+            CameraInfo, "depth/camera_info", self._on_depth_info, qos, callback_group=group
+        )
         self.info_watch.attach(info_sub.topic_name)
         self.create_subscription(CameraInfo, "color/camera_info", self._on_colour_info, qos, callback_group=group)
         answer_sub = self.create_subscription(Answer, "answer", self._on_answer, reliable_qos(), callback_group=group)
         if self.values["pinned_frames"] > 0:
             # Pins are urgent: a claim handled after its depth frame left the ring pins nothing.
             pins = MutuallyExclusiveCallbackGroup()
-            self.create_subscription(ProposalArray, "proposals", self._on_proposals, reliable_qos(), callback_group=pins)
+            self.create_subscription(
+                ProposalArray, "proposals", self._on_proposals, reliable_qos(), callback_group=pins
+            )
             self.create_subscription(Header, "proposals/pending", self._on_claim, reliable_qos(), callback_group=pins)
         self.create_timer(0.05, self._expire, callback_group=group)
         self.diagnostics = Diagnostics(
-            self, self._diagnostic_values, self.problems,
-            lambda: [c for c in (self.depth_watch.condition(), self.info_watch.condition()) if c is not None])
+            self,
+            self._diagnostic_values,
+            self.problems,
+            lambda: [c for c in (self.depth_watch.condition(), self.info_watch.condition()) if c is not None],
+        )
         self.get_logger().info(
             f"grasp targets: selection={self.values['selection']} tolerance={self.values['stamp_tolerance_s']} s "
             f"timeout={self.values['pairing_timeout_s']} s; answers on {answer_sub.topic_name}, depth on "
@@ -177,8 +251,12 @@ class GraspTargetNode(Node):
 
     def _store_info(self, msg: CameraInfo, into: dict[str, CameraGeometry], cause: str) -> None:
         try:
-            geometry = CameraGeometry(K=np.asarray(msg.k, np.float64), width=int(msg.width), height=int(msg.height),
-                                      frame_id=msg.header.frame_id)
+            geometry = CameraGeometry(
+                K=np.asarray(msg.k, np.float64),
+                width=int(msg.width),
+                height=int(msg.height),
+                frame_id=msg.header.frame_id,
+            )
         except ValueError as error:
             self.problems.report(cause, f"dropped CameraInfo from {msg.header.frame_id!r}: {error}")
             return
@@ -199,11 +277,16 @@ class GraspTargetNode(Node):
         with self._lock:
             verdict = self.depth.add(stamp_to_ns(msg.header.stamp), msg)
             if verdict.event is StampEvent.JUMP:
-                self.problems.report("time_jump", f"depth stamps jumped back by {verdict.jump_ns / 1e9:.3f} s "
-                                     "(a bag replayed again, a clock reset): cleared the buffered depth frames")
+                self.problems.report(
+                    "time_jump",
+                    f"depth stamps jumped back by {verdict.jump_ns / 1e9:.3f} s "
+                    "(a bag replayed again, a clock reset): cleared the buffered depth frames",
+                )
             elif verdict.event is StampEvent.OUTLIER:
-                self.problems.report("stamp_outlier", f"dropped the depth frame stamped {verdict.dropped} ns: its "
-                                     "stamp does not fit its neighbours")
+                self.problems.report(
+                    "stamp_outlier",
+                    f"dropped the depth frame stamped {verdict.dropped} ns: its stamp does not fit its neighbours",
+                )
             self.last_depth_frame = msg.header.frame_id
             waiting, self.pending = self.pending, []
             for pending in waiting:
@@ -221,7 +304,8 @@ class GraspTargetNode(Node):
                 return
             try:
                 detection, reason = choose_detection(
-                    msg.detections, self.values["selection"], self.values["phrase"], self.values["proposal_index"])
+                    msg.detections, self.values["selection"], self.values["phrase"], self.values["proposal_index"]
+                )
             except ValueError as error:  # not reachable through the validated parameters; kept as a guard
                 detection, reason = None, str(error)
             if detection is None:
@@ -242,9 +326,12 @@ class GraspTargetNode(Node):
             self._compute_and_publish(pending, found[1])
             return True
         if not self.depth.may_still_arrive(stamp, self._tolerance_ns):
-            why = ("that depth frame never arrived: lost by the KEEP_LAST reader under load or on the way (raise "
-                   "depth_qos.depth, or set stamp_tolerance_s to a frame interval)"
-                   if self.depth.never_arrived(stamp) else "newer depth frames arrived but none within the tolerance is kept")
+            why = (
+                "that depth frame never arrived: lost by the KEEP_LAST reader under load or on the way (raise "
+                "depth_qos.depth, or set stamp_tolerance_s to a frame interval)"
+                if self.depth.never_arrived(stamp)
+                else "newer depth frames arrived but none within the tolerance is kept"
+            )
             self._expire_one(pending, why)
             return True
         return False
@@ -255,7 +342,9 @@ class GraspTargetNode(Node):
             keep: list[_Pending] = []
             for pending in self.pending:
                 if now - pending.received >= self.values["pairing_timeout_s"]:
-                    self._expire_one(pending, f"no depth frame arrived within pairing_timeout_s={self.values['pairing_timeout_s']}")
+                    self._expire_one(
+                        pending, f"no depth frame arrived within pairing_timeout_s={self.values['pairing_timeout_s']}"
+                    )
                 else:
                     keep.append(pending)
             self.pending = keep
@@ -263,8 +352,13 @@ class GraspTargetNode(Node):
     def _expire_one(self, pending: _Pending, why: str) -> None:
         stamp = stamp_to_ns(pending.answer.header.stamp)
         self.problems.report("stale", f"answer {pending.answer.query_id!r} at stamp {stamp} ns: {REASON_STALE} ({why})")
-        self._publish(pending.answer, pending.detection, Target.invalid(REASON_STALE),
-                      self._frame_hint(pending.answer), pending.received)
+        self._publish(
+            pending.answer,
+            pending.detection,
+            Target.invalid(REASON_STALE),
+            self._frame_hint(pending.answer),
+            pending.received,
+        )
 
     # ---- pre-process / infer / decode ----
     def _compute_and_publish(self, pending: _Pending, depth_msg: Image) -> None:
@@ -274,14 +368,17 @@ class GraspTargetNode(Node):
         except Exception as error:  # last line of defence: a callback that raises would stop the node
             target = Target.invalid(f"internal error: {type(error).__name__}: {error}")
         if not target.valid:
-            self.problems.report(f"invalid:{_cause(target.reason)}", f"query {pending.answer.query_id!r}: {target.reason}")
+            self.problems.report(
+                f"invalid:{_cause(target.reason)}", f"query {pending.answer.query_id!r}: {target.reason}"
+            )
         self._publish(pending.answer, pending.detection, target, frame, pending.received)
 
     def _target(self, pending: _Pending, depth_msg: Image) -> Target:
         # Pre-process: decode and check the depth image, look up both cameras.
         if depth_msg.encoding not in DEPTH_ENCODINGS:
             return Target.invalid(
-                f"unsupported depth encoding {depth_msg.encoding!r} (REP 118: 16UC1 millimetres or 32FC1 metres)")
+                f"unsupported depth encoding {depth_msg.encoding!r} (REP 118: 16UC1 millimetres or 32FC1 metres)"
+            )
         try:
             depth = image_to_array(depth_msg)
         except ImageFormatError as error:
@@ -295,9 +392,17 @@ class GraspTargetNode(Node):
         # Infer + decode: the shared geometry (refusals come back as invalid Targets).
         try:
             return target_from_colour_box(
-                depth, pending.detection.box, depth_camera=depth_camera, colour_camera=colour_camera,
-                colour_size=colour_size, depth_frame_id=depth_msg.header.frame_id, depth_scale=scale,
-                margin=self.values["margin"], percentile=self.values["percentile"], foreground=self.values["foreground"])
+                depth,
+                pending.detection.box,
+                depth_camera=depth_camera,
+                colour_camera=colour_camera,
+                colour_size=colour_size,
+                depth_frame_id=depth_msg.header.frame_id,
+                depth_scale=scale,
+                margin=self.values["margin"],
+                percentile=self.values["percentile"],
+                foreground=self.values["foreground"],
+            )
         except ValueError as error:  # e.g. a NaN box in the answer: refuse this one, keep serving
             return Target.invalid(f"bad input: {error}")
 
@@ -314,7 +419,8 @@ class GraspTargetNode(Node):
 
     def _frame_hint(self, answer: Answer) -> str:
         """Frame for a target refused without depth: the paired frame's if here, else the depth stream's latest,
-        else a depth camera_info's, else (nothing known yet) the answer's own frame."""
+        else a depth camera_info's, else (nothing known yet) the answer's own frame.
+        """
         found = self.depth.find(stamp_to_ns(answer.header.stamp), self._tolerance_ns)
         if found is not None:
             return found[1].header.frame_id
@@ -341,7 +447,12 @@ class GraspTargetNode(Node):
             pose = PoseStamped(header=header)
             pose.pose.position = msg.point
             qx, qy, qz, qw = target.approach_orientation
-            pose.pose.orientation.x, pose.pose.orientation.y, pose.pose.orientation.z, pose.pose.orientation.w = qx, qy, qz, qw
+            pose.pose.orientation.x, pose.pose.orientation.y, pose.pose.orientation.z, pose.pose.orientation.w = (
+                qx,
+                qy,
+                qz,
+                qw,
+            )
             self.pose_pub.publish(pose)
         self.marker_pub.publish(_marker(header, target))
         self.outcomes["valid" if target.valid else _cause(target.reason)] += 1
@@ -383,7 +494,10 @@ def _marker(header: Header, target: Target) -> Marker:
     marker.type, marker.action = Marker.ARROW, Marker.ADD
     end = np.asarray(target.point, np.float64)
     start = end - ARROW_LENGTH_M * end / np.linalg.norm(end)
-    marker.points = [Point(x=float(start[0]), y=float(start[1]), z=float(start[2])), Point(x=end[0], y=end[1], z=end[2])]
+    marker.points = [
+        Point(x=float(start[0]), y=float(start[1]), z=float(start[2])),
+        Point(x=end[0], y=end[1], z=end[2]),
+    ]
     marker.pose.orientation.w = 1.0
     marker.scale.x, marker.scale.y, marker.scale.z = 0.01, 0.025, 0.04  # shaft diameter, head diameter, head length
     marker.color.r, marker.color.g, marker.color.b, marker.color.a = 0.1, 0.9, 0.2, 1.0

@@ -131,7 +131,8 @@ class InputWatch:
 
     def condition(self, expected_since: float | None = None) -> Condition | None:
         """A WARN when nothing arrived for ``silence_s`` since the last message, or since ``expected_since``
-        (a monotonic time, e.g. the first image for proposals computed from images) or the start."""
+        (a monotonic time, e.g. the first image for proposals computed from images) or the start.
+        """
         with self._lock:
             last = self._last
         reference = last if last is not None else max(self._started, expected_since or 0.0)
@@ -143,17 +144,22 @@ class InputWatch:
         if publishers == 0:
             detail = f"no publisher on {self.topic}: {self.fix}"
         else:
-            detail = (f"{publishers} publisher(s) on {self.topic} but nothing arrives (QoS mismatch, or {FASTDDS_PROFILE_HINT})")
-        return Condition(WARN, f"no_{self.what.replace(' ', '_')}",
-                         f"no {self.what} {since} {silent_for:.0f} s: {detail}")
+            detail = f"{publishers} publisher(s) on {self.topic} but nothing arrives (QoS mismatch, or {FASTDDS_PROFILE_HINT})"
+        return Condition(
+            WARN, f"no_{self.what.replace(' ', '_')}", f"no {self.what} {since} {silent_for:.0f} s: {detail}"
+        )
 
 
 class Diagnostics:
     """Publishes one DiagnosticStatus for the node on /diagnostics at a fixed rate."""
 
     def __init__(
-        self, node: Node, values: Callable[[], dict[str, object]], problems: ProblemLog,
-        conditions: Callable[[], list[Condition]] | None = None, period_s: float = 1.0,
+        self,
+        node: Node,
+        values: Callable[[], dict[str, object]],
+        problems: ProblemLog,
+        conditions: Callable[[], list[Condition]] | None = None,
+        period_s: float = 1.0,
     ) -> None:
         self._node = node
         self._values = values

@@ -27,9 +27,9 @@ from std_msgs.msg import Header
 
 from chatrex_ros.core.answering import AnswerResult, AnswerStatus, QueryError, QueryRequest, answer_query
 from chatrex_ros.core.frame_cache import Frame, FrameCache
+from chatrex_ros.core.images import ImageFormatError, decode_rgb
 from chatrex_ros.core.stamps import format_stamp
 from chatrex_ros.core.time_jumps import StampEvent
-from chatrex_ros.core.images import ImageFormatError, decode_rgb
 from chatrex_ros.core.types import Proposals
 from chatrex_ros.models.settings import LANGUAGE_NODE_PARAMETERS, language_backend
 from chatrex_ros.msg import Answer, ProposalArray, Query
@@ -42,10 +42,12 @@ from chatrex_ros.ros.qos import reliable_qos, sensor_qos
 from chatrex_ros.srv import Ask
 
 PARAMETERS = LANGUAGE_NODE_PARAMETERS
-NO_MODEL = ("no language model configured: every query is answered MODEL_ERROR; set language_backend:=chatrex "
-            "model_path:=<ChatRex-7B dir> trust_remote_code:=true (with `chatrex-ros up`: --set "
-            "language_node.language_backend=chatrex --set language_node.model_path=<dir> --set "
-            "language_node.trust_remote_code=true), or a python:module:Class plugin")
+NO_MODEL = (
+    "no language model configured: every query is answered MODEL_ERROR; set language_backend:=chatrex "
+    "model_path:=<ChatRex-7B dir> trust_remote_code:=true (with `chatrex-ros up`: --set "
+    "language_node.language_backend=chatrex --set language_node.model_path=<dir> --set "
+    "language_node.trust_remote_code=true), or a python:module:Class plugin"
+)
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,8 @@ class LanguageNode(Node):
         except (ValueError, TypeError) as error:
             raise StartupError(str(error)) from error
         self.cache: FrameCache[_StoredImage, _StoredProposals] = FrameCache(
-            self.values["frame_cache_size"], self.values["recent_images"])
+            self.values["frame_cache_size"], self.values["recent_images"]
+        )
         self.jobs: queue.Queue[_Job] = queue.Queue(maxsize=self.values["queue_size"])
         self.status_counts = {status.name: 0 for status in AnswerStatus}
         self._counts_lock = threading.Lock()  # answers are finished on the worker and on intake threads
@@ -101,22 +104,45 @@ class LanguageNode(Node):
         # Each input has its own group: a burst on one (proposals, queries) never delays camera frames. The
         # callbacks only touch thread-safe structures (the frame cache, the job queue).
         silence = self.values["input_silence_s"]
-        self.image_watch = InputWatch(self, "images", silence, "check the camera topic (`chatrex-ros up --image "
-                                      "TOPIC`, or remap `image`) and that the camera runs", self.problems)
-        self.proposal_watch = InputWatch(self, "proposals", silence, "start proposal_node in the same namespace "
-                                         "(`chatrex-ros up` starts both)", self.problems)
+        self.image_watch = InputWatch(
+            self,
+            "images",
+            silence,
+            "check the camera topic (`chatrex-ros up --image TOPIC`, or remap `image`) and that the camera runs",
+            self.problems,
+        )
+        self.proposal_watch = InputWatch(
+            self,
+            "proposals",
+            silence,
+            "start proposal_node in the same namespace (`chatrex-ros up` starts both)",
+            self.problems,
+        )
         qos = sensor_qos(self.values["image_qos.reliability"], self.values["image_qos.depth"])
         compressed = self.values["image_transport"] == "compressed"
         image_sub = self.create_subscription(
-            CompressedImage if compressed else Image, "image/compressed" if compressed else "image", self._on_image,
-            qos, callback_group=MutuallyExclusiveCallbackGroup(), event_callbacks=self.image_watch.event_callbacks())
+            CompressedImage if compressed else Image,
+            "image/compressed" if compressed else "image",
+            self._on_image,
+            qos,
+            callback_group=MutuallyExclusiveCallbackGroup(),
+            event_callbacks=self.image_watch.event_callbacks(),
+        )
         self.image_watch.attach(image_sub.topic_name)
-        proposals_sub = self.create_subscription(ProposalArray, "proposals", self._on_proposals, reliable_qos(),
-                                                 callback_group=MutuallyExclusiveCallbackGroup())
+        proposals_sub = self.create_subscription(
+            ProposalArray,
+            "proposals",
+            self._on_proposals,
+            reliable_qos(),
+            callback_group=MutuallyExclusiveCallbackGroup(),
+        )
         self.proposal_watch.attach(proposals_sub.topic_name)
-        self.create_subscription(Header, "proposals/pending", self._on_claim, reliable_qos(),
-                                 callback_group=MutuallyExclusiveCallbackGroup())
-        self.create_subscription(Query, "query", self._on_query, reliable_qos(), callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_subscription(
+            Header, "proposals/pending", self._on_claim, reliable_qos(), callback_group=MutuallyExclusiveCallbackGroup()
+        )
+        self.create_subscription(
+            Query, "query", self._on_query, reliable_qos(), callback_group=MutuallyExclusiveCallbackGroup()
+        )
         self.create_service(Ask, "ask", self._on_ask, callback_group=ReentrantCallbackGroup())
         self._worker = threading.Thread(target=self._serve, name="query_worker", daemon=True)
         self._worker.start()
@@ -124,7 +150,8 @@ class LanguageNode(Node):
         model = self.backend.name if self.backend is not None else "none"
         self.get_logger().info(
             f"language backend '{model}' ready; queue {self.values['queue_size']}; images on "
-            f"{image_sub.topic_name}, proposals on {proposals_sub.topic_name}")
+            f"{image_sub.topic_name}, proposals on {proposals_sub.topic_name}"
+        )
         if self.backend is None:
             self.problems.log_condition("no_model", WARN, NO_MODEL)  # the same throttled line as /diagnostics
 
@@ -143,11 +170,17 @@ class LanguageNode(Node):
         self.cache.add_image(stamp_to_ns(msg.header.stamp), _StoredImage(msg.header, rgb))
         for event in self.cache.take_events():
             if event.event is StampEvent.JUMP:
-                self.problems.report("time_jump", f"image stamps jumped back by {event.jump_ns / 1e9:.3f} s "
-                                     "(a bag replayed again, a clock reset): cleared the cached frames")
+                self.problems.report(
+                    "time_jump",
+                    f"image stamps jumped back by {event.jump_ns / 1e9:.3f} s "
+                    "(a bag replayed again, a clock reset): cleared the cached frames",
+                )
             else:
-                self.problems.report("stamp_outlier", f"dropped the frame stamped {event.dropped} ns: its stamp "
-                                     "does not fit its neighbours (camera clock glitch?)")
+                self.problems.report(
+                    "stamp_outlier",
+                    f"dropped the frame stamped {event.dropped} ns: its stamp "
+                    "does not fit its neighbours (camera clock glitch?)",
+                )
 
     def _on_claim(self, header: Header) -> None:
         self.cache.claim(stamp_to_ns(header.stamp))
@@ -163,10 +196,16 @@ class LanguageNode(Node):
         missed = self.cache.stats.proposals_without_image
         self.cache.add_proposals(stamp_to_ns(msg.header.stamp), stored)
         if self.cache.stats.proposals_without_image > missed:
-            why = (FASTDDS_PROFILE_HINT if self.image_watch.lost else "this node's KEEP_LAST(image_qos.depth) "
-                   "image reader missed it (CPU load); raise image_qos.depth if it keeps happening")
-            self.problems.report("missed_images", f"proposals arrived for a frame whose image never reached this "
-                                 f"node ({self.image_watch.topic}): {why}")
+            why = (
+                FASTDDS_PROFILE_HINT
+                if self.image_watch.lost
+                else "this node's KEEP_LAST(image_qos.depth) "
+                "image reader missed it (CPU load); raise image_qos.depth if it keeps happening"
+            )
+            self.problems.report(
+                "missed_images",
+                f"proposals arrived for a frame whose image never reached this node ({self.image_watch.topic}): {why}",
+            )
 
     def _on_query(self, msg: Query) -> None:
         self._submit(msg, reply=None)
@@ -176,7 +215,11 @@ class LanguageNode(Node):
         job = self._submit(request.query, reply=answers.append)
         if job is not None:
             job.done.wait(timeout=max(0.0, job.deadline - time.monotonic()) + 5.0)
-        response.answer = answers[0] if answers else self._answer(request.query, AnswerStatus.TIMEOUT, "no answer in time", time.monotonic())
+        response.answer = (
+            answers[0]
+            if answers
+            else self._answer(request.query, AnswerStatus.TIMEOUT, "no answer in time", time.monotonic())
+        )
         return response
 
     def _submit(self, msg: Query, reply: Callable[[Answer], None] | None) -> _Job | None:
@@ -185,7 +228,10 @@ class LanguageNode(Node):
             msg.id = uuid.uuid4().hex[:12]
         try:
             request = QueryRequest.create(
-                msg.task, list(msg.targets), msg.text, list(msg.indices),
+                msg.task,
+                list(msg.targets),
+                msg.text,
+                list(msg.indices),
                 int(msg.max_new_tokens) or self.values["max_new_tokens"],
             )
         except QueryError as error:
@@ -198,7 +244,9 @@ class LanguageNode(Node):
             self.jobs.put_nowait(job)
         except queue.Full:
             self.problems.report("busy", f"query queue full ({self.jobs.maxsize}); answered BUSY")
-            self._finish(self._answer(msg, AnswerStatus.BUSY, f"query queue full ({self.jobs.maxsize} waiting)", received), reply)
+            self._finish(
+                self._answer(msg, AnswerStatus.BUSY, f"query queue full ({self.jobs.maxsize} waiting)", received), reply
+            )
             return None
         return job
 
@@ -227,15 +275,15 @@ class LanguageNode(Node):
             return self._answer(job.query, error.status, str(error), job.received)
         image, stored = frame.image, frame.proposals
         if self.backend is None:
-            return self._answer(
-                job.query, AnswerStatus.MODEL_ERROR, NO_MODEL,
-                job.received, frame)
+            return self._answer(job.query, AnswerStatus.MODEL_ERROR, NO_MODEL, job.received, frame)
         # One generation at a time on the model device: wait for an abandoned (timed-out) one to finish.
         if self._pending_generation is not None and not self._pending_generation.done():
             try:
                 self._pending_generation.exception(timeout=max(0.0, job.deadline - time.monotonic()))
             except FutureTimeout:
-                return self._answer(job.query, AnswerStatus.TIMEOUT, "timed out waiting for the model", job.received, frame)
+                return self._answer(
+                    job.query, AnswerStatus.TIMEOUT, "timed out waiting for the model", job.received, frame
+                )
         queue_ms = (time.monotonic() - job.received) * 1e3
         future = self._model_thread.submit(answer_query, self.backend, image.rgb, stored.proposals, job.request)
         self._pending_generation = future
@@ -243,7 +291,9 @@ class LanguageNode(Node):
             result = future.result(timeout=max(0.0, job.deadline - time.monotonic()))
         except FutureTimeout:
             self.problems.report("timeout", f"query {job.query.id!r} exceeded its timeout during generation")
-            return self._answer(job.query, AnswerStatus.TIMEOUT, "timed out during generation", job.received, frame, queue_ms=queue_ms)
+            return self._answer(
+                job.query, AnswerStatus.TIMEOUT, "timed out during generation", job.received, frame, queue_ms=queue_ms
+            )
         except QueryError as error:
             if error.status == AnswerStatus.MODEL_ERROR:
                 self.problems.report("model_error", f"query {job.query.id!r}: {error}")
@@ -263,16 +313,25 @@ class LanguageNode(Node):
             frame = self.cache.wait_for(stamp, wait)
         if frame is None:
             if stamp is None and not self.cache.knows():
-                raise QueryError(AnswerStatus.NO_IMAGE, f"no image received on {self.image_watch.topic} within "
-                                 f"{wait:.1f} s (pairing_wait_s)")
+                raise QueryError(
+                    AnswerStatus.NO_IMAGE,
+                    f"no image received on {self.image_watch.topic} within {wait:.1f} s (pairing_wait_s)",
+                )
             if stamp is None:
-                raise QueryError(AnswerStatus.NO_PROPOSALS, f"no frame got proposals within {wait:.1f} s "
-                                 f"(pairing_wait_s); is proposal_node running on {self.proposal_watch.topic}?")
-            raise QueryError(AnswerStatus.NO_PROPOSALS, f"no proposals for the frame {format_stamp(stamp)} within "
-                             f"{wait:.1f} s (pairing_wait_s)")
+                raise QueryError(
+                    AnswerStatus.NO_PROPOSALS,
+                    f"no frame got proposals within {wait:.1f} s "
+                    f"(pairing_wait_s); is proposal_node running on {self.proposal_watch.topic}?",
+                )
+            raise QueryError(
+                AnswerStatus.NO_PROPOSALS,
+                f"no proposals for the frame {format_stamp(stamp)} within {wait:.1f} s (pairing_wait_s)",
+            )
         image, stored = frame.image, frame.proposals
         if (stored.width, stored.height) != (image.rgb.shape[1], image.rgb.shape[0]):
-            self.problems.report("mismatched_proposals", "proposal image size differs from the image with the same stamp")
+            self.problems.report(
+                "mismatched_proposals", "proposal image size differs from the image with the same stamp"
+            )
             raise QueryError(
                 AnswerStatus.NO_PROPOSALS,
                 f"proposals are for a {stored.width}x{stored.height} image but the frame is "
@@ -282,19 +341,29 @@ class LanguageNode(Node):
 
     def _raise_unless_coming(self, stamp: int | None) -> None:
         """Fail at once when waiting cannot help: a named frame that is gone or was skipped. "Newest" waits,
-        even before the first image: a robot that asks while its camera starts gets the first frame."""
+        even before the first image: a robot that asks while its camera starts gets the first frame.
+        """
         if stamp is None:
             return
         if self.cache.was_evicted(stamp):
-            raise QueryError(AnswerStatus.NO_IMAGE, f"the frame {format_stamp(stamp)} is no longer cached: newer "
-                             f"frames took its place (frame_cache_size={self.values['frame_cache_size']}; frames "
-                             "answered about are kept longer for follow-ups)")
+            raise QueryError(
+                AnswerStatus.NO_IMAGE,
+                f"the frame {format_stamp(stamp)} is no longer cached: newer "
+                f"frames took its place (frame_cache_size={self.values['frame_cache_size']}; frames "
+                "answered about are kept longer for follow-ups)",
+            )
         if self.cache.skipped(stamp):
-            raise QueryError(AnswerStatus.NO_PROPOSALS, f"the proposer skipped the frame {format_stamp(stamp)} "
-                             "(it works on the newest frame); ask about a stamp from a ProposalArray or Answer")
+            raise QueryError(
+                AnswerStatus.NO_PROPOSALS,
+                f"the proposer skipped the frame {format_stamp(stamp)} "
+                "(it works on the newest frame); ask about a stamp from a ProposalArray or Answer",
+            )
         if not self.cache.knows(stamp) and not self.cache.image_may_still_arrive(stamp):
-            raise QueryError(AnswerStatus.NO_IMAGE, f"no frame with stamp {format_stamp(stamp)} is cached "
-                             f"(never received, or older than the {self.values['frame_cache_size']} kept)")
+            raise QueryError(
+                AnswerStatus.NO_IMAGE,
+                f"no frame with stamp {format_stamp(stamp)} is cached "
+                f"(never received, or older than the {self.values['frame_cache_size']} kept)",
+            )
 
     def _conditions(self) -> list[Condition]:
         images = self.image_watch.condition()
@@ -307,8 +376,13 @@ class LanguageNode(Node):
 
     # ---- output ----
     def _answer(
-        self, query: Query, status: AnswerStatus, message: str, received: float,
-        frame: Frame[_StoredImage, _StoredProposals] | None = None, result: AnswerResult | None = None,
+        self,
+        query: Query,
+        status: AnswerStatus,
+        message: str,
+        received: float,
+        frame: Frame[_StoredImage, _StoredProposals] | None = None,
+        result: AnswerResult | None = None,
         queue_ms: float = 0.0,
     ) -> Answer:
         if frame is not None:
@@ -317,10 +391,16 @@ class LanguageNode(Node):
             header = Header(stamp=query.image_stamp)
         proposals = frame.proposals if frame is not None else None
         return answer_msg(
-            header, query.id, query.task, status, message, result,
+            header,
+            query.id,
+            query.task,
+            status,
+            message,
+            result,
             proposals_stamp=proposals.header.stamp if proposals is not None else None,
             num_proposals=len(proposals.proposals) if proposals is not None else 0,
-            queue_ms=queue_ms, total_ms=(time.monotonic() - received) * 1e3,
+            queue_ms=queue_ms,
+            total_ms=(time.monotonic() - received) * 1e3,
         )
 
     def _finish(self, answer: Answer, reply: Callable[[Answer], None] | None) -> None:

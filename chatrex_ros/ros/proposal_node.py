@@ -56,14 +56,22 @@ class ProposalNode(Node):
 
         self.publisher = self.create_publisher(ProposalArray, "proposals", reliable_qos())
         self.claims = self.create_publisher(Header, "proposals/pending", reliable_qos())
-        self.image_watch = InputWatch(self, "images", self.values["input_silence_s"], "check the camera topic "
-                                      "(`chatrex-ros up --image TOPIC`, or remap `image`) and that the camera runs",
-                                      self.problems)
+        self.image_watch = InputWatch(
+            self,
+            "images",
+            self.values["input_silence_s"],
+            "check the camera topic (`chatrex-ros up --image TOPIC`, or remap `image`) and that the camera runs",
+            self.problems,
+        )
         qos = sensor_qos(self.values["image_qos.reliability"], self.values["image_qos.depth"])
         compressed = self.values["image_transport"] == "compressed"
         image_sub = self.create_subscription(
-            CompressedImage if compressed else Image, "image/compressed" if compressed else "image", self._on_image,
-            qos, event_callbacks=self.image_watch.event_callbacks())
+            CompressedImage if compressed else Image,
+            "image/compressed" if compressed else "image",
+            self._on_image,
+            qos,
+            event_callbacks=self.image_watch.event_callbacks(),
+        )
         self.image_watch.attach(image_sub.topic_name)
 
         self._mailbox: _Pending | None = None
@@ -73,8 +81,12 @@ class ProposalNode(Node):
         self._rate_window: list[float] = []
         self._worker = threading.Thread(target=self._work, name="proposal_worker", daemon=True)
         self._worker.start()
-        self.diagnostics = Diagnostics(self, self._diagnostic_values, self.problems,
-                                       lambda: [c for c in (self.image_watch.condition(),) if c is not None])
+        self.diagnostics = Diagnostics(
+            self,
+            self._diagnostic_values,
+            self.problems,
+            lambda: [c for c in (self.image_watch.condition(),) if c is not None],
+        )
         provider = getattr(backend, "provider", "")
         self.get_logger().info(
             f"proposal backend '{backend.name}'{f' ({provider})' if provider else ''} ready on "

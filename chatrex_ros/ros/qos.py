@@ -8,6 +8,7 @@ from chatrex_ros.parameters import RELIABILITIES, sensor_qos_specs
 
 __all__ = ["RELIABILITIES", "reliable_qos", "sensor_qos", "sensor_qos_specs"]
 
+
 def sensor_qos(reliability: str, depth: int) -> QoSProfile:
     return QoSProfile(
         history=HistoryPolicy.KEEP_LAST,
@@ -20,6 +21,8 @@ def sensor_qos(reliability: str, depth: int) -> QoSProfile:
 def reliable_qos(depth: int = 10) -> QoSProfile:
     """Proposals, queries and answers: small, and none may be lost."""
     return QoSProfile(
-        history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=ReliabilityPolicy.RELIABLE,
+        history=HistoryPolicy.KEEP_LAST,
+        depth=depth,
+        reliability=ReliabilityPolicy.RELIABLE,
         durability=DurabilityPolicy.VOLATILE,
     )

@@ -60,8 +60,18 @@ from chatrex_ros.msg import Answer, ProposalArray, Query
 from chatrex_ros.ros.qos import reliable_qos
 
 __all__ = [
-    "ASK_QUERY_PREFIX", "QUERY_TYPE", "ReplayClock", "ReplayError", "ReplayFrame", "ReplayOptions", "ReplayPlan",
-    "ReplayProgress", "ReplayReport", "frame_data", "plan_replay", "run_replay",
+    "ASK_QUERY_PREFIX",
+    "QUERY_TYPE",
+    "ReplayClock",
+    "ReplayError",
+    "ReplayFrame",
+    "ReplayOptions",
+    "ReplayPlan",
+    "ReplayProgress",
+    "ReplayReport",
+    "frame_data",
+    "plan_replay",
+    "run_replay",
 ]
 
 
@@ -80,8 +90,9 @@ class _Recorder:
         self.error: BaseException | None = None
         self._queue: queue.Queue[tuple[str, str, bytes, int] | None] = queue.Queue()
         opened = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(path, storage, opened), name="replay_recorder",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(path, storage, opened), name="replay_recorder", daemon=True
+        )
         self._thread.start()
         opened.wait()
         if self.error is not None:
@@ -137,9 +148,11 @@ class _ReplayNode:
         clock_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
         self.clock_pub = self.node.create_publisher(Clock, "/clock", clock_qos) if options.clock else None
         self.proposals_sub = self.node.create_subscription(
-            ProposalArray, options.topic("proposals"), self._on_proposals, reliable_qos(100), raw=True)
+            ProposalArray, options.topic("proposals"), self._on_proposals, reliable_qos(100), raw=True
+        )
         self.answers_sub = self.node.create_subscription(
-            Answer, options.topic("answer"), self._on_answer, reliable_qos(100), raw=True)
+            Answer, options.topic("answer"), self._on_answer, reliable_qos(100), raw=True
+        )
         if self.clock_pub is not None:
             self.node.create_timer(1.0 / options.clock_hz, self.publish_clock)
         self.executor = SingleThreadedExecutor(context=self.context)
@@ -172,8 +185,9 @@ class _ReplayNode:
         self.progress.answer_received(message.query_id, stamp, int(message.status), received)
         self._record(self.options.topic("answer"), ANSWER_TYPE, data, stamp, received, message.query_id)
 
-    def _record(self, topic: str, msgtype: str, data: bytes, stamp_ns: int, received_ns: int,
-                query_id: str = "") -> None:
+    def _record(
+        self, topic: str, msgtype: str, data: bytes, stamp_ns: int, received_ns: int, query_id: str = ""
+    ) -> None:
         if self.recorder is None:
             return
         log_time = self.progress.recording_time_ns(stamp_ns, received_ns, query_id)
@@ -198,16 +212,22 @@ class _ReplayNode:
             self.recorder.write(self.image_topic, self.plan.image_type, data, frame.stamp_ns)
 
     def publish_query(self, frame: ReplayFrame, query_id: str, request: QueryRequest) -> None:
-        query = Query(id=query_id, task=str(request.task.value), text=request.question,
-                            targets=list(request.targets), indices=list(request.indices),
-                            max_new_tokens=request.max_new_tokens)
+        query = Query(
+            id=query_id,
+            task=str(request.task.value),
+            text=request.question,
+            targets=list(request.targets),
+            indices=list(request.indices),
+            max_new_tokens=request.max_new_tokens,
+        )
         query.image_stamp.sec, query.image_stamp.nanosec = divmod(frame.stamp_ns, 1_000_000_000)
         sent = time.time_ns()
         self.progress.query_sent(frame.index, query_id, sent)  # before publishing: the answer may come back at once
         self.query_pub.publish(query)
         if self.recorder is not None:
-            self._record(self.options.topic("query"), QUERY_TYPE, serialize_message(query), frame.stamp_ns, sent,
-                         query_id)
+            self._record(
+                self.options.topic("query"), QUERY_TYPE, serialize_message(query), frame.stamp_ns, sent, query_id
+            )
 
     # ---- graph checks ----
     def missing_peers(self, need_queries: bool, need_outputs: bool) -> list[str]:
@@ -240,8 +260,9 @@ DISCOVERY_SETTLE_S = 0.3
 """After the peers are seen: let the other side's readers match ours too before the first (reliable) frame."""
 
 
-def run_replay(plan: ReplayPlan, options: ReplayOptions,
-               log: Callable[[str], None] = lambda line: None) -> ReplayReport:
+def run_replay(
+    plan: ReplayPlan, options: ReplayOptions, log: Callable[[str], None] = lambda line: None
+) -> ReplayReport:
     """Publish the plan into the running graph (recording its outputs when asked) and report what came back.
 
     Raises :class:`ReplayError` when the graph is not there after ``options.wait_s``. Ctrl-C stops the
@@ -286,8 +307,9 @@ def _wait_for_graph(node: _ReplayNode, plan: ReplayPlan, options: ReplayOptions)
     time.sleep(DISCOVERY_SETTLE_S)
 
 
-def _replay_frames(node: _ReplayNode, plan: ReplayPlan, options: ReplayOptions, progress: ReplayProgress,
-                   log: Callable[[str], None]) -> str:
+def _replay_frames(
+    node: _ReplayNode, plan: ReplayPlan, options: ReplayOptions, progress: ReplayProgress, log: Callable[[str], None]
+) -> str:
     """The main loop; returns why it stopped early ('' when every frame was published)."""
     clock = ReplayClock(options.rate, plan.frames[0].log_time_ns, time.monotonic_ns())
     node.clock = clock
@@ -326,8 +348,9 @@ def _problem(node: _ReplayNode) -> str:
     return ""
 
 
-def _finish_step(node: _ReplayNode, frame: ReplayFrame, options: ReplayOptions, progress: ReplayProgress,
-                 log: Callable[[str], None]) -> None:
+def _finish_step(
+    node: _ReplayNode, frame: ReplayFrame, options: ReplayOptions, progress: ReplayProgress, log: Callable[[str], None]
+) -> None:
     """Wait for the frame's proposals, then ask its queries one at a time (a queue never overflows)."""
     state = progress.frames[frame.index]
     deadline = time.monotonic() + options.frame_timeout_s
@@ -341,17 +364,21 @@ def _finish_step(node: _ReplayNode, frame: ReplayFrame, options: ReplayOptions, 
             return
 
 
-def _report_timeout(progress: ReplayProgress, frame: ReplayFrame, what: str, options: ReplayOptions,
-                    log: Callable[[str], None]) -> None:
+def _report_timeout(
+    progress: ReplayProgress, frame: ReplayFrame, what: str, options: ReplayOptions, log: Callable[[str], None]
+) -> None:
     progress.timed_out(frame.index, what)
-    log(f"frame {frame.index} (stamp {frame.stamp_ns}): no {what} within {options.frame_timeout_s:g} s; "
-        "moving on (reported, not dropped silently)")
+    log(
+        f"frame {frame.index} (stamp {frame.stamp_ns}): no {what} within {options.frame_timeout_s:g} s; "
+        "moving on (reported, not dropped silently)"
+    )
 
 
 def _drain(progress: ReplayProgress, last: ReplayFrame, options: ReplayOptions, expect_proposals: bool) -> None:
     """Timed mode: wait for outputs still in flight. The last frame is never superseded, so its proposals
     must come (when a proposal node is there at all); earlier frames may have been skipped by a busy
-    proposal node, which is what timed mode measures."""
+    proposal node, which is what timed mode measures.
+    """
     last_state = progress.frames[last.index]
 
     def settled() -> bool:

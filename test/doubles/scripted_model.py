@@ -24,8 +24,15 @@ class ScriptedModel:
 
     name = "scripted_test_double"
 
-    def __init__(self, answer: str = "", answers_by_word: dict[str, str] | None = None, sleep_s: float = 0.0,
-                 sleep_by_word: dict[str, float] | None = None, fail_word: str = "", record_path: str = "") -> None:
+    def __init__(
+        self,
+        answer: str = "",
+        answers_by_word: dict[str, str] | None = None,
+        sleep_s: float = 0.0,
+        sleep_by_word: dict[str, float] | None = None,
+        fail_word: str = "",
+        record_path: str = "",
+    ) -> None:
         self.answer = answer
         self.answers_by_word = answers_by_word or {}
         self.sleep_s = sleep_s
@@ -38,8 +45,17 @@ class ScriptedModel:
         self.calls.append((prompt, np.array(boxes_xyxy, copy=True)))
         if self.record_path:
             with open(self.record_path, "a", encoding="utf-8") as record:
-                record.write(json.dumps({"prompt": prompt, "boxes": np.asarray(boxes_xyxy).tolist(),
-                                         "image_shape": list(image_rgb.shape), "pid": os.getpid()}) + "\n")
+                record.write(
+                    json.dumps(
+                        {
+                            "prompt": prompt,
+                            "boxes": np.asarray(boxes_xyxy).tolist(),
+                            "image_shape": list(image_rgb.shape),
+                            "pid": os.getpid(),
+                        }
+                    )
+                    + "\n"
+                )
         if self.fail_word and self.fail_word in prompt:
             raise RuntimeError(f"scripted failure for prompt containing {self.fail_word!r}")
         delay = next((t for word, t in self.sleep_by_word.items() if word in prompt), self.sleep_s)

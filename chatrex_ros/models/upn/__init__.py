@@ -21,8 +21,15 @@ if TYPE_CHECKING:
     from .model import UPN
 
 __all__ = [
-    "PRESETS", "PreparedImage", "UPNConfig", "build_upn", "decode_outputs", "detr_resize_hw", "load_upn_weights",
-    "prepare_image", "resolve_config",
+    "PRESETS",
+    "PreparedImage",
+    "UPNConfig",
+    "build_upn",
+    "decode_outputs",
+    "detr_resize_hw",
+    "load_upn_weights",
+    "prepare_image",
+    "resolve_config",
 ]
 
 

@@ -39,7 +39,7 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def read_metadata(metadata: dict[str, str]) -> dict[str, str]:
     """Our keys of an ONNX model's metadata map, without the prefix."""
-    return {k[len(METADATA_PREFIX):]: v for k, v in metadata.items() if k.startswith(METADATA_PREFIX)}
+    return {k[len(METADATA_PREFIX) :]: v for k, v in metadata.items() if k.startswith(METADATA_PREFIX)}
 
 
 def require_file(path: str | Path, what: str, hint: str) -> Path:

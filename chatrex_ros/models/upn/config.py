@@ -41,11 +41,15 @@ class UPNConfig:
 
     def __post_init__(self) -> None:
         if self.d_model != 256:
-            raise ValueError(f"d_model must be 256 (the decoder's query sine embedding is fixed at 4 x 128), got {self.d_model}")
+            raise ValueError(
+                f"d_model must be 256 (the decoder's query sine embedding is fixed at 4 x 128), got {self.d_model}"
+            )
         if len(self.depths) != 4 or len(self.num_heads) != 4:
             raise ValueError(f"Swin needs 4 stages: depths {self.depths}, num_heads {self.num_heads}")
         if self.feature_levels != 5:
-            raise ValueError(f"UPN uses 4 Swin levels plus one extra level (5), got feature_levels={self.feature_levels}")
+            raise ValueError(
+                f"UPN uses 4 Swin levels plus one extra level (5), got feature_levels={self.feature_levels}"
+            )
         for stage, (heads, dim) in enumerate(zip(self.num_heads, self.stage_dims)):
             if dim % heads:
                 raise ValueError(f"Swin stage {stage}: {dim} channels do not split into {heads} heads")
@@ -70,14 +74,31 @@ class UPNConfig:
 PRESETS: dict[str, UPNConfig] = {
     # Swin-L 384 backbone, 6+6 deformable layers, 900 queries: the official upn_large.pth.
     "large": UPNConfig(
-        name="large", embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48), window_size=12,
-        num_queries=900, encoder_layers=6, decoder_layers=6, encoder_ffn_dim=2048, decoder_ffn_dim=2048,
+        name="large",
+        embed_dim=192,
+        depths=(2, 2, 18, 2),
+        num_heads=(6, 12, 24, 48),
+        window_size=12,
+        num_queries=900,
+        encoder_layers=6,
+        decoder_layers=6,
+        encoder_ffn_dim=2048,
+        decoder_ffn_dim=2048,
     ),
     # The golden-test variant of the reference data (same classes, small sizes, 400/560 resize).
     "tiny": UPNConfig(
-        name="tiny", embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=7,
-        num_queries=100, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
-        resize_short=400, resize_max=560,
+        name="tiny",
+        embed_dim=8,
+        depths=(2, 2, 2, 2),
+        num_heads=(1, 2, 4, 8),
+        window_size=7,
+        num_queries=100,
+        encoder_layers=1,
+        decoder_layers=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        resize_short=400,
+        resize_max=560,
     ),
 }
 
@@ -132,7 +153,9 @@ def resolve_config(variant: str | dict[str, Any] | UPNConfig) -> UPNConfig:
         try:
             return PRESETS[variant]
         except KeyError:
-            raise ValueError(f"unknown UPN variant {variant!r}; choose one of {', '.join(PRESETS)} or pass a config dict") from None
+            raise ValueError(
+                f"unknown UPN variant {variant!r}; choose one of {', '.join(PRESETS)} or pass a config dict"
+            ) from None
     if isinstance(variant, dict):
         return config_from_reference_dict(variant)
     raise ValueError(f"UPN variant must be a preset name, a config dict or a UPNConfig, got {type(variant).__name__}")

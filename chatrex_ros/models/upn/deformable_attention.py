@@ -12,9 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def sample_levels(
-    value: Tensor, level_shapes: list[tuple[int, int]], locations: Tensor, weights: Tensor
-) -> Tensor:
+def sample_levels(value: Tensor, level_shapes: list[tuple[int, int]], locations: Tensor, weights: Tensor) -> Tensor:
     """Weighted bilinear samples of every level, summed over levels and points.
 
     value (B, S, M, Dh) flattened multi-level values; locations (B, Q, M, L, P, 2) in [0, 1] (x, y),
@@ -51,11 +49,16 @@ class MultiScaleDeformableAttention(nn.Module):
         self.output_proj = nn.Linear(d_model, d_model)
 
     def forward(
-        self, query: Tensor, reference: Tensor, source: Tensor, level_shapes: list[tuple[int, int]],
+        self,
+        query: Tensor,
+        reference: Tensor,
+        source: Tensor,
+        level_shapes: list[tuple[int, int]],
         padding_mask: Tensor | None = None,
     ) -> Tensor:
-        """query (B, Q, D); reference (B, Q, L, 2) points or (B, Q, L, 4) boxes, normalised;
-        source (B, S, D) flattened levels; padding_mask (B, S) True on padding (or None)."""
+        """Query (B, Q, D); reference (B, Q, L, 2) points or (B, Q, L, 4) boxes, normalised;
+        source (B, S, D) flattened levels; padding_mask (B, S) True on padding (or None).
+        """
         b, queries, d = query.shape
         value = self.value_proj(source)
         if padding_mask is not None:
@@ -71,8 +74,7 @@ class MultiScaleDeformableAttention(nn.Module):
         elif reference.shape[-1] == 4:
             # Offsets are fractions of half the reference box size.
             locations = (
-                reference[:, :, None, :, None, :2]
-                + offsets / self.points * reference[:, :, None, :, None, 2:] * 0.5
+                reference[:, :, None, :, None, :2] + offsets / self.points * reference[:, :, None, :, None, 2:] * 0.5
             )
         else:
             raise ValueError(f"reference must end in 2 (points) or 4 (boxes), got shape {tuple(reference.shape)}")

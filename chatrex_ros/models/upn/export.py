@@ -47,9 +47,7 @@ def export_onnx(
     height, width = input_hw
     if height < 32 or width < 32:
         raise ValueError(f"input size {height}x{width} is too small for the UPN (both sides must be >= 32)")
-    tokens = sum(
-        h * w for h, w in _level_sizes(height, width, model.config.patch_size)
-    )
+    tokens = sum(h * w for h, w in _level_sizes(height, width, model.config.patch_size))
     if tokens < model.config.num_queries:
         raise ValueError(f"{height}x{width} gives {tokens} tokens, fewer than the {model.config.num_queries} queries")
     out = Path(out_path)
@@ -59,8 +57,14 @@ def export_onnx(
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about Python ints from shapes: intended, shapes are static
         torch.onnx.export(
-            wrapper, (example,), str(out), dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
-            output_names=[BOXES_NAME, LOGITS_NAME], do_constant_folding=True,
+            wrapper,
+            (example,),
+            str(out),
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[BOXES_NAME, LOGITS_NAME],
+            do_constant_folding=True,
         )
     _write_metadata(out, model, (height, width), prompt, opset)
     return out
@@ -94,4 +98,3 @@ def _write_metadata(path: Path, model: UPN, input_hw: tuple[int, int], prompt: s
         entry = graph.metadata_props.add()
         entry.key, entry.value = METADATA_PREFIX + key, value
     onnx.save(graph, str(path))
-

@@ -49,10 +49,15 @@ class UPN(nn.Module):
         )
         self.backbone = KeyPath(model=KeyPath(backbone=swin))
         self.transformer = UPNTransformer(
-            d_model=config.d_model, heads=config.attention_heads, levels=config.feature_levels,
-            points=config.sampling_points, num_queries=config.num_queries,
-            encoder_layers=config.encoder_layers, decoder_layers=config.decoder_layers,
-            encoder_ffn_dim=config.encoder_ffn_dim, decoder_ffn_dim=config.decoder_ffn_dim,
+            d_model=config.d_model,
+            heads=config.attention_heads,
+            levels=config.feature_levels,
+            points=config.sampling_points,
+            num_queries=config.num_queries,
+            encoder_layers=config.encoder_layers,
+            decoder_layers=config.decoder_layers,
+            encoder_ffn_dim=config.encoder_ffn_dim,
+            decoder_ffn_dim=config.decoder_ffn_dim,
         )
         dims = config.stage_dims
         self.input_proj = nn.ModuleList(
@@ -67,7 +72,7 @@ class UPN(nn.Module):
         return self.backbone.model.backbone  # type: ignore[return-value]
 
     def forward(self, pixels: Tensor, prompt: str = "fine", mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """pixels (B, 3, H, W) normalised; mask (B, H, W) True on batch padding (None: no padding).
+        """Pixels (B, 3, H, W) normalised; mask (B, H, W) True on batch padding (None: no padding).
 
         Returns boxes (B, Q, 4) normalised cx, cy, w, h (relative to each image's unpadded size) and
         logits (B, Q, 1) before the sigmoid.
@@ -81,19 +86,27 @@ class UPN(nn.Module):
         record.update(pred_boxes=boxes, pred_logits=logits)
         return record
 
-    def _run(self, pixels: Tensor, prompt: str, mask: Tensor | None, trace: dict[str, Any] | None) -> tuple[Tensor, Tensor]:
+    def _run(
+        self, pixels: Tensor, prompt: str, mask: Tensor | None, trace: dict[str, Any] | None
+    ) -> tuple[Tensor, Tensor]:
         if pixels.dim() != 4 or pixels.shape[1] != 3:
             raise ValueError(f"pixels must be (B, 3, H, W), got {tuple(pixels.shape)}")
         if mask is not None and (mask.shape != (pixels.shape[0], *pixels.shape[2:]) or mask.dtype != torch.bool):
-            raise ValueError(f"mask must be bool (B, H, W) = {(pixels.shape[0], *pixels.shape[2:])}, got {mask.dtype} {tuple(mask.shape)}")
+            raise ValueError(
+                f"mask must be bool (B, H, W) = {(pixels.shape[0], *pixels.shape[2:])}, got {mask.dtype} {tuple(mask.shape)}"
+            )
         self.transformer.prompt_vector(prompt)  # fail on a bad prompt before the expensive backbone
         features = self.swin(pixels)
         maps = [proj(f) for proj, f in zip(self.input_proj, features)] + [self.input_proj[-1](features[-1])]
         flat = self.flatten_levels(maps, mask)
         if trace is not None:
             trace.update({f"backbone_feat{i}": f for i, f in enumerate(features)})
-            trace.update(src_flatten=flat.source, lvl_pos_embed=flat.position, level_shapes=flat.level_shapes,
-                         valid_ratios=flat.valid_ratios)
+            trace.update(
+                src_flatten=flat.source,
+                lvl_pos_embed=flat.position,
+                level_shapes=flat.level_shapes,
+                valid_ratios=flat.valid_ratios,
+            )
         return self.transformer(flat, prompt, trace)
 
     def flatten_levels(self, maps: list[Tensor], mask: Tensor | None) -> FlatLevels:
@@ -106,22 +119,30 @@ class UPN(nn.Module):
             if mask is not None:
                 level_mask = F.interpolate(mask[None].float(), size=(h, w)).to(torch.bool)[0]
                 masks.append(level_mask)
-            pos = sine_position_map(level_mask, h, w, batch=b, temperature=self.config.pos_temperature, device=feature.device)
+            pos = sine_position_map(
+                level_mask, h, w, batch=b, temperature=self.config.pos_temperature, device=feature.device
+            )
             sources.append(feature.flatten(2).transpose(1, 2))
-            positions.append(pos.flatten(2).transpose(1, 2).to(feature.dtype) + self.transformer.level_embed[level].view(1, 1, -1))
+            positions.append(
+                pos.flatten(2).transpose(1, 2).to(feature.dtype) + self.transformer.level_embed[level].view(1, 1, -1)
+            )
             shapes.append((h, w))
         valid_ratios = valid_counts = padding = None
         if mask is not None:
-            stacked = torch.stack([
-                torch.stack([(~m[:, 0, :]).sum(1), (~m[:, :, 0]).sum(1)], -1) for m in masks
-            ], 1).float()  # (B, L, 2) unmasked columns, rows
+            stacked = torch.stack(
+                [torch.stack([(~m[:, 0, :]).sum(1), (~m[:, :, 0]).sum(1)], -1) for m in masks], 1
+            ).float()  # (B, L, 2) unmasked columns, rows
             valid_counts = stacked
             sizes = torch.tensor([[w, h] for h, w in shapes], dtype=torch.float32, device=stacked.device)
             valid_ratios = stacked / sizes
             padding = torch.cat([m.flatten(1) for m in masks], 1)
         return FlatLevels(
-            source=torch.cat(sources, 1), position=torch.cat(positions, 1), padding_mask=padding,
-            level_shapes=shapes, valid_ratios=valid_ratios, valid_counts=valid_counts,
+            source=torch.cat(sources, 1),
+            position=torch.cat(positions, 1),
+            padding_mask=padding,
+            level_shapes=shapes,
+            valid_ratios=valid_ratios,
+            valid_counts=valid_counts,
         )
 
 

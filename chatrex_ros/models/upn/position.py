@@ -26,8 +26,14 @@ def _interleave_sin_cos(angles: Tensor) -> Tensor:
 
 
 def sine_position_map(
-    mask: Tensor | None, height: int, width: int, *, batch: int = 1, num_feats: int = 128,
-    temperature: float = 20.0, device: torch.device | None = None,
+    mask: Tensor | None,
+    height: int,
+    width: int,
+    *,
+    batch: int = 1,
+    num_feats: int = 128,
+    temperature: float = 20.0,
+    device: torch.device | None = None,
 ) -> Tensor:
     """(B, 2F, H, W) encoding of normalised cumulative row/column positions of unpadded pixels.
 

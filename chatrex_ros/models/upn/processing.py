@@ -59,7 +59,9 @@ def as_rgb(image: np.ndarray) -> np.ndarray:
     if array.ndim == 2:
         array = array[:, :, None]
     if array.ndim != 3 or array.shape[2] not in (1, 3, 4) or array.shape[0] == 0 or array.shape[1] == 0:
-        raise ValueError(f"image must be a non-empty (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) array, got {array.shape}")
+        raise ValueError(
+            f"image must be a non-empty (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) array, got {array.shape}"
+        )
     if array.shape[2] == 1:
         array = np.repeat(array, 3, axis=2)
     elif array.shape[2] == 4:
@@ -89,7 +91,8 @@ def prepare_image(
     image: np.ndarray, short: int = 800, max_size: int = 1333, input_hw: tuple[int, int] | None = None
 ) -> PreparedImage:
     """RGB -> DETR resize -> normalise. ``input_hw`` is the fixed size of an exported model or engine:
-    the image must resize to exactly that size (one export per camera resolution)."""
+    the image must resize to exactly that size (one export per camera resolution).
+    """
     rgb = as_rgb(image)
     original = (int(rgb.shape[0]), int(rgb.shape[1]))
     target = detr_resize_hw(*original, short=short, max_size=max_size)
@@ -110,12 +113,15 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 def decode_outputs(boxes_cxcywh: np.ndarray, logits: np.ndarray, original_hw: tuple[int, int]) -> RawProposals:
     """Raw outputs of ONE image ((Q, 4) or (1, Q, 4) normalised cx cy w h; (Q,), (Q, 1) or (1, Q, 1) logits)
-    -> every query as xyxy boxes in original pixels (not clipped, as the reference) + sigmoid scores."""
+    -> every query as xyxy boxes in original pixels (not clipped, as the reference) + sigmoid scores.
+    """
     boxes = np.asarray(boxes_cxcywh, dtype=np.float32)
     boxes = boxes.reshape(-1, 4) if boxes.ndim == 3 and boxes.shape[0] == 1 else boxes
     scores = sigmoid(np.asarray(logits, dtype=np.float32).reshape(-1))
     if boxes.ndim != 2 or boxes.shape[1] != 4 or boxes.shape[0] != scores.shape[0]:
-        raise ValueError(f"expected one image's (Q, 4) boxes and Q logits, got boxes {np.shape(boxes_cxcywh)}, logits {np.shape(logits)}")
+        raise ValueError(
+            f"expected one image's (Q, 4) boxes and Q logits, got boxes {np.shape(boxes_cxcywh)}, logits {np.shape(logits)}"
+        )
     height, width = original_hw
     scale = np.array([width, height, width, height], dtype=np.float32)
     xyxy = (cxcywh_to_xyxy(boxes) * scale).astype(np.float32, copy=False)

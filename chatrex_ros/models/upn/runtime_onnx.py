@@ -20,7 +20,9 @@ def import_onnxruntime() -> Any:
     try:
         import onnxruntime
     except ImportError as error:
-        raise ImportError("the onnxruntime backend needs ONNX Runtime: pip install chatrex_ros[onnx] (onnxruntime-gpu for CUDA)") from error
+        raise ImportError(
+            "the onnxruntime backend needs ONNX Runtime: pip install chatrex_ros[onnx] (onnxruntime-gpu for CUDA)"
+        ) from error
     return onnxruntime
 
 
@@ -62,7 +64,9 @@ class OnnxRuntimeUPNBackend:
 
     def infer(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(1, 3, H, W) normalised pixels -> raw (boxes, logits)."""
-        boxes, logits = self.session.run([BOXES_NAME, LOGITS_NAME], {INPUT_NAME: np.ascontiguousarray(pixels, dtype=np.float32)})
+        boxes, logits = self.session.run(
+            [BOXES_NAME, LOGITS_NAME], {INPUT_NAME: np.ascontiguousarray(pixels, dtype=np.float32)}
+        )
         return boxes, logits
 
     def warmup(self) -> None:

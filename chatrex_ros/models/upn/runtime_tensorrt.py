@@ -21,12 +21,22 @@ import numpy as np
 
 from chatrex_ros.core.types import RawProposals
 
-from .artifacts import BOXES_NAME, EXPORT_HINT, FP32_NAME_PATTERNS, LOGITS_NAME, file_sha256, read_metadata, require_file
+from .artifacts import (
+    BOXES_NAME,
+    EXPORT_HINT,
+    FP32_NAME_PATTERNS,
+    LOGITS_NAME,
+    file_sha256,
+    read_metadata,
+    require_file,
+)
 from .engine_cache import PRECISIONS, CachedEngine, EngineKey, cache_entry
 from .processing import decode_outputs, prepare_image
 
 LOG = logging.getLogger(__name__)
-INSTALL_HINT = "the tensorrt backend needs TensorRT 10 and cuda-python on a CUDA machine: pip install chatrex_ros[tensorrt]"
+INSTALL_HINT = (
+    "the tensorrt backend needs TensorRT 10 and cuda-python on a CUDA machine: pip install chatrex_ros[tensorrt]"
+)
 WORKSPACE_BYTES = 4 << 30
 
 
@@ -121,7 +131,9 @@ def build_serialized_engine(trt: Any, logger: Any, onnx_path: Path, precision: s
     return bytes(plan)
 
 
-def ensure_engine(onnx_path: str | Path, engine_cache_dir: str | Path, precision: str = "fp16", rebuild: bool = False) -> CachedEngine:
+def ensure_engine(
+    onnx_path: str | Path, engine_cache_dir: str | Path, precision: str = "fp16", rebuild: bool = False
+) -> CachedEngine:
     """The cached engine for this ONNX file, GPU, TensorRT version, precision and shape; built when needed."""
     onnx_file = require_file(onnx_path, "UPN ONNX model", EXPORT_HINT)
     import_tensorrt()
@@ -130,7 +142,12 @@ def ensure_engine(onnx_path: str | Path, engine_cache_dir: str | Path, precision
 
 
 def _ensure_engine(
-    onnx_file: Path, shape: tuple[int, ...], metadata: dict[str, str], engine_cache_dir: str | Path, precision: str, rebuild: bool
+    onnx_file: Path,
+    shape: tuple[int, ...],
+    metadata: dict[str, str],
+    engine_cache_dir: str | Path,
+    precision: str,
+    rebuild: bool,
 ) -> CachedEngine:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -139,7 +156,11 @@ def _ensure_engine(
     entry = cache_entry(engine_cache_dir, key)
     if rebuild or not entry.is_valid():
         LOG.info("building TensorRT engine %s (takes minutes)", entry.engine_path)
-        patterns = tuple(json.loads(metadata["fp32_name_patterns"])) if "fp32_name_patterns" in metadata else FP32_NAME_PATTERNS
+        patterns = (
+            tuple(json.loads(metadata["fp32_name_patterns"]))
+            if "fp32_name_patterns" in metadata
+            else FP32_NAME_PATTERNS
+        )
         logger = trt.Logger(trt.Logger.WARNING)
         entry.store(build_serialized_engine(trt, logger, onnx_file, precision, patterns))
     return entry
@@ -161,7 +182,9 @@ class TensorRTUPNBackend:
         self._runtime = trt.Runtime(self._logger)
         self._engine = self._runtime.deserialize_cuda_engine(self.entry.engine_path.read_bytes())
         if self._engine is None:
-            raise RuntimeError(f"cannot load {self.entry.engine_path}; rebuild it: chatrex-ros build-engine --rebuild ...")
+            raise RuntimeError(
+                f"cannot load {self.entry.engine_path}; rebuild it: chatrex-ros build-engine --rebuild ..."
+            )
         self._context = self._engine.create_execution_context()
         self._stream = _cuda_call(cudart, cudart.cudaStreamCreate())
         self._device: dict[str, int] = {}
@@ -192,12 +215,20 @@ class TensorRTUPNBackend:
             raise ValueError(f"engine input is {self._host[self.input_name].shape}, got {pixels.shape}")
         host_to_device = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         device_to_host = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        _cuda_call(cudart, cudart.cudaMemcpyAsync(self._device[self.input_name], pixels.ctypes.data, pixels.nbytes, host_to_device, stream))
+        _cuda_call(
+            cudart,
+            cudart.cudaMemcpyAsync(
+                self._device[self.input_name], pixels.ctypes.data, pixels.nbytes, host_to_device, stream
+            ),
+        )
         if not self._context.execute_async_v3(int(stream)):
             raise RuntimeError("TensorRT execution failed (see the TensorRT log)")
         for tensor in (BOXES_NAME, LOGITS_NAME):
             host = self._host[tensor]
-            _cuda_call(cudart, cudart.cudaMemcpyAsync(host.ctypes.data, self._device[tensor], host.nbytes, device_to_host, stream))
+            _cuda_call(
+                cudart,
+                cudart.cudaMemcpyAsync(host.ctypes.data, self._device[tensor], host.nbytes, device_to_host, stream),
+            )
         _cuda_call(cudart, cudart.cudaStreamSynchronize(stream))
         return self._host[BOXES_NAME].copy(), self._host[LOGITS_NAME].copy()
 

@@ -46,8 +46,14 @@ class TorchUPNBackend:
     name = "torch"
 
     def __init__(
-        self, checkpoint: str | None, variant: str | dict[str, Any] = "large", granularity: str = "fine",
-        device: str = "cpu", dtype: str = "float32", *, random_weights: bool = False,
+        self,
+        checkpoint: str | None,
+        variant: str | dict[str, Any] = "large",
+        granularity: str = "fine",
+        device: str = "cpu",
+        dtype: str = "float32",
+        *,
+        random_weights: bool = False,
     ) -> None:
         # Argument checks first: a misconfigured node fails in a moment, before PyTorch loads.
         if checkpoint and random_weights:

@@ -46,6 +46,7 @@ def shift_window_mask(height: int, width: int, window: int, shift: int, device: 
     Rows and columns fall into three bands [0, H-w), [H-w, H-s), [H-s, H); tokens of one window whose band
     labels differ must not attend to each other after the cyclic roll.
     """
+
     def bands(size: int) -> Tensor:
         index = torch.arange(size, device=device)
         return (index >= size - window).long() + (index >= size - shift).long()
@@ -202,8 +203,14 @@ class SwinTransformer(nn.Module):
     """Four stages; returns each stage output after its own LayerNorm ``norm{i}`` as (B, C_i, H_i, W_i)."""
 
     def __init__(
-        self, embed_dim: int, depths: tuple[int, ...], num_heads: tuple[int, ...], window: int,
-        mlp_ratio: float = 4.0, patch_size: int = 4, in_chans: int = 3,
+        self,
+        embed_dim: int,
+        depths: tuple[int, ...],
+        num_heads: tuple[int, ...],
+        window: int,
+        mlp_ratio: float = 4.0,
+        patch_size: int = 4,
+        in_chans: int = 3,
     ) -> None:
         super().__init__()
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)

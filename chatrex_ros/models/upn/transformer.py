@@ -129,7 +129,9 @@ class DecoderLayer(nn.Module):
 
     def forward(self, tgt: Tensor, query_pos: Tensor, reference: Tensor, memory: Tensor, flat: FlatLevels) -> Tensor:
         tgt = self.norm2(tgt + self.self_attn(tgt + query_pos, tgt))
-        tgt = self.norm1(tgt + self.cross_attn(tgt + query_pos, reference, memory, flat.level_shapes, flat.padding_mask))
+        tgt = self.norm1(
+            tgt + self.cross_attn(tgt + query_pos, reference, memory, flat.level_shapes, flat.padding_mask)
+        )
         return self.norm3(tgt + self.linear2(F.relu(self.linear1(tgt))))
 
 
@@ -149,7 +151,7 @@ class Decoder(nn.Module):
     def forward(
         self, tgt: Tensor, reference: Tensor, memory: Tensor, flat: FlatLevels, trace: dict[str, Tensor] | None = None
     ) -> tuple[Tensor, Tensor]:
-        """tgt (B, Q, D) content queries, reference (B, Q, 4) sigmoid boxes.
+        """Tgt (B, Q, D) content queries, reference (B, Q, 4) sigmoid boxes.
 
         Returns (final-normed output of the last layer, the reference boxes that layer received).
         """
@@ -211,14 +213,14 @@ class Selection:
 class EncoderProposals(nn.Module):
     """Fixed-size anchor boxes per token and the masked memory the query selection scores (no parameters)."""
 
-    def forward(
-        self, memory: Tensor, flat: FlatLevels, token_centres: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, memory: Tensor, flat: FlatLevels, token_centres: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Returns (masked memory, unsigmoided proposals with +inf sentinels, validity (B, S) bool)."""
-        sizes = torch.cat([
-            torch.full((h * w,), 0.05 * 2.0**level, dtype=torch.float32, device=memory.device)
-            for level, (h, w) in enumerate(flat.level_shapes)
-        ])
+        sizes = torch.cat(
+            [
+                torch.full((h * w,), 0.05 * 2.0**level, dtype=torch.float32, device=memory.device)
+                for level, (h, w) in enumerate(flat.level_shapes)
+            ]
+        )
         b = memory.shape[0]
         proposals = torch.cat([token_centres, sizes[None, :, None].expand(b, -1, 2)], dim=-1)
         valid = ((proposals > PROPOSAL_MIN) & (proposals < PROPOSAL_MAX)).all(-1)
@@ -241,8 +243,14 @@ class QuerySelection(nn.Module):
         self.proposals = EncoderProposals()
 
     def forward(
-        self, memory: Tensor, flat: FlatLevels, centres: Tensor, prompt_vec: Tensor,
-        project: nn.Module, norm: nn.Module, box_mlp: nn.Module,
+        self,
+        memory: Tensor,
+        flat: FlatLevels,
+        centres: Tensor,
+        prompt_vec: Tensor,
+        project: nn.Module,
+        norm: nn.Module,
+        box_mlp: nn.Module,
     ) -> Selection:
         with torch.autocast(memory.device.type, enabled=False):
             masked_memory, proposal_unsig, valid = self.proposals(memory, flat, centres)
@@ -261,14 +269,27 @@ class UPNTransformer(nn.Module):
     """Encoder -> prompt-scored top-k token selection -> decoder with learned content queries."""
 
     def __init__(
-        self, *, d_model: int, heads: int, levels: int, points: int, num_queries: int,
-        encoder_layers: int, decoder_layers: int, encoder_ffn_dim: int, decoder_ffn_dim: int,
+        self,
+        *,
+        d_model: int,
+        heads: int,
+        levels: int,
+        points: int,
+        num_queries: int,
+        encoder_layers: int,
+        decoder_layers: int,
+        encoder_ffn_dim: int,
+        decoder_ffn_dim: int,
     ) -> None:
         super().__init__()
         self.num_queries = num_queries
         self.level_embed = nn.Parameter(torch.zeros(levels, d_model))
-        self.encoder = Encoder(encoder_layers, d_model=d_model, ffn_dim=encoder_ffn_dim, levels=levels, heads=heads, points=points)
-        self.decoder = Decoder(decoder_layers, d_model, ffn_dim=decoder_ffn_dim, levels=levels, heads=heads, points=points)
+        self.encoder = Encoder(
+            encoder_layers, d_model=d_model, ffn_dim=encoder_ffn_dim, levels=levels, heads=heads, points=points
+        )
+        self.decoder = Decoder(
+            decoder_layers, d_model, ffn_dim=decoder_ffn_dim, levels=levels, heads=heads, points=points
+        )
         self.tgt_embed = nn.Embedding(num_queries, d_model)
         self.enc_output = nn.Linear(d_model, d_model)
         self.enc_output_norm = nn.LayerNorm(d_model)
@@ -325,8 +346,13 @@ class UPNTransformer(nn.Module):
             memory, flat, centres, prompt_vec, self.enc_output, self.enc_output_norm, self.enc_out_bbox_embed
         )
         if trace is not None:
-            trace.update(memory=memory, enc_proposal_valid=selection.valid, enc_logits=selection.logits,
-                         enc_topk_indices=selection.indices, dec_init_refpoint_unsig=selection.refpoint_unsig)
+            trace.update(
+                memory=memory,
+                enc_proposal_valid=selection.valid,
+                enc_logits=selection.logits,
+                enc_topk_indices=selection.indices,
+                dec_init_refpoint_unsig=selection.refpoint_unsig,
+            )
 
         tgt = self.tgt_embed.weight[None].expand(memory.shape[0], -1, -1)
         hs, last_reference = self.decoder(tgt, selection.refpoint_unsig.sigmoid(), memory, flat, trace)
