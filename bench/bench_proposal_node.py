@@ -26,10 +26,11 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from ros_harness import NodeProcess, header, textured_image, wait_until  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
+from chatrex_ros.core.stamps import stamp_to_ns  # noqa: E402
 from chatrex_ros.models.base import ProposalPipeline, SelectionPolicy  # noqa: E402
 from chatrex_ros.models.selective_search import SelectiveSearchBackend  # noqa: E402
 from chatrex_ros.msg import ProposalArray  # noqa: E402
-from chatrex_ros.ros.conversions import image_msg, stamp_to_ns  # noqa: E402
+from chatrex_ros.ros.conversions import image_msg  # noqa: E402
 
 LONG_SIDE = 400
 

@@ -43,6 +43,7 @@ def main() -> int:
     import onnxruntime
     import torch
 
+    from chatrex_ros.models.base import ProposalPipeline
     from chatrex_ros.models.upn.checkpoint import load_upn_weights
     from chatrex_ros.models.upn.export import export_onnx
     from chatrex_ros.models.upn.model import build_upn
@@ -62,8 +63,8 @@ def main() -> int:
         ort_backend = OnnxRuntimeUPNBackend(str(onnx_path), providers=["CPUExecutionProvider"])
 
         timings: dict[str, list[float]] = {"preprocess": [], "torch_infer": [], "ort_infer": [], "decode": []}
-        torch_backend.warmup()
-        ort_backend.warmup()
+        ProposalPipeline(torch_backend).warmup()
+        ProposalPipeline(ort_backend).warmup()
         max_box_diff = 0.0
         for _ in range(args.repeats):
             t0 = time.perf_counter()

@@ -1,28 +1,26 @@
 """`chatrex-ros`: the command line for terminals without the ROS 2 CLI.
 
 Each subcommand lives in a module of :mod:`chatrex_ros.commands` exposing ``register(subparsers)``;
-modules import their heavy dependencies only when their command runs.
+modules import their heavy dependencies (rclpy, the models, the bag reader) only when their command runs,
+so building the parser stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
-COMMAND_MODULES = ("graph", "ask", "evaluate", "replay", "upn")
+from chatrex_ros.commands import ask, evaluate, graph, replay, upn
+from chatrex_ros.commands.exit_codes import ExitCode
+
+COMMAND_MODULES = (graph, ask, evaluate, replay, upn)
+"""In the order their commands are listed in ``--help``."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chatrex-ros", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"chatrex_ros.commands.{name}")
-        except ModuleNotFoundError as error:
-            if error.name == f"chatrex_ros.commands.{name}":
-                continue  # a command module that is not part of this install
-            raise
+    for module in COMMAND_MODULES:
         module.register(subparsers)
     return parser
 
@@ -32,8 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
-        return 2
-    return int(args.func(args) or 0)
+        return ExitCode.BAD_INPUT
+    return int(args.func(args) or ExitCode.OK)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ from typing import Any, TextIO
 
 import yaml
 
+from chatrex_ros.commands.exit_codes import ExitCode
+from chatrex_ros.names import NAMESPACE
 from chatrex_ros.parameters import ParamSpec, flatten, resolve
 from chatrex_ros.params_file import (
     ROS_PARAMETERS,
@@ -41,7 +43,6 @@ from chatrex_ros.params_file import (
 )
 from chatrex_ros.paths import config_file
 
-NAMESPACE = "chatrex"
 DEFAULT_IMAGE_TOPIC = "/camera/image_raw"
 # realsense-ros 4.x with align_depth.enable:=true (its node is /camera/camera): depth registered to colour.
 DEFAULT_DEPTH_TOPIC = "/camera/camera/aligned_depth_to_color/image_raw"
@@ -50,8 +51,6 @@ DEFAULT_COLOR_INFO_TOPIC = "/camera/camera/color/camera_info"
 
 USE_SIM_TIME = ParamSpec("use_sim_time", False, "ROS's built-in parameter of every node: take time from /clock.")
 """Declared by rclpy itself, so no node table lists it; a params file may set it for any node."""
-
-EXIT_CONFIG_ERROR = 2
 
 
 @dataclass(frozen=True)
@@ -78,19 +77,19 @@ GRAPH: tuple[NodeSpec, ...] = (
     NodeSpec(
         "proposal_node",
         "chatrex_ros.ros.proposal_node",
-        "chatrex_ros.models.settings:PROPOSAL_NODE_PARAMETERS",
+        "chatrex_ros.node_parameters:PROPOSAL_NODE",
         {"image": DEFAULT_IMAGE_TOPIC},
     ),
     NodeSpec(
         "language_node",
         "chatrex_ros.ros.language_node",
-        "chatrex_ros.models.settings:LANGUAGE_NODE_PARAMETERS",
+        "chatrex_ros.node_parameters:LANGUAGE_NODE",
         {"image": DEFAULT_IMAGE_TOPIC},
     ),
     NodeSpec(
         "grasp_target_node",
         "chatrex_ros.ros.grasp_target_node",
-        "chatrex_ros.ros.grasp_target_node:PARAMETERS",
+        "chatrex_ros.node_parameters:GRASP_NODE",
         {
             "depth": DEFAULT_DEPTH_TOPIC,
             "depth/camera_info": DEFAULT_DEPTH_INFO_TOPIC,
@@ -310,7 +309,7 @@ class GraphProcesses:
             return self.wait()
         except _StopRequested as stop:
             self._say(f"{stop}: stopping the graph")
-            return 0
+            return ExitCode.OK
         finally:
             self.stop()
             for signum, handler in previous.items():
@@ -372,14 +371,14 @@ class GraphProcesses:
                     if code is not None:
                         self._stopping = True  # from here a signal only hurries the stop
                         self._say(f"{name} exited with code {code}; stopping the graph")
-                        return code if code > 0 else 128 - code if code < 0 else 1
+                        return code if code > 0 else 128 - code if code < 0 else ExitCode.FAILED
                 time.sleep(0.2)
         except KeyboardInterrupt:  # no handlers installed (wait() called outside run() or off the main thread)
             self._say("Ctrl-C: stopping the graph")
-            return 0
+            return ExitCode.OK
         except _StopRequested as stop:
             self._say(f"{stop}: stopping the graph")
-            return 0
+            return ExitCode.OK
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """SIGINT every node (rclpy shuts down cleanly on it), wait, then kill what is left; idempotent."""

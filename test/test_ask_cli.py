@@ -18,6 +18,7 @@ import pytest
 
 from chatrex_ros.cli import build_parser
 from chatrex_ros.commands import ask
+from chatrex_ros.commands.exit_codes import ExitCode
 from chatrex_ros.core.stamps import MAX_SEC, NS_PER_S, format_stamp, parse_stamp
 
 STAMP_NS = 1_712_345_678_123_456_789
@@ -175,7 +176,7 @@ def test_topic_names_follow_the_namespace(namespace: str, expected: tuple[str, s
 )
 def test_bad_values_are_usage_errors(flags: list[str], message: str) -> None:
     result, _ = run_cli("ask", "the red mug", *flags)
-    assert result.returncode == ask.EXIT_USAGE == 2, result.stderr
+    assert result.returncode == ExitCode.BAD_INPUT == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
@@ -185,7 +186,7 @@ def test_ask_with_nobody_listening_fails_fast_naming_the_topic() -> None:
     result, elapsed = run_cli(
         "ask", "the red mug", "--namespace", "/ask_test_nobody", "--wait-for-node", str(wait_s), "--timeout", "60"
     )
-    assert result.returncode == ask.EXIT_NO_NODE == 4, result.stdout + result.stderr
+    assert result.returncode == ExitCode.NO_NODE == 4, result.stdout + result.stderr
     assert elapsed < wait_s + 3, f"took {elapsed:.1f} s"
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, lines
@@ -209,7 +210,7 @@ class FakeLanguageNode:
         self.client.node.create_subscription(Query, f"{namespace}/query", self._answer, reliable_qos())
 
     def _answer(self, query: object) -> None:
-        from chatrex_ros.ros.conversions import stamp_to_ns
+        from chatrex_ros.core.stamps import stamp_to_ns
 
         with self._lock:
             self.queries.append(query)

@@ -200,9 +200,9 @@ def test_answer_resolves_to_the_boxes_the_model_was_shown(backend: ChatRexBacken
     result = answer_query(backend, IMAGE, proposals, request)
 
     assert result.raw_output == DETECT_ANSWER
-    assert read_calls(tiny_dir, "process")[-1]["question"] == request.prompt()
-    assert [d.index for d in result.detections] == [2, 0]
-    assert [d.phrase for d in result.detections] == ["person", "person"]
+    assert read_calls(tiny_dir, "process")[-1]["question"] == request.prompt
+    assert [d.proposal_index for d in result.detections] == [2, 0]
+    assert [d.label for d in result.detections] == ["person", "person"]
     assert [d.box for d in result.detections] == [tuple(BOXES[2].tolist()), tuple(BOXES[0].tolist())]
     assert [d.score for d in result.detections] == pytest.approx([0.7, 0.9])
 
@@ -218,7 +218,7 @@ def test_answer_about_the_last_box_follows_the_box_count(tmp_path: Path) -> None
     for count in (1, 3):
         proposals = Proposals(boxes=BOXES[:count].copy(), scores=np.linspace(0.9, 0.5, count, dtype=np.float32))
         result = answer_query(backend, IMAGE, proposals, QueryRequest.create("detect", ["cup"]))
-        assert [d.index for d in result.detections] == [count - 1]
+        assert [d.proposal_index for d in result.detections] == [count - 1]
         assert result.detections[0].box == tuple(BOXES[count - 1].tolist())
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from rosbags.typesys import Stores, get_typestore
 
+from chatrex_ros.core.types import Detection
 from chatrex_ros.eval.bagio import (
     GROUND_TRUTH_TOPIC,
     STORAGES,
@@ -17,7 +18,7 @@ from chatrex_ros.eval.bagio import (
     header_stamp_ns,
 )
 from chatrex_ros.eval.groundtruth import GroundTruth, load_queries, match_stamps
-from chatrex_ros.eval.records import AnswerRecord, DetectionRecord, ProposalRecord
+from chatrex_ros.eval.records import AnswerRecord, ProposalRecord
 from chatrex_ros.eval.sample import (
     SAMPLE_FRAME_ID,
     SAMPLE_IMAGE_TOPIC,
@@ -48,8 +49,8 @@ def answer(stamp_ns: int) -> AnswerRecord:
         raw_output="<ground>cup</ground><objects><obj3><obj8></objects>",
         text="cup",
         detections=(
-            DetectionRecord("cup", (1.5, 2.0, 30.25, 40.0), 0.75, 3),
-            DetectionRecord("cup", (5.0, 6.0, 7.0, 8.0), 0.5, 8),
+            Detection(3, "cup", (1.5, 2.0, 30.25, 40.0), 0.75),
+            Detection(8, "cup", (5.0, 6.0, 7.0, 8.0), 0.5),
         ),
         model_ms=12.5,
         total_ms=20.0,

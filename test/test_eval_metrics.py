@@ -11,11 +11,11 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from chatrex_ros.core.answering import AnswerStatus
+from chatrex_ros.core.types import Detection
 from chatrex_ros.eval import metrics as m
 from chatrex_ros.eval.groundtruth import GroundTruth, GroundTruthImage, GroundTruthObject, ReferringQuery
 from chatrex_ros.eval.records import (
     AnswerRecord,
-    DetectionRecord,
     ProposalRecord,
     detection_query_id,
     referring_query_id,
@@ -236,7 +236,8 @@ def small_truth():
 
 
 def detection(label, box, score=0.9, index=0):
-    return DetectionRecord(label, tuple(float(v) for v in box), score, index)
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return Detection(index, label, (x1, y1, x2, y2), score)
 
 
 def test_score_answers_hand_computed():

@@ -78,11 +78,11 @@ def test_a_claimed_frame_outlives_many_newer_frames() -> None:
     frames(cache, [0])
     cache.claim(0)
     frames(cache, range(33 * MS, 3000 * MS, 33 * MS))  # 3 s of a 30 Hz camera while the proposer works
-    assert cache.newest() is None
+    assert cache.wait_for(None, 0) is None
     cache.add_proposals(0, "proposals0")
-    frame = cache.newest()
+    frame = cache.wait_for(None, 0)
     assert frame is not None and (frame.stamp_ns, frame.image, frame.proposals) == (0, "image0", "proposals0")
-    assert len(cache) <= 8 + 4 + CLAIMED_CAPACITY
+    assert sum(cache.sizes().values()) <= 8 + 4 + CLAIMED_CAPACITY
 
 
 def test_a_claim_may_overtake_its_image_and_proposals_may_overtake_it_too() -> None:
@@ -127,7 +127,7 @@ def test_newest_is_the_last_completed_frame_not_the_highest_stamp() -> None:
     frames(cache, [12, 13])  # the outlier is recognised and dropped
     assert cache.wait_for(10**18, 0) is None
     cache.add_proposals(13, "p13")
-    assert cache.newest().stamp_ns == 13
+    assert cache.wait_for(None, 0).stamp_ns == 13
     assert cache.stats.outliers == 1
 
 
@@ -137,13 +137,13 @@ def test_a_replayed_bag_clears_the_previous_run() -> None:
         cache.add_image(stamp, f"run1-{stamp}")
         cache.add_proposals(stamp, "p")
     cache.add_image(100, "run2-100")
-    assert cache.newest().image == "run1-102"  # one frame back is not yet a jump
+    assert cache.wait_for(None, 0).image == "run1-102"  # one frame back is not yet a jump
     cache.add_image(101, "run2-101")
     assert cache.stats.time_jumps == 1
-    assert cache.newest() is None  # nothing of the first run answers any more
+    assert cache.wait_for(None, 0) is None  # nothing of the first run answers any more
     assert cache.wait_for(102, 0) is None
     cache.add_proposals(101, "p")
-    assert cache.newest().image == "run2-101"
+    assert cache.wait_for(None, 0).image == "run2-101"
     assert [e.event for e in cache.take_events()] == [StampEvent.JUMP]
 
 
@@ -192,7 +192,7 @@ def test_every_frame_a_slow_proposer_works_on_is_paired(rate_hz, latency_s) -> N
             cache.claim(stamp)
     assert published > 0 and cache.stats.paired == published
     assert cache.stats.proposals_without_image == 0
-    assert len(cache) <= 8 + 4 + CLAIMED_CAPACITY
+    assert sum(cache.sizes().values()) <= 8 + 4 + CLAIMED_CAPACITY
 
 
 def test_an_answered_frame_is_kept_for_follow_ups_and_eviction_is_told_apart() -> None:
@@ -210,7 +210,7 @@ def test_an_answered_frame_is_kept_for_follow_ups_and_eviction_is_told_apart() -
     assert cache.wait_for(1, 0).image == "i1"  # kept
     assert cache.wait_for(2, 0) is None and cache.was_evicted(2) and not cache.skipped(2)
     assert not cache.was_evicted(1)
-    assert cache.newest().stamp_ns == 9  # a kept frame is never "newest"
+    assert cache.wait_for(None, 0).stamp_ns == 9  # a kept frame is never "newest"
 
 
 def test_a_pinned_depth_frame_that_never_arrives_is_told_apart() -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -43,9 +42,12 @@ from chatrex_ros.core.grasp import (
     REASON_STALE,
 )
 from chatrex_ros.core.grasp_pairing import DepthStore, choose_detection
+from chatrex_ros.core.stamps import stamp_to_ns
+from chatrex_ros.core.types import Detection as CoreDetection
 from chatrex_ros.msg import Answer, Detection, GraspTarget, ProposalArray
-from chatrex_ros.ros.conversions import image_msg, stamp_to_ns
-from chatrex_ros.ros.grasp_target_node import check_parameters
+from chatrex_ros.node_parameters import GRASP_NODE, GraspNodeParams, typed
+from chatrex_ros.parameters import resolve
+from chatrex_ros.ros.conversions import image_msg
 
 ros = pytest.mark.ros
 
@@ -70,8 +72,8 @@ def next_stamp() -> int:
 # ------------------------------------------------------------------------------------------
 
 
-def _det(label: str, index: int, score: float) -> SimpleNamespace:
-    return SimpleNamespace(label=label, proposal_index=index, score=score, box=(0.0, 0.0, 1.0, 1.0))
+def _det(label: str, index: int, score: float) -> CoreDetection:
+    return CoreDetection(index, label, (0.0, 0.0, 1.0, 1.0), score)
 
 
 DETECTIONS = [_det("cup", 4, 0.6), _det("the red mug", 7, 0.5), _det("mugs", 2, 0.95), _det("mug", 9, 0.3)]
@@ -136,12 +138,14 @@ def test_depth_store_pins_frames_that_have_proposals() -> None:
 
 
 def test_parameter_rules_that_span_parameters() -> None:
-    base = {"selection": "highest_score", "phrase": "", "proposal_index": -1, "color_width": 0, "color_height": 0}
-    assert check_parameters(base) is None
-    assert "phrase" in check_parameters({**base, "selection": "phrase"})
-    assert check_parameters({**base, "selection": "phrase", "phrase": "cup"}) is None
-    assert "proposal_index" in check_parameters({**base, "selection": "index"})
-    assert "color_width" in check_parameters({**base, "color_width": 640})
+    def problem(**values: object) -> str | None:
+        return typed(GraspNodeParams, resolve(GRASP_NODE, values)).problem()
+
+    assert problem() is None
+    assert "phrase" in problem(selection="phrase")
+    assert problem(selection="phrase", phrase="cup") is None
+    assert "proposal_index" in problem(selection="index")
+    assert "color_width" in problem(color_width=640)
 
 
 # ------------------------------------------------------------------------------------------

@@ -27,17 +27,13 @@ from chatrex_ros.launcher import (
     load_config,
     plan_graph,
 )
+from chatrex_ros.node_parameters import NODE_TABLES
 from chatrex_ros.parameters import node_section
 from chatrex_ros.params_file import load_sections, matches, node_parameters, sections
-from chatrex_ros.ros import grasp_target_node, language_node, proposal_node
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "config" / "chatrex.yaml"
-NODE_PARAMETERS = {
-    "proposal_node": proposal_node.PARAMETERS,
-    "language_node": language_node.PARAMETERS,
-    "grasp_target_node": grasp_target_node.PARAMETERS,
-}
+NODE_PARAMETERS = NODE_TABLES
 REALSENSE = {
     "depth": "/camera/camera/aligned_depth_to_color/image_raw",
     "depth/camera_info": "/camera/camera/aligned_depth_to_color/camera_info",
@@ -108,7 +104,7 @@ def _nodes(description, **given: str) -> dict[str, Recorded]:
 def test_every_executable_is_an_entry_point_and_a_ros2_run_script(description) -> None:
     pyproject = (ROOT / "pyproject.toml").read_text()
     cmake = (ROOT / "CMakeLists.txt").read_text()
-    for name, node in _nodes(description).items():
+    for node in _nodes(description).values():
         executable = node.kwargs["executable"]
         assert node.kwargs["package"] == "chatrex_ros"
         assert f'{executable} = "chatrex_ros.ros.{executable}:main"' in pyproject

@@ -100,8 +100,8 @@ def test_a_upn_backend_slots_in_without_touching_the_node(tmp_path) -> None:
     """The tiny UPN (reference weights shipped in test/data) through the torch backend, as the node runs it."""
     from pathlib import Path
 
-    from chatrex_ros.models.settings import PROPOSAL_NODE_PARAMETERS, proposal_pipeline
-    from chatrex_ros.parameters import resolve
+    from chatrex_ros.models.settings import proposal_pipeline
+    from chatrex_ros.node_parameters import ProposalNodeParams, resolved
 
     checkpoint = Path(__file__).parent / "data" / "upn" / "tiny_state_dict.safetensors"
     params = {
@@ -112,7 +112,7 @@ def test_a_upn_backend_slots_in_without_touching_the_node(tmp_path) -> None:
         "image_qos.reliability": "reliable",
     }
     image = textured_image(240, 320, seed=3)
-    expected = proposal_pipeline(resolve(PROPOSAL_NODE_PARAMETERS, params)).run(image)
+    expected = proposal_pipeline(resolved(ProposalNodeParams, params)).run(image)
     with NodeProcess("chatrex_ros.ros.proposal_node", "proposal_node", params=params, namespace="/upn") as node:
         client = RosClient()
         try:

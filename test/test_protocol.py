@@ -16,12 +16,12 @@ from chatrex_ros.core.protocol import (
     REGION_TASKS,
     TARGET_TASKS,
     AnswerGroup,
-    ResolvedDetection,
     Task,
     build_prompt,
     parse_answer,
     resolve_detections,
 )
+from chatrex_ros.core.types import Detection
 
 # The 104 special tokens, written out independently of the module's own regex.
 SPECIAL_TOKENS = [f"<obj{k}>" for k in range(100)] + ["<ground>", "</ground>", "<objects>", "</objects>"]
@@ -373,18 +373,18 @@ def test_resolution_one_detection_per_group_and_index():
         "<ground>cup</ground><objects><obj2><obj0></objects><ground>cup</ground><objects><obj2></objects>", 3
     )
     detections = resolve_detections(parsed, BOXES, SCORES)
-    assert [(d.phrase, d.index) for d in detections] == [("cup", 2), ("cup", 0), ("cup", 2)]
+    assert [(d.label, d.proposal_index) for d in detections] == [("cup", 2), ("cup", 0), ("cup", 2)]
     assert detections[0].box == (1.0, 2.0, 3.0, 4.0)
     assert detections[1].score == pytest.approx(0.9)
     assert all(isinstance(v, float) for d in detections for v in (*d.box, d.score))
-    assert isinstance(detections[0], ResolvedDetection)
+    assert isinstance(detections[0], Detection)
 
 
 def test_resolution_skips_dropped_indices_and_mentions_by_default():
     parsed = parse_answer("<obj1> is a <ground>dog</ground><objects><obj7><obj0></objects>", 3)
-    assert [d.index for d in resolve_detections(parsed, BOXES, SCORES)] == [0]
+    assert [d.proposal_index for d in resolve_detections(parsed, BOXES, SCORES)] == [0]
     with_mentions = resolve_detections(parsed, BOXES, SCORES, include_mentions=True)
-    assert [(d.phrase, d.index) for d in with_mentions] == [("dog", 0), ("", 1)]
+    assert [(d.label, d.proposal_index) for d in with_mentions] == [("dog", 0), ("", 1)]
 
 
 def test_resolution_of_a_refusal_is_empty():

@@ -1,8 +1,9 @@
-"""Every shell command of the README runs here as written, from a directory outside the source tree, against
-the installed package; the few that cannot run on this machine are listed with the reason.
+"""Every shell command of the documentation (README.md and docs/*.md) runs here as written, from a directory
+outside the source tree, against the installed package; the few that cannot run on this machine are listed
+with the reason.
 
-A README command that is neither run nor listed fails `test_every_readme_command_is_run_or_listed`, so a
-new command in the README needs a test before it can land. Test doubles stand in only for hardware and
+A documented command that is neither run nor listed fails `test_every_documented_command_is_run_or_listed`,
+so a new command in the README or docs/ needs a test before it can land. Test doubles stand in only for hardware and
 weights: the camera (test/camera_process.py) and, where a command needs a language model, the scripted model
 (test/doubles/scripted_model.py) added with `--set` to the README's own `up` command.
 """
@@ -20,7 +21,17 @@ import tomllib
 from user_path import Background, camera, run, up, workdir
 
 ROOT = Path(__file__).resolve().parent.parent
-README = (ROOT / "README.md").read_text()
+
+
+def documentation() -> dict[str, str]:
+    """README.md and every docs/*.md, by path relative to the repository root."""
+    pages = {"README.md": (ROOT / "README.md").read_text()}
+    pages.update({f"docs/{p.name}": p.read_text() for p in sorted((ROOT / "docs").glob("*.md"))})
+    return pages
+
+
+DOCS = documentation()
+ALL_TEXT = "\n".join(DOCS.values())
 
 NOT_RUNNABLE = {
     # set-up: CI runs exactly these two on a fresh machine (test_readme.py keeps .ci/run in sync)
@@ -29,11 +40,13 @@ NOT_RUNNABLE = {
     # a real ROS 2 install: no ros2 CLI, launch or ROS workspace here
     "cd ~/ros2_ws/src && git clone <this repository> chatrex_ros && cd ..": "needs a ROS 2 workspace and a clone URL",
     "colcon build --packages-select chatrex_ros && . install/setup.bash": "needs a sourced ROS 2 install",
-    "ros2 launch chatrex_ros chatrex.launch.py image_topic:=/camera/color/image_raw": "needs launch/launch_ros (not on PyPI); test_launch.py checks the description",
+    "ros2 launch chatrex_ros chatrex.launch.py image_topic:=/camera/color/image_raw": (
+        "needs launch/launch_ros (not on PyPI); test_launch.py checks the description"
+    ),
 }
 
 
-def readme_commands(text: str = README) -> list[str]:
+def readme_commands(text: str = ALL_TEXT) -> list[str]:
     """The commands of every ```bash block: continuation lines joined, comments and blank lines dropped."""
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
@@ -45,12 +58,19 @@ def readme_commands(text: str = README) -> list[str]:
     return commands
 
 
-def _section(title: str, own_only: bool = False) -> list[str]:
-    """The commands of one README section: from its heading to the next heading of the same or a higher level
-    (``own_only``: to the next heading of any level, leaving its subsections out)."""
-    lines = README.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if re.fullmatch(rf"#+ {re.escape(title)}\n", line)), None)
-    assert start is not None, f"README has no section {title!r}"
+def _section(title: str, page: str = "README.md", own_only: bool = False) -> list[str]:
+    """The commands of one section of ``page``: from its heading to the next heading of the same or a higher
+    level (``own_only``: to the next heading of any level, leaving its subsections out)."""
+    lines = DOCS[page].splitlines(keepends=True)
+    start = next(
+        (
+            i
+            for i, line in enumerate(lines)
+            if re.fullmatch(rf"#+ {re.escape(title)}\n", line) and not _in_code(lines, i)
+        ),
+        None,
+    )
+    assert start is not None, f"{page} has no section {title!r}"
     level = 6 if own_only else len(lines[start]) - len(lines[start].lstrip("#"))
     end = next(
         (i for i in range(start + 1, len(lines)) if re.match(rf"#{{1,{level}}} ", lines[i]) and not _in_code(lines, i)),
@@ -65,8 +85,8 @@ def _in_code(lines: list[str], index: int) -> bool:
 
 ROBOT = _section("Running on a robot")
 GRASP_ALONE = [c for c in readme_commands() if c.startswith("grasp_target_node ")]
-EVALUATION_EXAMPLE = _section("Evaluation", own_only=True)
-REPLAY = _section("Online replay: a bag into the running nodes, recorded and scored")
+EVALUATION_EXAMPLE = _section("Offline evaluation", "docs/evaluation.md", own_only=True)
+REPLAY = _section("Online replay: a bag into the running nodes, recorded and scored", "docs/evaluation.md")
 COLCON_PYPI = [
     c
     for c in readme_commands()
@@ -75,12 +95,18 @@ COLCON_PYPI = [
 RUN_HERE = {"chatrex-ros demo", *ROBOT, *GRASP_ALONE, *EVALUATION_EXAMPLE, *REPLAY, *COLCON_PYPI}
 
 
-def test_every_readme_command_is_run_or_listed() -> None:
+def test_every_documented_command_is_run_or_listed() -> None:
     commands = set(readme_commands())
     assert commands, "no ```bash blocks found"
     unaccounted = commands - RUN_HERE - set(NOT_RUNNABLE)
-    assert not unaccounted, f"README commands without a test: {sorted(unaccounted)}"
-    assert set(NOT_RUNNABLE) <= commands, f"listed but gone from the README: {set(NOT_RUNNABLE) - commands}"
+    assert not unaccounted, f"documented commands without a test: {sorted(unaccounted)}"
+    assert set(NOT_RUNNABLE) <= commands, f"listed but gone from the documentation: {set(NOT_RUNNABLE) - commands}"
+
+
+def test_every_page_is_searched_for_commands() -> None:
+    """The pages with ```bash blocks: a page left out of DOCS would leave its commands untested."""
+    pages = {page for page, text in DOCS.items() if readme_commands(text)}
+    assert {"README.md", "docs/evaluation.md", "docs/grasp.md"} <= pages, pages
 
 
 def test_the_colcon_recipe_installs_every_build_requirement() -> None:

@@ -22,15 +22,10 @@ from chatrex_ros.eval.bagio import BagReader
 from chatrex_ros.eval.groundtruth import GroundTruth, load_queries
 from chatrex_ros.eval.records import evaluation_requests
 from chatrex_ros.eval.sample import SAMPLE_IMAGE_TOPIC, make_sample_bag, sample_annotations_path, sample_queries_path
-from chatrex_ros.ros.replay import (
-    ReplayClock,
-    ReplayError,
-    ReplayFrame,
-    ReplayOptions,
-    ReplayPlan,
-    ReplayProgress,
-    plan_replay,
-)
+from chatrex_ros.replay.clock import ReplayClock
+from chatrex_ros.replay.options import ReplayError, ReplayOptions
+from chatrex_ros.replay.plan import ReplayFrame, ReplayPlan, plan_replay
+from chatrex_ros.replay.progress import ReplayProgress
 
 S = 1_000_000_000
 SLOW_WORD = "slowthing"
@@ -57,7 +52,7 @@ def test_plan_asks_the_evaluation_queries_of_each_frame_about_that_frame(sample_
     plan = plan_replay(sample_bag, gt=gt, referring=referring)
     assert plan.image_topic == SAMPLE_IMAGE_TOPIC and plan.image_type == "sensor_msgs/msg/Image"
     assert [frame.stamp_ns for frame in plan.frames] == [image.stamp_ns for image in gt.images]
-    for frame, image in zip(plan.frames, gt.images):
+    for frame, image in zip(plan.frames, gt.images, strict=True):
         expected = [query_id for query_id, _ in evaluation_requests(gt, image.id, referring)]
         assert [query_id for query_id, _ in frame.queries] == expected
     assert plan.query_count == len(gt.images) + len(referring)

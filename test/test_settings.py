@@ -9,26 +9,27 @@ import yaml
 
 from chatrex_ros.cli import main
 from chatrex_ros.models.selective_search import SelectiveSearchBackend
-from chatrex_ros.models.settings import (
-    LANGUAGE_NODE_PARAMETERS,
-    PROPOSAL_NODE_PARAMETERS,
-    language_backend,
-    proposal_backend_kwargs,
-    proposal_pipeline,
+from chatrex_ros.models.settings import language_backend, proposal_backend_kwargs, proposal_pipeline
+from chatrex_ros.node_parameters import (
+    LANGUAGE_NODE,
+    PROPOSAL_NODE,
+    LanguageNodeParams,
+    ProposalNodeParams,
+    resolved,
 )
 from chatrex_ros.parameters import ParamSpec, node_section, resolve
 
 
 def test_resolve_fills_defaults_flattens_and_rejects_bad_values() -> None:
-    values = resolve(PROPOSAL_NODE_PARAMETERS, {"min_score": 1, "image_qos": {"depth": 3}})
+    values = resolve(PROPOSAL_NODE, {"min_score": 1, "image_qos": {"depth": 3}})
     assert values["min_score"] == 1.0 and isinstance(values["min_score"], float)
     assert values["image_qos.depth"] == 3 and values["backend"] == "selective_search"
     with pytest.raises(ValueError, match="max_proposals must be <= 100"):
-        resolve(PROPOSAL_NODE_PARAMETERS, {"max_proposals": 101})
+        resolve(PROPOSAL_NODE, {"max_proposals": 101})
     with pytest.raises(ValueError, match="unknown parameter 'bakcend'"):
-        resolve(PROPOSAL_NODE_PARAMETERS, {"bakcend": "torch"})
+        resolve(PROPOSAL_NODE, {"bakcend": "torch"})
     with pytest.raises(ValueError, match="must be bool"):
-        resolve(LANGUAGE_NODE_PARAMETERS, {"trust_remote_code": "yes"})
+        resolve(LANGUAGE_NODE, {"trust_remote_code": "yes"})
 
 
 def test_param_spec_accepts_plugins_only_where_allowed() -> None:
@@ -38,8 +39,8 @@ def test_param_spec_accepts_plugins_only_where_allowed() -> None:
 
 
 def test_backend_keywords_follow_the_parameters() -> None:
-    torch_values = resolve(
-        PROPOSAL_NODE_PARAMETERS,
+    torch_values = resolved(
+        ProposalNodeParams,
         {
             "backend": "torch",
             "checkpoint": "/m/upn.pth",
@@ -55,18 +56,14 @@ def test_backend_keywords_follow_the_parameters() -> None:
         "device": "cuda",
         "dtype": "bfloat16",
     }
-    ort = proposal_backend_kwargs(resolve(PROPOSAL_NODE_PARAMETERS, {"backend": "onnxruntime", "onnx": "u.onnx"}))
+    ort = proposal_backend_kwargs(resolved(ProposalNodeParams, {"backend": "onnxruntime", "onnx": "u.onnx"}))
     assert ort == {"onnx_path": "u.onnx", "providers": ["CPUExecutionProvider"]}
-    pipeline = proposal_pipeline(
-        resolve(PROPOSAL_NODE_PARAMETERS, {"selective_search_long_side": 128, "max_proposals": 7})
-    )
+    pipeline = proposal_pipeline(resolved(ProposalNodeParams, {"selective_search_long_side": 128, "max_proposals": 7}))
     assert isinstance(pipeline.backend, SelectiveSearchBackend) and pipeline.backend.long_side == 128
     assert pipeline.policy.max_count == 7
-    assert language_backend(resolve(LANGUAGE_NODE_PARAMETERS, {})) is None
+    assert language_backend(resolved(LanguageNodeParams, {})) is None
     with pytest.raises(ValueError, match="backend_options"):
-        language_backend(
-            resolve(LANGUAGE_NODE_PARAMETERS, {"language_backend": "python:x:y", "backend_options": "[1]"})
-        )
+        language_backend(resolved(LanguageNodeParams, {"language_backend": "python:x:y", "backend_options": "[1]"}))
 
 
 def test_demo_uses_the_backends_of_the_config_file(tmp_path) -> None:

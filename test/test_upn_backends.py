@@ -12,9 +12,9 @@ import pytest
 
 from chatrex_ros.core.proposals import select_proposals
 from chatrex_ros.models.base import ProposalBackend, ProposalPipeline, SelectionPolicy
+from chatrex_ros.models.registry import make_proposal_backend
 from chatrex_ros.models.upn.engine_cache import EngineKey, cache_entry
 from chatrex_ros.models.upn.processing import decode_outputs
-from chatrex_ros.models.upn_backends import make_upn_backend
 
 skimage_data = pytest.importorskip("skimage.data", reason="the golden images come from scikit-image's bundled data")
 
@@ -35,7 +35,7 @@ def coffee() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def torch_backend():
-    return make_upn_backend("torch", checkpoint=WEIGHTS, variant="tiny", granularity="coarse")
+    return make_proposal_backend("torch", checkpoint=WEIGHTS, variant="tiny", granularity="coarse")
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def test_torch_backend_reproduces_the_golden_proposals(torch_backend, torch_outp
 def test_bfloat16_autocast_keeps_selection_and_box_head_in_float32(golden):
     import torch
 
-    backend = make_upn_backend("torch", checkpoint=WEIGHTS, variant="tiny", granularity="coarse", dtype="bfloat16")
+    backend = make_proposal_backend("torch", checkpoint=WEIGHTS, variant="tiny", granularity="coarse", dtype="bfloat16")
     boxes, logits = backend.infer(np.zeros((1, 3, 128, 128), dtype=np.float32))
     assert boxes.dtype == np.float32 and boxes.shape == (1, 100, 4) and np.isfinite(logits).all()
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -95,7 +95,7 @@ def test_bfloat16_autocast_keeps_selection_and_box_head_in_float32(golden):
 
 
 def test_onnx_export_runs_in_onnxruntime_like_pytorch(exported, torch_outputs, coffee, golden):
-    backend = make_upn_backend("onnxruntime", onnx_path=str(exported), providers=["CPUExecutionProvider"])
+    backend = make_proposal_backend("onnxruntime", onnx_path=str(exported), providers=["CPUExecutionProvider"])
     assert backend.provider == "CPUExecutionProvider"
     assert backend.input_hw == (373, 559) and backend.prompt == "coarse"
     ort_boxes, ort_logits = backend.infer(golden["coffee__input"])
@@ -127,31 +127,31 @@ def test_onnx_metadata_records_the_resize_rule(exported):
 
 
 def test_backend_errors_say_what_to_do(tmp_path):
-    with pytest.raises(ValueError, match="unknown UPN backend"):
-        make_upn_backend("openvino")
+    with pytest.raises(ValueError, match="unknown proposal backend"):
+        make_proposal_backend("openvino")
     with pytest.raises(FileNotFoundError, match="export-upn"):
-        make_upn_backend("onnxruntime", onnx_path=str(tmp_path / "missing.onnx"))
+        make_proposal_backend("onnxruntime", onnx_path=str(tmp_path / "missing.onnx"))
     with pytest.raises(FileNotFoundError, match="upn-large"):
-        make_upn_backend("torch", checkpoint=str(tmp_path / "missing.pth"), variant="tiny")
+        make_proposal_backend("torch", checkpoint=str(tmp_path / "missing.pth"), variant="tiny")
     with pytest.raises(ValueError, match="dtype"):
-        make_upn_backend("torch", checkpoint=WEIGHTS, variant="tiny", dtype="int8")
+        make_proposal_backend("torch", checkpoint=WEIGHTS, variant="tiny", dtype="int8")
     with pytest.raises(ValueError, match="unknown UPN prompt"):
-        make_upn_backend("torch", checkpoint=None, variant="tiny", granularity="medium", random_weights=True)
+        make_proposal_backend("torch", checkpoint=None, variant="tiny", granularity="medium", random_weights=True)
 
 
 @pytest.mark.parametrize("checkpoint", [None, ""])
 def test_torch_backend_without_a_checkpoint_refuses_to_start(checkpoint):
     """No checkpoint (None from Python, "" from the node parameter) never means random weights silently."""
     with pytest.raises(ValueError, match=r"checkpoint:=/path/to/upn_large\.pth") as raised:
-        make_upn_backend("torch", checkpoint=checkpoint, variant="tiny")
+        make_proposal_backend("torch", checkpoint=checkpoint, variant="tiny")
     message = str(raised.value)
     assert "\n" not in message and "model_variant" in message and "random_weights=True" in message
     with pytest.raises(ValueError, match="not both"):
-        make_upn_backend("torch", checkpoint=WEIGHTS, variant="tiny", random_weights=True)
+        make_proposal_backend("torch", checkpoint=WEIGHTS, variant="tiny", random_weights=True)
 
 
 def test_torch_backend_random_weights_only_when_asked():
-    backend = make_upn_backend("torch", checkpoint=None, variant="tiny", random_weights=True)
+    backend = make_proposal_backend("torch", checkpoint=None, variant="tiny", random_weights=True)
     boxes, logits = backend.infer(np.zeros((1, 3, 64, 64), np.float32))
     assert boxes.shape[:2] == logits.shape[:2] and np.isfinite(boxes).all()
 
@@ -165,14 +165,14 @@ def test_onnxruntime_refuses_providers_it_does_not_have(exported):
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("this onnxruntime has CUDA: the missing-provider path cannot be exercised")
     with pytest.raises(RuntimeError, match="onnxruntime-gpu"):
-        make_upn_backend("onnxruntime", onnx_path=str(exported), providers=["CUDAExecutionProvider"])
+        make_proposal_backend("onnxruntime", onnx_path=str(exported), providers=["CUDAExecutionProvider"])
 
 
 def test_tensorrt_backend_without_tensorrt_fails_at_start_up(exported, tmp_path, capsys):
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("TensorRT is installed: the missing-package path cannot be exercised")
     with pytest.raises(ImportError, match=r"pip install chatrex_ros\[tensorrt\]"):
-        make_upn_backend("tensorrt", onnx_path=str(exported), engine_cache_dir=str(tmp_path))
+        make_proposal_backend("tensorrt", onnx_path=str(exported), engine_cache_dir=str(tmp_path))
     from chatrex_ros.commands import upn as upn_commands
 
     parser = argparse.ArgumentParser()

@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from chatrex_ros.core.proposals import select_proposals
-from chatrex_ros.models.upn import build_upn, load_upn_weights, resolve_config
-from chatrex_ros.models.upn.checkpoint import normalise_state_dict
+from chatrex_ros.models.upn.checkpoint import load_upn_weights, normalise_state_dict
+from chatrex_ros.models.upn.config import resolve_config
+from chatrex_ros.models.upn.model import build_upn
 
 DATA = Path(__file__).parent / "data" / "upn"
 WEIGHTS = DATA / "tiny_state_dict.safetensors"

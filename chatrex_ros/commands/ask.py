@@ -18,10 +18,11 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from chatrex_ros.commands.exit_codes import ExitCode
 from chatrex_ros.core.protocol import Task
-from chatrex_ros.core.stamps import NS_PER_S, format_stamp, parse_stamp
+from chatrex_ros.core.stamps import format_stamp, parse_stamp, stamp_to_ns
+from chatrex_ros.names import GRAPH_NAMESPACE
 
-EXIT_OK, EXIT_ERROR_STATUS, EXIT_USAGE, EXIT_TIMEOUT, EXIT_NO_NODE = 0, 1, 2, 3, 4
 QUERY_TYPE = "chatrex_ros/msg/Query"
 SPIN_S = 0.05
 
@@ -77,7 +78,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--max-new-tokens", type=int, default=0)
     parser.add_argument(
-        "--namespace", default="/chatrex", help="namespace of the language_node topics (default /chatrex)"
+        "--namespace",
+        default=GRAPH_NAMESPACE,
+        help="namespace of the language_node topics (default %(default)s)",
     )
     parser.add_argument("--json", action="store_true", help="print the answer as JSON")
     parser.set_defaults(func=run)
@@ -117,13 +120,13 @@ def topic_names(namespace: str) -> tuple[str, str, str]:
 
 def answer_to_dict(answer: Any) -> dict[str, Any]:
     """An Answer message as the JSON ``ask --json`` prints; ``image_stamp`` is exact (feed it to --stamp)."""
-    from chatrex_ros.core.answering import AnswerStatus
+    from chatrex_ros.core.answering import status_name
 
-    stamp_ns = int(answer.header.stamp.sec) * NS_PER_S + int(answer.header.stamp.nanosec)
+    stamp_ns = stamp_to_ns(answer.header.stamp)
     return {
         "query_id": answer.query_id,
         "task": answer.task,
-        "status": AnswerStatus(answer.status).name,
+        "status": status_name(answer.status),
         "status_message": answer.status_message,
         "text": answer.text,
         "raw_output": answer.raw_output,
@@ -240,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
                     namespace, query_topic, answer_topic, query_served, args.wait_for_node, elsewhere
                 )
                 print(message, file=sys.stderr)
-                return EXIT_NO_NODE
+                return ExitCode.NO_NODE
         publisher.publish(query)
         answer_deadline = time.monotonic() + args.timeout
         while not answers and time.monotonic() < answer_deadline:
@@ -250,14 +253,12 @@ def run(args: argparse.Namespace) -> int:
         rclpy.shutdown()
     if not answers:
         print(f"chatrex-ros ask: no answer on {answer_topic} within {args.timeout:g} s", file=sys.stderr)
-        return EXIT_TIMEOUT
+        return ExitCode.TIMEOUT
     summary = answer_to_dict(answers[0])
     print(json.dumps(summary, indent=2) if args.json else format_table(summary))
-    return (
-        EXIT_OK
-        if summary["status"] == "OK"
-        else (EXIT_TIMEOUT if summary["status"] == "TIMEOUT" else EXIT_ERROR_STATUS)
-    )
+    if summary["status"] == "OK":
+        return ExitCode.OK
+    return ExitCode.TIMEOUT if summary["status"] == "TIMEOUT" else ExitCode.FAILED
 
 
 def _served_query_topics(node: Any, exclude: str) -> list[str]:

@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+from chatrex_ros.commands.exit_codes import ExitCode
+from chatrex_ros.names import GROUND_TRUTH_TOPIC
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     source.add_argument(
         "--gt-topic",
-        help="read the ground truth from this Answer topic of the bag instead (e.g. /chatrex/ground_truth)",
+        help=f"read the ground truth from this Answer topic of the bag instead (e.g. {GROUND_TRUTH_TOPIC})",
     )
     source.add_argument(
         "--queries", type=Path, help="referring queries JSON: {queries: [{id, image_id, phrase, annotation_id}]}"
@@ -67,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sample.add_argument("--out", type=Path, default=Path("chatrex_sample_bag"), help="bag directory to create")
     sample.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
     sample.add_argument(
-        "--with-gt-topic", action="store_true", help="also write the annotations on /chatrex/ground_truth"
+        "--with-gt-topic", action="store_true", help=f"also write the annotations on {GROUND_TRUTH_TOPIC}"
     )
     sample.add_argument("--force", action="store_true", help="replace --out if it exists")
     sample.set_defaults(func=run_make_sample)
@@ -150,14 +151,9 @@ def _build_models(args: argparse.Namespace) -> tuple[Any, Any]:
     """Backends from the config file's node sections (as the nodes build them), flags taking precedence."""
     from chatrex_ros.models.base import ProposalPipeline
     from chatrex_ros.models.registry import make_language_backend, make_proposal_backend
-    from chatrex_ros.models.settings import (
-        LANGUAGE_NODE_PARAMETERS,
-        PROPOSAL_NODE_PARAMETERS,
-        language_backend_kwargs,
-        proposal_backend_kwargs,
-        selection_policy,
-    )
-    from chatrex_ros.parameters import node_section, resolve
+    from chatrex_ros.models.settings import language_backend_kwargs, proposal_backend_kwargs, selection_policy
+    from chatrex_ros.node_parameters import LanguageNodeParams, ProposalNodeParams, resolved
+    from chatrex_ros.parameters import node_section
     from chatrex_ros.paths import config_file
 
     config = args.config or config_file("chatrex.yaml")
@@ -175,26 +171,26 @@ def _build_models(args: argparse.Namespace) -> tuple[Any, Any]:
         language_values["language_backend"] = args.language_backend
     if args.model_path:
         language_values["model_path"] = args.model_path
-    proposal_values = resolve(PROPOSAL_NODE_PARAMETERS, proposal_values)
-    language_values = resolve(LANGUAGE_NODE_PARAMETERS, language_values)
+    proposal_params = resolved(ProposalNodeParams, proposal_values)
+    language_params = resolved(LanguageNodeParams, language_values)
     proposal_kwargs = {
-        **proposal_backend_kwargs(proposal_values),
+        **proposal_backend_kwargs(proposal_params),
         **parse_params(args.proposal_param, "--proposal-param"),
     }
-    proposal = make_proposal_backend(proposal_values["backend"], **proposal_kwargs)
+    proposal = make_proposal_backend(proposal_params.backend, **proposal_kwargs)
     extra_language = parse_params(args.language_param, "--language-param")
-    if language_values["language_backend"] == "none" and (extra_language or args.model_path):
+    if language_params.language_backend == "none" and (extra_language or args.model_path):
         raise ValueError(
             "--model-path/--language-param given but the language backend is 'none'; add --language-backend chatrex"
         )
-    language_kwargs = {**language_backend_kwargs(language_values), **extra_language}
-    language = make_language_backend(language_values["language_backend"], **language_kwargs)
-    return ProposalPipeline(proposal, selection_policy(proposal_values)), language
+    language_kwargs = {**language_backend_kwargs(language_params), **extra_language}
+    language = make_language_backend(language_params.language_backend, **language_kwargs)
+    return ProposalPipeline(proposal, selection_policy(proposal_params)), language
 
 
 def _fail(command: str, error: BaseException) -> int:
     print(f"chatrex-ros {command}: error: {error}", file=sys.stderr)
-    return EXIT_BAD_INPUT if isinstance(error, (ValueError, FileNotFoundError)) else EXIT_FAILED
+    return ExitCode.BAD_INPUT if isinstance(error, (ValueError, FileNotFoundError)) else ExitCode.FAILED
 
 
 def _finish(result: Any, args: argparse.Namespace) -> int:
@@ -204,7 +200,7 @@ def _finish(result: Any, args: argparse.Namespace) -> int:
     if not args.quiet:
         print(written["report"].read_text(encoding="utf-8"))
     print(f"wrote {', '.join(str(p) for p in written.values())}", file=sys.stderr)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -274,7 +270,7 @@ def run_make_sample(args: argparse.Namespace) -> int:
     print(f"sample bag: {bag} ({args.storage}, topic /camera/image_raw)")
     print(f"ground truth: {annotations}")
     print(f"queries: {queries}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def run_demo(args: argparse.Namespace) -> int:

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import yaml
 
+from chatrex_ros.commands.exit_codes import ExitCode
 from chatrex_ros.launcher import (
     DEFAULT_COLOR_INFO_TOPIC,
     DEFAULT_DEPTH_INFO_TOPIC,
     DEFAULT_DEPTH_TOPIC,
     DEFAULT_IMAGE_TOPIC,
-    EXIT_CONFIG_ERROR,
-    NAMESPACE,
 )
+from chatrex_ros.names import NAMESPACE
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -99,10 +99,10 @@ def run(args: argparse.Namespace) -> int:
         planned = plan_graph(config, parse_overrides(args.set), topics, args.grasp)
     except GraphConfigError as error:
         print("chatrex-ros up: nothing started:\n  " + "\n  ".join(error.problems), file=sys.stderr)
-        return EXIT_CONFIG_ERROR
+        return ExitCode.BAD_INPUT
     except (OSError, ValueError, yaml.YAMLError) as error:
         print(f"chatrex-ros up: nothing started: {error}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
+        return ExitCode.BAD_INPUT
     for name in config.bare_names:
         print(
             f"chatrex-ros up: note: {config.path}: '{name}' is read as /{NAMESPACE}/{name}; `ros2 launch` "
@@ -113,5 +113,5 @@ def run(args: argparse.Namespace) -> int:
         for node in planned:
             print(shlex.join(node.command(Path(f"<{node.spec.name}.yaml>"))))
             print(yaml.safe_dump(node.params_document(), sort_keys=False))
-        return 0
+        return ExitCode.OK
     return GraphProcesses(planned).run()

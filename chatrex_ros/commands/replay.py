@@ -124,9 +124,12 @@ def _load_ground_truth(args: argparse.Namespace) -> tuple[Any, tuple[Any, ...]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Plan the replay, play it into the running graph, print (and write) its report; the exit status."""
     from chatrex_ros.eval.groundtruth import stamp_tolerance_ns
     from chatrex_ros.launcher import dds_environment
-    from chatrex_ros.ros.replay import ReplayOptions, plan_replay, run_replay
+    from chatrex_ros.replay.options import ReplayOptions
+    from chatrex_ros.replay.plan import plan_replay
+    from chatrex_ros.replay.publisher import run_replay
 
     try:
         options = ReplayOptions(

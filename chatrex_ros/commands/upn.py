@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from chatrex_ros.commands.exit_codes import ExitCode
+
 EXPECTED_ERRORS = (FileNotFoundError, ImportError, ValueError, RuntimeError)
 
 
@@ -53,9 +55,9 @@ def register(subparsers: Any) -> None:
 
 def _default_engine_cache() -> str:
     """The proposal node's own default, so an engine built here is the one the node finds."""
-    from chatrex_ros.models.settings import PROPOSAL_NODE_PARAMETERS
+    from chatrex_ros.node_parameters import ProposalNodeParams, resolved
 
-    return next(spec.default for spec in PROPOSAL_NODE_PARAMETERS if spec.name == "engine_cache_dir")
+    return resolved(ProposalNodeParams).engine_cache_dir
 
 
 def _variant(text: str) -> str | dict[str, Any]:
@@ -91,9 +93,9 @@ def run_export(args: argparse.Namespace) -> int:
         out = export_onnx(model, args.out, input_hw, args.prompt, args.opset)
     except EXPECTED_ERRORS as error:
         print(f"export-upn: {error}", file=sys.stderr)
-        return 1
+        return ExitCode.FAILED
     print(f"wrote {out} (input 1x3x{input_hw[0]}x{input_hw[1]}, prompt {args.prompt}, variant {config.name})")
-    return 0
+    return ExitCode.OK
 
 
 def run_build_engine(args: argparse.Namespace) -> int:
@@ -103,6 +105,6 @@ def run_build_engine(args: argparse.Namespace) -> int:
         entry = ensure_engine(args.onnx, args.cache_dir, args.precision, rebuild=args.rebuild)
     except EXPECTED_ERRORS as error:
         print(f"build-engine: {error}", file=sys.stderr)
-        return 1
+        return ExitCode.FAILED
     print(f"engine {entry.engine_path}")
-    return 0
+    return ExitCode.OK

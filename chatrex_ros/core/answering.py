@@ -9,24 +9,27 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from chatrex_ros.core.protocol import (
     REGION_TASKS,
     ParsedAnswer,
-    ResolvedDetection,
     Task,
     build_prompt,
     parse_answer,
     resolve_detections,
 )
-from chatrex_ros.core.types import Proposals
+from chatrex_ros.core.types import Detection, Proposals
+
+if TYPE_CHECKING:  # the interface only; the core never imports the model layer at run time
+    from chatrex_ros.models.base import LanguageBackend
 
 
 class AnswerStatus(enum.IntEnum):
-    """Outcome of a query; the values are ``chatrex_ros/msg/Answer`` STATUS_* constants."""
+    """Outcome of a query: ``chatrex_ros/msg/Answer``'s STATUS_* constants (a test keeps names and values equal)."""
 
     OK = 0
     NO_IMAGE = 1
@@ -35,6 +38,17 @@ class AnswerStatus(enum.IntEnum):
     MODEL_ERROR = 4
     TIMEOUT = 5
     BUSY = 6
+
+
+def status_name(status: int) -> str:
+    """An ``Answer.status`` as its name (``"OK"``, ``"BAD_QUERY"``, ...).
+
+    A number this version does not know (from a newer node) stays a number, as text.
+    """
+    try:
+        return AnswerStatus(status).name
+    except ValueError:
+        return str(status)
 
 
 class QueryError(Exception):
@@ -47,13 +61,28 @@ class QueryError(Exception):
 
 @dataclass(frozen=True)
 class QueryRequest:
-    """A validated query: what to ask, independent of any transport."""
+    """A validated query: what to ask, independent of any transport.
+
+    ``prompt``, the exact question string for the model, is built once, when the request is made (which
+    validates targets, indices and text length with the protocol's own rules: QueryError BAD_QUERY).
+    """
 
     task: Task
     targets: tuple[str, ...] = ()
     question: str = ""
     indices: tuple[int, ...] = ()
     max_new_tokens: int = 512
+    prompt: str = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        try:
+            if self.task in REGION_TASKS:
+                prompt = build_prompt(self.task, self.indices)
+            else:
+                prompt = build_prompt(self.task, self.targets, self.question)
+        except ValueError as error:
+            raise QueryError(AnswerStatus.BAD_QUERY, str(error)) from None
+        object.__setattr__(self, "prompt", prompt)
 
     @classmethod
     def create(
@@ -79,18 +108,7 @@ class QueryRequest:
         if max_new_tokens <= 0:
             raise QueryError(AnswerStatus.BAD_QUERY, f"max_new_tokens must be positive, got {max_new_tokens}")
         question = text.strip() if parsed_task is Task.CHAT else ""
-        request = cls(parsed_task, phrases, question, tuple(int(i) for i in indices), int(max_new_tokens))
-        request.prompt()  # validates targets, indices and text length with the protocol's own rules
-        return request
-
-    def prompt(self) -> str:
-        """The exact question string for the model."""
-        try:
-            if self.task in REGION_TASKS:
-                return build_prompt(self.task, self.indices)
-            return build_prompt(self.task, self.targets, self.question)
-        except ValueError as error:
-            raise QueryError(AnswerStatus.BAD_QUERY, str(error)) from None
+        return cls(parsed_task, phrases, question, tuple(int(i) for i in indices), int(max_new_tokens))
 
 
 @dataclass(frozen=True)
@@ -100,11 +118,31 @@ class AnswerResult:
     prompt: str
     raw_output: str
     parsed: ParsedAnswer
-    detections: tuple[ResolvedDetection, ...]
+    detections: tuple[Detection, ...]
     model_ms: float
 
 
-def answer_query(backend, image_rgb: np.ndarray, proposals: Proposals, request: QueryRequest) -> AnswerResult:
+@dataclass(frozen=True)
+class QueryOutcome:
+    """What one query came to, answered or not: everything an Answer reports besides the frame's header.
+
+    ``result`` is set only for OK; ``num_proposals`` and ``proposals_stamp_ns`` whenever a frame was paired.
+    """
+
+    query_id: str
+    task: str
+    status: AnswerStatus
+    message: str = ""
+    result: AnswerResult | None = None
+    num_proposals: int = 0
+    proposals_stamp_ns: int = 0
+    queue_ms: float = 0.0
+    total_ms: float = 0.0
+
+
+def answer_query(
+    backend: LanguageBackend, image_rgb: np.ndarray, proposals: Proposals, request: QueryRequest
+) -> AnswerResult:
     """Ask ``backend`` (a LanguageBackend) about one frame and resolve its index answer.
 
     Raises QueryError: NO_PROPOSALS for an empty list, BAD_QUERY for region indices beyond it,
@@ -120,7 +158,7 @@ def answer_query(backend, image_rgb: np.ndarray, proposals: Proposals, request: 
                 AnswerStatus.BAD_QUERY,
                 f"region indices {out_of_range} are outside the frame's {count} proposals (0..{count - 1})",
             )
-    prompt = request.prompt()
+    prompt = request.prompt
     start = time.perf_counter()
     try:
         raw = backend.generate(image_rgb, proposals.boxes, prompt, max_new_tokens=request.max_new_tokens)

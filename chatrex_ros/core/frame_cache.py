@@ -161,12 +161,6 @@ class FrameCache(Generic[ImageT, ProposalsT]):
         with self._lock:
             return stamp_ns in self._evicted and self._lookup(stamp_ns) is None
 
-    def clear(self) -> None:
-        with self._changed:
-            self._forget(lambda stamp: True)
-            self._timeline.reset()
-            self._newest_image_ns = self._first_image_ns = None
-
     # ---- queries ----
     def wait_for(self, stamp_ns: int | None, timeout_s: float) -> Frame[ImageT, ProposalsT] | None:
         """The answerable frame at ``stamp_ns`` (None: the newest), waiting up to ``timeout_s`` for it."""
@@ -174,20 +168,12 @@ class FrameCache(Generic[ImageT, ProposalsT]):
             self._changed.wait_for(lambda: self._lookup(stamp_ns) is not None, timeout=max(0.0, timeout_s))
             return self._lookup(stamp_ns)
 
-    def newest(self) -> Frame[ImageT, ProposalsT] | None:
-        with self._lock:
-            return self._lookup(None)
-
     def knows(self, stamp_ns: int | None = None) -> bool:
         """Whether anything of that frame (any frame, for None) is here or announced."""
         with self._lock:
             if stamp_ns is None:
                 return bool(self._recent or self._claimed or self._answerable or self._orphans)
             return any(stamp_ns in store for store in self._stores())
-
-    def is_claimed(self, stamp_ns: int) -> bool:
-        with self._lock:
-            return stamp_ns in self._claimed
 
     def skipped(self, stamp_ns: int) -> bool:
         """True when the proposer evidently passed this frame by: its image is here, the proposer announces its
@@ -218,10 +204,6 @@ class FrameCache(Generic[ImageT, ProposalsT]):
         with self._lock:
             events, self.stats.events = self.stats.events, []
             return events
-
-    def __len__(self) -> int:
-        with self._lock:
-            return sum(len(store) for store in self._stores())
 
     # ---- internals (lock held) ----
     def _place_image(self, stamp_ns: int, image: ImageT) -> None:

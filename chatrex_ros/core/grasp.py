@@ -74,7 +74,7 @@ class Target:
         """An invalid target with ``reason`` (use the REASON_* constants) and whatever stats are known."""
         if not reason:
             raise ValueError("an invalid Target needs a non-empty reason")
-        return cls(valid=False, reason=reason, **stats)
+        return cls(valid=False, reason=reason, **stats)  # type: ignore[arg-type]  # float statistics only
 
     @property
     def approach_orientation(self) -> tuple[float, float, float, float]:
@@ -353,6 +353,7 @@ def approach_quaternion(point: Sequence[float]) -> tuple[float, float, float, fl
     z_axis = _perpendicular_toward(np.array([0.0, -1.0, 0.0]), x_axis)
     if z_axis is None:
         z_axis = _perpendicular_toward(np.array([0.0, 0.0, 1.0]), x_axis)
+    assert z_axis is not None, "a unit axis cannot be parallel to both -Y and +Z"
     y_axis = np.cross(z_axis, x_axis)
     y_axis /= np.linalg.norm(y_axis)
     z_axis = np.cross(x_axis, y_axis)  # re-orthogonalised: the quaternion formula needs an exact rotation
@@ -465,7 +466,8 @@ def _perpendicular_toward(reference: np.ndarray, axis: np.ndarray) -> np.ndarray
     norm = float(np.linalg.norm(projected))
     if norm < 1e-6:  # nearly parallel: the projection is mostly rounding error
         return None
-    return projected / norm
+    unit: np.ndarray = projected / norm
+    return unit
 
 
 def _quaternion_from_matrix(r: np.ndarray) -> tuple[float, float, float, float]:

@@ -1,4 +1,4 @@
-"""Which detection and which depth frame a grasp target is computed from (ROS-free, duck-typed).
+"""Which detection and which depth frame a grasp target is computed from (ROS-free).
 
 ``choose_detection`` picks one detection of an answer; ``DepthStore`` keeps depth frames by stamp long enough
 for a language model's answer (seconds late) to still find its frame.
@@ -9,10 +9,11 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Sequence
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from chatrex_ros.core.grasp import REASON_NO_DETECTION
 from chatrex_ros.core.time_jumps import HeldTimeline, StampEvent, StampVerdict
+from chatrex_ros.core.types import Detection
 
 SELECTIONS = ("highest_score", "phrase", "index")
 
@@ -20,9 +21,9 @@ T = TypeVar("T")
 
 
 def choose_detection(
-    detections: Sequence[Any], selection: str, phrase: str = "", proposal_index: int = -1
-) -> tuple[Any | None, str]:
-    """(detection, "") or (None, reason) for an Answer's detections (objects with label, proposal_index, score).
+    detections: Sequence[Detection], selection: str, phrase: str = "", proposal_index: int = -1
+) -> tuple[Detection | None, str]:
+    """(detection, "") or (None, reason): the detection of an answer a grasp targets.
 
     highest_score: the best UPN score (ChatRex does not score its choices; ties keep answer order).
     phrase: exact label matches (case and spacing ignored) win over labels that contain the phrase as whole
@@ -42,12 +43,12 @@ def choose_detection(
         if not candidates:
             return None, f"{REASON_NO_DETECTION} for phrase {phrase!r}"
     elif selection == "index":
-        candidates = [d for d in detections if int(d.proposal_index) == proposal_index]
+        candidates = [d for d in detections if d.proposal_index == proposal_index]
         if not candidates:
             return None, f"{REASON_NO_DETECTION} with proposal index {proposal_index}"
     else:
         raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
-    return max(candidates, key=lambda d: float(d.score)), ""  # max keeps the first of equal scores
+    return max(candidates, key=lambda d: d.score), ""  # max keeps the first of equal scores
 
 
 def _words(text: str) -> tuple[str, ...]:

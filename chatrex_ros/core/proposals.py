@@ -12,8 +12,19 @@ import math
 
 import numpy as np
 
-MAX_PROPOSALS = 100
-"""ChatRex has 100 index tokens (``<obj0>``..``<obj99>``): a longer list cannot be referred to."""
+from chatrex_ros.core.types import MAX_PROPOSALS
+
+# --- the selection limits: select_proposals, SelectionPolicy and the proposal_node parameters use these -----
+DEFAULT_MIN_SCORE = 0.3
+"""UPN's reference threshold."""
+MIN_SCORE_RANGE = (0.0, 1.0)
+"""Scores are in [0, 1]; a threshold outside would keep everything or nothing."""
+DEFAULT_NMS_IOU = 0.8
+"""UPN's reference NMS threshold."""
+NMS_IOU_RANGE = (-1.0, 1.0)
+"""An IoU is at most 1; any value <= 0 disables NMS."""
+MAX_COUNT_RANGE = (0, MAX_PROPOSALS)
+"""At most :data:`~chatrex_ros.core.types.MAX_PROPOSALS` boxes: the model's index tokens."""
 
 _NMS_BLOCK = 64
 """Candidates examined per NMS step. Greedy NMS stops once ``max_count`` boxes are kept, so blocks
@@ -40,11 +51,6 @@ def _as_boxes(boxes: object, name: str = "boxes") -> np.ndarray:
     return array
 
 
-def box_area(boxes: np.ndarray) -> np.ndarray:
-    """(N,) float64 areas of x1 y1 x2 y2 boxes; an inverted box (x2 < x1 or y2 < y1) has area 0."""
-    return _column_areas(_columns(_as_boxes(boxes)))
-
-
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(N, M) float64 intersection-over-union of x1 y1 x2 y2 boxes, fully vectorised.
 
@@ -65,7 +71,8 @@ def _columns(boxes: np.ndarray) -> np.ndarray:
 
 
 def _column_areas(columns: np.ndarray) -> np.ndarray:
-    return np.maximum(columns[2] - columns[0], 0.0) * np.maximum(columns[3] - columns[1], 0.0)
+    areas: np.ndarray = np.maximum(columns[2] - columns[0], 0.0) * np.maximum(columns[3] - columns[1], 0.0)
+    return areas
 
 
 def _iou_matrix(a: np.ndarray, area_a: np.ndarray, b: np.ndarray, area_b: np.ndarray) -> np.ndarray:
@@ -84,7 +91,8 @@ def _iou_matrix(a: np.ndarray, area_a: np.ndarray, b: np.ndarray, area_b: np.nda
     union = np.add.outer(area_a, area_b)
     union -= intersection
     # Two empty boxes (union 0), or coordinates so large the areas overflow (union NaN): IoU 0.
-    return np.divide(intersection, union, out=np.zeros_like(union), where=union > 0.0)
+    result: np.ndarray = np.divide(intersection, union, out=np.zeros_like(union), where=union > 0.0)
+    return result
 
 
 def cxcywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
@@ -106,8 +114,8 @@ def cxcywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
 def select_proposals(
     boxes: np.ndarray,
     scores: np.ndarray,
-    min_score: float = 0.3,
-    nms_iou: float = 0.8,
+    min_score: float = DEFAULT_MIN_SCORE,
+    nms_iou: float = DEFAULT_NMS_IOU,
     max_count: int = MAX_PROPOSALS,
 ) -> np.ndarray:
     """Indices (int64) into ``boxes``/``scores`` of the proposals to give the model, best first.
@@ -129,17 +137,7 @@ def select_proposals(
         )
     if not (np.issubdtype(scores_array.dtype, np.floating) or np.issubdtype(scores_array.dtype, np.integer)):
         raise ValueError(f"scores must be numeric, got dtype {scores_array.dtype}")
-    min_score = _finite_float(min_score, "min_score")
-    nms_iou = _finite_float(nms_iou, "nms_iou")
-    if nms_iou > 1.0:
-        raise ValueError(f"nms_iou must be <= 1 (<= 0 disables NMS), got {nms_iou}")
-    if isinstance(max_count, (bool, np.bool_)) or not isinstance(max_count, (int, np.integer)):
-        raise ValueError(f"max_count must be an int, got {max_count!r}")
-    if not 0 <= max_count <= MAX_PROPOSALS:
-        raise ValueError(
-            f"max_count must be in 0..{MAX_PROPOSALS} (ChatRex has {MAX_PROPOSALS} index tokens), got {max_count}"
-        )
-
+    min_score, nms_iou, max_count = check_selection(min_score, nms_iou, max_count)
     if max_count == 0:
         return np.zeros(0, dtype=np.int64)
 
@@ -153,6 +151,29 @@ def select_proposals(
         return order[:max_count].astype(np.int64, copy=False)
     with np.errstate(over="ignore", invalid="ignore"):  # finite but absurd boxes must not spam warnings
         return _greedy_nms(boxes64[order], nms_iou, max_count, order)
+
+
+def check_selection(min_score: object, nms_iou: object, max_count: object) -> tuple[float, float, int]:
+    """The selection parameters as (float, float, int); ValueError naming the one out of its range.
+
+    The ranges are :data:`MIN_SCORE_RANGE`, :data:`NMS_IOU_RANGE` and :data:`MAX_COUNT_RANGE`.
+    """
+    score = _finite_float(min_score, "min_score")
+    if not MIN_SCORE_RANGE[0] <= score <= MIN_SCORE_RANGE[1]:
+        raise ValueError(f"min_score must be in [{MIN_SCORE_RANGE[0]:g}, {MIN_SCORE_RANGE[1]:g}], got {score}")
+    iou = _finite_float(nms_iou, "nms_iou")
+    if iou > NMS_IOU_RANGE[1]:
+        raise ValueError(f"nms_iou must be <= {NMS_IOU_RANGE[1]:g} (<= 0 disables NMS), got {iou}")
+    if iou < NMS_IOU_RANGE[0]:
+        raise ValueError(f"nms_iou must be >= {NMS_IOU_RANGE[0]:g} (any value <= 0 disables NMS), got {iou}")
+    if isinstance(max_count, (bool, np.bool_)) or not isinstance(max_count, (int, np.integer)):
+        raise ValueError(f"max_count must be an int, got {max_count!r}")
+    low, high = MAX_COUNT_RANGE
+    if not low <= max_count <= high:
+        raise ValueError(
+            f"max_count must be in {low}..{high} (ChatRex has {MAX_PROPOSALS} index tokens), got {max_count}"
+        )
+    return score, iou, int(max_count)
 
 
 def _finite_float(value: object, name: str) -> float:
@@ -200,9 +221,9 @@ def _greedy_nms(sorted_boxes: np.ndarray, threshold: float, max_count: int, orde
             block_areas = areas[positions]
             overlaps = _iou_matrix(block, block_areas, block, block_areas) > threshold
             overlaps &= _STRICT_UPPER[: positions.size, : positions.size]
-            keep = np.ones(positions.size, dtype=bool)
+            keep: np.ndarray = np.ones(positions.size, dtype=bool)
             while True:
-                new_keep = ~overlaps[keep].any(axis=0)
+                new_keep: np.ndarray = ~overlaps[keep].any(axis=0)
                 if np.array_equal(new_keep, keep):
                     break
                 keep = new_keep
@@ -214,4 +235,5 @@ def _greedy_nms(sorted_boxes: np.ndarray, threshold: float, max_count: int, orde
         start = stop
     if not kept_positions:
         return np.zeros(0, dtype=np.int64)
-    return order[np.concatenate(kept_positions)].astype(np.int64, copy=False)
+    kept: np.ndarray = order[np.concatenate(kept_positions)].astype(np.int64, copy=False)
+    return kept

@@ -20,7 +20,9 @@ from types import MappingProxyType
 
 import numpy as np
 
-MAX_BOX_INDEX = 99
+from chatrex_ros.core.types import MAX_PROPOSALS, Detection
+
+MAX_BOX_INDEX = MAX_PROPOSALS - 1
 """The model's vocabulary has ``<obj0>``..``<obj99>``: no index above this can be asked or answered."""
 
 MAX_TEXT_CHARS = 1000
@@ -180,11 +182,13 @@ def _as_items(targets: object) -> list[object]:
     if isinstance(targets, (str, bytes, int, np.integer)) or targets is None:
         return [] if targets is None else [targets]
     if isinstance(targets, np.ndarray):
-        return list(targets.reshape(-1))
+        flat: list[object] = list(targets.reshape(-1))
+        return flat
     try:
-        return list(targets)  # type: ignore[call-overload]
+        items: list[object] = list(targets)  # type: ignore[call-overload]
     except TypeError:
         return [targets]
+    return items
 
 
 def _check_text(text: object, what: str, task: Task) -> str:
@@ -397,27 +401,13 @@ def _ends_inside_element(text: str) -> bool:
 
 
 # --- resolution -----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ResolvedDetection:
-    """A proposal the model named: its index in the given list, the phrase, its box and UPN score.
-
-    ChatRex does not score its choices, so ``score`` is the proposal's score (what the paper's mAP
-    uses as confidence).
-    """
-
-    index: int
-    phrase: str
-    box: tuple[float, float, float, float]
-    score: float
-
-
 def resolve_detections(
     parsed: ParsedAnswer,
     boxes: np.ndarray,
     scores: np.ndarray,
     *,
     include_mentions: bool = False,
-) -> list[ResolvedDetection]:
+) -> list[Detection]:
     """One detection per (group, index), in group order, from the EXACT box list given to the model.
 
     ``boxes`` (N, 4) x1 y1 x2 y2 and ``scores`` (N,) must have the ``num_boxes`` the answer was parsed
@@ -444,9 +434,9 @@ def resolve_detections(
     box_rows = boxes.astype(np.float64).tolist()
     score_list = scores.astype(np.float64).tolist()
 
-    def detection(index: int, phrase: str) -> ResolvedDetection:
+    def detection(index: int, phrase: str) -> Detection:
         x1, y1, x2, y2 = box_rows[index]
-        return ResolvedDetection(index=index, phrase=phrase, box=(x1, y1, x2, y2), score=score_list[index])
+        return Detection(proposal_index=index, label=phrase, box=(x1, y1, x2, y2), score=score_list[index])
 
     detections = [detection(index, group.phrase) for group in parsed.groups for index in group.indices]
     if include_mentions:

@@ -1,21 +1,60 @@
-"""Image stamps as text: integer nanoseconds <-> an exact decimal-seconds string, with no float in between.
+"""Stamps: integer nanoseconds <-> ``builtin_interfaces/Time`` fields <-> exact decimal-seconds text.
+
+Everything that compares stamps (frame pairing, ground truth, replays) works in int nanoseconds; this is the
+one place that converts them to and from the two fields of ``builtin_interfaces/Time`` (``sec``, ``nanosec``)
+and to and from text, never through a float.
 
 The language node pairs a query with a frame by the exact nanosecond stamp, so a stamp printed by one
 command and typed into the next must come back bit for bit. A float cannot carry that: at today's epoch a
 double has about 0.24 us of resolution, so ``1712345678.123456789`` would come back as ``...123456768``.
-This is the one place that converts, so every tool that prints a stamp prints it the same way.
+Every tool that prints a stamp prints it the same way.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Protocol, SupportsInt
 
 NS_PER_S = 1_000_000_000
+"""Nanoseconds per second: ``stamp_ns = sec * NS_PER_S + nanosec``."""
 FRACTION_DIGITS = 9
 MAX_SEC = 2**31 - 1
 """``builtin_interfaces/Time.sec`` is an int32: a larger stamp cannot be put in a message."""
 
 _STAMP = re.compile(r"([0-9]+)(?:\.([0-9]+))?")  # ASCII digits only: str.isdigit() would accept '²' or '٣'
+
+
+class TimeFields(Protocol):
+    """Anything shaped like ``builtin_interfaces/Time``: an rclpy message, a ``rosbags`` dataclass."""
+
+    @property
+    def sec(self) -> SupportsInt:
+        """Whole seconds (an int32 in the message)."""
+        ...
+
+    @property
+    def nanosec(self) -> SupportsInt:
+        """Nanoseconds within the second, 0..999999999."""
+        ...
+
+
+def sec_nanosec_to_ns(sec: SupportsInt, nanosec: SupportsInt) -> int:
+    """The two fields of ``builtin_interfaces/Time`` -> int nanoseconds."""
+    return int(sec) * NS_PER_S + int(nanosec)
+
+
+def stamp_to_ns(stamp: TimeFields) -> int:
+    """``builtin_interfaces/Time`` (duck-typed: anything with ``sec`` and ``nanosec``) -> int nanoseconds."""
+    return sec_nanosec_to_ns(stamp.sec, stamp.nanosec)
+
+
+def ns_to_sec_nanosec(stamp_ns: int) -> tuple[int, int]:
+    """Int nanoseconds -> ``(sec, nanosec)``, the fields of ``builtin_interfaces/Time`` (ValueError when negative)."""
+    stamp_ns = int(stamp_ns)
+    if stamp_ns < 0:
+        raise ValueError(f"stamps must be non-negative, got {stamp_ns} ns")
+    sec, nanosec = divmod(stamp_ns, NS_PER_S)
+    return sec, nanosec
 
 
 def format_stamp(stamp_ns: int) -> str:
@@ -28,7 +67,7 @@ def format_stamp(stamp_ns: int) -> str:
         raise TypeError(f"a stamp is an int number of nanoseconds, got {type(stamp_ns).__name__}")
     if stamp_ns < 0:
         raise ValueError(f"stamps are non-negative, got {stamp_ns} ns")
-    seconds, nanoseconds = divmod(stamp_ns, NS_PER_S)
+    seconds, nanoseconds = ns_to_sec_nanosec(stamp_ns)
     return f"{seconds}.{nanoseconds:0{FRACTION_DIGITS}d}"
 
 
@@ -54,4 +93,4 @@ def parse_stamp(text: str) -> int:
     seconds = int(seconds_text)
     if seconds > MAX_SEC:
         raise ValueError(f"stamp {text!r} is beyond {MAX_SEC} s, the largest builtin_interfaces/Time.sec")
-    return seconds * NS_PER_S + int(fraction.ljust(FRACTION_DIGITS, "0"))
+    return sec_nanosec_to_ns(seconds, int(fraction.ljust(FRACTION_DIGITS, "0")))

@@ -70,9 +70,6 @@ class StampTimeline:
         self._last, self._before_last = stamp_ns, suspect
         return StampVerdict(StampEvent.JUMP, keep_from=suspect, jump_ns=last - suspect)
 
-    def reset(self) -> None:
-        self._last = self._before_last = self._suspect = None
-
     def _accept(self, stamp_ns: int) -> None:
         self._before_last, self._last = self._last, stamp_ns
 
@@ -99,7 +96,3 @@ class HeldTimeline(Generic[T]):
             return verdict, []
         release = [held] if held is not None and held[0] != verdict.dropped else []
         return verdict, [*release, (stamp_ns, item)]
-
-    def reset(self) -> None:
-        self._timeline.reset()
-        self._held = None

@@ -22,6 +22,20 @@ class RawProposals:
 
 
 @dataclass(frozen=True)
+class Detection:
+    """One resolved object of an answer: the proposal the model named for a phrase.
+
+    The same names as ``chatrex_ros/msg/Detection``, in records and in the core. ChatRex does not score its
+    choices, so ``score`` is the proposal's score (what the paper's mAP uses as confidence).
+    """
+
+    proposal_index: int  # <objK> -> K, an index into the proposals the model was given
+    label: str  # the grounded phrase ('' for a bare mention)
+    box: tuple[float, float, float, float]  # x1 y1 x2 y2, original-image pixels
+    score: float
+
+
+@dataclass(frozen=True)
 class Proposals:
     """The selected, index-stable proposal list: row K is ``<objK>``. Nothing downstream reorders it."""
 

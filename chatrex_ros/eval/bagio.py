@@ -19,13 +19,14 @@ from typing import Any
 import numpy as np
 
 from chatrex_ros.core.images import decode_rgb
+from chatrex_ros.core.stamps import ns_to_sec_nanosec, sec_nanosec_to_ns, stamp_to_ns
 from chatrex_ros.eval.groundtruth import GroundTruth, GroundTruthImage, GroundTruthObject, normalise_label
-from chatrex_ros.eval.records import AnswerRecord, ProposalRecord, ns_to_stamp, stamp_to_ns
+from chatrex_ros.eval.records import AnswerRecord, ProposalRecord
+from chatrex_ros.names import GROUND_TRUTH_TOPIC
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 ANSWER_TYPE = "chatrex_ros/msg/Answer"
 PROPOSALS_TYPE = "chatrex_ros/msg/ProposalArray"
-GROUND_TRUTH_TOPIC = "/chatrex/ground_truth"
 OUR_MESSAGES = ("Detection", "Group", "ProposalArray", "Query", "Answer", "GraspTarget")
 STORAGES = ("mcap", "sqlite3")
 MSG_DIR_ENV = "CHATREX_ROS_MSG_DIR"
@@ -89,7 +90,7 @@ def header_stamp_ns(raw: bytes | memoryview) -> int:
         raise BagError(f"message of {len(raw)} bytes is too short to hold a header stamp")
     order = "<" if raw[1] & 1 else ">"
     sec, nanosec = struct.unpack_from(order + "iI", raw, 4)
-    return sec * 1_000_000_000 + nanosec
+    return sec_nanosec_to_ns(sec, nanosec)
 
 
 # --- reading --------------------------------------------------------------------------------------
@@ -270,7 +271,8 @@ class BagReader:
         if image_topic:
             wanted = {r.stamp_ns for r in records}
             sizes = {f.stamp_ns: (f.width, f.height) for f in self.image_frames(image_topic, wanted)}
-        images, objects = [], []
+        images: list[GroundTruthImage] = []
+        objects: list[GroundTruthObject] = []
         for image_id, record in enumerate(records, start=1):
             width, height = sizes.get(record.stamp_ns, (0, 0))
             images.append(GroundTruthImage(image_id, record.stamp_ns, width, height))
@@ -317,7 +319,7 @@ class BagWriter:
             raise BagError(f"no definition for {name}; set {MSG_DIR_ENV} to chatrex_ros' msg/ directory") from None
 
     def _header(self, stamp_ns: int, frame_id: str) -> Any:
-        sec, nanosec = ns_to_stamp(stamp_ns)
+        sec, nanosec = ns_to_sec_nanosec(stamp_ns)
         time_type = self._type("builtin_interfaces/msg/Time")
         return self._type("std_msgs/msg/Header")(stamp=time_type(sec=sec, nanosec=nanosec), frame_id=frame_id)
 
@@ -373,7 +375,7 @@ class BagWriter:
             if not groups or groups[-1][0] != d.label:
                 groups.append((d.label, []))
             groups[-1][1].append(d.proposal_index)
-        sec, nanosec = ns_to_stamp(record.stamp_ns)
+        sec, nanosec = ns_to_sec_nanosec(record.stamp_ns)
         msg = self._type(ANSWER_TYPE)(
             header=self._header(record.stamp_ns, frame_id),
             proposals_stamp=self._type("builtin_interfaces/msg/Time")(sec=sec, nanosec=nanosec),

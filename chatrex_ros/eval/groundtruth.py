@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-NS_PER_S = 1_000_000_000
+from chatrex_ros.core.stamps import sec_nanosec_to_ns
 
 
 @dataclass(frozen=True)
@@ -212,7 +212,7 @@ def _coco_image(entry: Any, source: str) -> GroundTruthImage:
     if "stamp_ns" in entry:
         stamp = entry["stamp_ns"]
     elif isinstance(entry.get("stamp"), Mapping):
-        stamp = int(entry["stamp"].get("sec", 0)) * NS_PER_S + int(entry["stamp"].get("nanosec", 0))
+        stamp = sec_nanosec_to_ns(entry["stamp"].get("sec", 0), entry["stamp"].get("nanosec", 0))
     else:
         raise ValueError(
             f"ground truth {source}: image {entry['id']} has no 'stamp_ns' (int nanoseconds of the image "

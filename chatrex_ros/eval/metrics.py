@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 
 from chatrex_ros.core.proposals import box_iou
+from chatrex_ros.core.types import MAX_PROPOSALS
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 """COCO's 0.5:0.05:0.95 (the same floats pycocotools uses, so threshold ties agree)."""
 
-RECALL_KS = (10, 30, 100)
+RECALL_KS = (10, 30, MAX_PROPOSALS)
 """Proposal recall is reported for the top 10, 30 and 100 proposals (ChatRex gives the model <= 100)."""
 
 

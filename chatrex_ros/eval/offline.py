@@ -134,15 +134,15 @@ class _OfflineRun:
         self.stage_ms["infer"].append(proposals.timings_ms.get("infer", proposals.inference_ms))
         self.stage_ms["select"].append(proposals.timings_ms.get("select", 0.0))
         if self.language is not None:
-            self._ask(image, rgb, proposals)
+            self._ask(self.language, image, rgb, proposals)
 
-    def _ask(self, image: GroundTruthImage, rgb: np.ndarray, proposals: Proposals) -> None:
+    def _ask(self, language: LanguageBackend, image: GroundTruthImage, rgb: np.ndarray, proposals: Proposals) -> None:
         """The frame's detection query and referring queries; failures become records with their status."""
         language_ms = resolve_ms = 0.0
         for query_id, request in evaluation_requests(self.gt, image.id, self.queries):
             asked = time.perf_counter()
             try:
-                answer = answer_query(self.language, rgb, proposals, request)
+                answer = answer_query(language, rgb, proposals, request)
                 total_ms = (time.perf_counter() - asked) * 1e3
                 record = AnswerRecord.from_result(
                     image.stamp_ns, query_id, request.task.value, answer, len(proposals), total_ms

@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from chatrex_ros.core.stamps import NS_PER_S
 from chatrex_ros.eval.bagio import ANSWER_TYPE, IMAGE_TYPES, PROPOSALS_TYPE, BagError, BagReader
 from chatrex_ros.eval.groundtruth import GroundTruth, ReferringQuery, match_stamps
 from chatrex_ros.eval.result import EvaluationResult
@@ -143,7 +144,7 @@ def log_time_rate(received_ns: Sequence[int]) -> dict[str, Any]:
     the recording. None with fewer than two messages (no span to divide by).
     """
     times = sorted(received_ns)
-    span_s = (times[-1] - times[0]) / 1e9 if len(times) >= 2 else 0.0
+    span_s = (times[-1] - times[0]) / NS_PER_S if len(times) >= 2 else 0.0
     return {
         "count": len(times),
         "span_s": round(span_s, 6),

@@ -20,8 +20,9 @@ import numpy as np
 
 from chatrex_ros.core.answering import AnswerResult, AnswerStatus, QueryError, QueryRequest
 from chatrex_ros.core.protocol import Task
-from chatrex_ros.core.types import Proposals
-from chatrex_ros.eval.groundtruth import NS_PER_S, GroundTruth, ReferringQuery
+from chatrex_ros.core.stamps import stamp_to_ns
+from chatrex_ros.core.types import Detection, Proposals
+from chatrex_ros.eval.groundtruth import GroundTruth, ReferringQuery
 
 DETECTION_QUERY_PREFIX = "eval-detect/"
 GROUND_TRUTH_QUERY_ID = "ground_truth"
@@ -53,18 +54,6 @@ def evaluation_requests(
         if query.image_id == image_id:
             requests.append((referring_query_id(query.id), QueryRequest.create(Task.DETECT, targets=[query.phrase])))
     return requests
-
-
-def stamp_to_ns(stamp: Any) -> int:
-    """``builtin_interfaces/Time`` (anything with ``sec`` and ``nanosec``) -> int nanoseconds."""
-    return int(stamp.sec) * NS_PER_S + int(stamp.nanosec)
-
-
-def ns_to_stamp(stamp_ns: int) -> tuple[int, int]:
-    """Int nanoseconds -> (sec, nanosec), the two fields of ``builtin_interfaces/Time``."""
-    if stamp_ns < 0:
-        raise ValueError(f"stamps must be non-negative, got {stamp_ns} ns")
-    return int(stamp_ns) // NS_PER_S, int(stamp_ns) % NS_PER_S
 
 
 @dataclass(frozen=True)
@@ -114,14 +103,10 @@ class ProposalRecord:
         )
 
 
-@dataclass(frozen=True)
-class DetectionRecord:
-    """One resolved box of an answer."""
-
-    label: str
-    box: tuple[float, float, float, float]
-    score: float
-    proposal_index: int
+def _box(values: Any) -> tuple[float, float, float, float]:
+    """Four numbers (a tuple, a message's float32[4]) as an x1 y1 x2 y2 tuple of floats."""
+    x1, y1, x2, y2 = (float(v) for v in np.asarray(values).reshape(4))
+    return x1, y1, x2, y2
 
 
 @dataclass(frozen=True)
@@ -132,7 +117,7 @@ class AnswerRecord:
     query_id: str
     task: str
     status: int = int(AnswerStatus.OK)
-    detections: tuple[DetectionRecord, ...] = ()
+    detections: tuple[Detection, ...] = ()
     num_proposals: int = 0
     question: str = ""
     raw_output: str = ""
@@ -150,10 +135,7 @@ class AnswerRecord:
     def from_result(
         cls, stamp_ns: int, query_id: str, task: str, result: AnswerResult, num_proposals: int, total_ms: float = 0.0
     ) -> AnswerRecord:
-        detections = tuple(
-            DetectionRecord(d.phrase, tuple(float(v) for v in d.box), float(d.score), int(d.index))  # type: ignore[arg-type]
-            for d in result.detections
-        )
+        detections = result.detections
         return cls(
             stamp_ns,
             query_id,
@@ -181,13 +163,7 @@ class AnswerRecord:
     def from_message(cls, msg: Any, received_ns: int | None = None) -> AnswerRecord:
         """From a ``chatrex_ros/msg/Answer``."""
         detections = tuple(
-            DetectionRecord(
-                str(d.label),
-                tuple(float(v) for v in np.asarray(d.box).reshape(4)),
-                float(d.score),  # type: ignore[arg-type]
-                int(d.proposal_index),
-            )
-            for d in msg.detections
+            Detection(int(d.proposal_index), str(d.label), _box(d.box), float(d.score)) for d in msg.detections
         )
         return cls(
             stamp_to_ns(msg.header.stamp),
@@ -213,9 +189,7 @@ def ground_truth_record(gt: GroundTruth, image_id: int) -> AnswerRecord:
     so a bag can carry its annotations and tools that play it see them next to the answers.
     """
     image = gt.image(image_id)
-    detections = tuple(
-        DetectionRecord(obj.category, obj.box, 1.0, index) for index, obj in enumerate(gt.objects(image_id))
-    )
+    detections = tuple(Detection(index, obj.category, obj.box, 1.0) for index, obj in enumerate(gt.objects(image_id)))
     return AnswerRecord(
         image.stamp_ns, GROUND_TRUTH_QUERY_ID, "detect", detections=detections, num_proposals=len(detections)
     )

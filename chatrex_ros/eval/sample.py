@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from chatrex_ros.eval.bagio import GROUND_TRUTH_TOPIC, STORAGES, BagError, BagReader, BagWriter
+from chatrex_ros.eval.bagio import STORAGES, BagError, BagReader, BagWriter
 from chatrex_ros.eval.groundtruth import GroundTruth, GroundTruthImage
 from chatrex_ros.eval.records import ground_truth_record
+from chatrex_ros.names import GROUND_TRUTH_TOPIC
 
 SAMPLE_IMAGE_TOPIC = "/camera/image_raw"
 SAMPLE_FRAME_ID = "camera_color_optical_frame"
@@ -67,7 +68,7 @@ def make_sample_bag(
 ) -> Path:
     """Write the sample bag (rgb8 images on /camera/image_raw) and return its path.
 
-    ``with_ground_truth_topic`` adds the annotations as Answer messages on /chatrex/ground_truth.
+    ``with_ground_truth_topic`` adds the annotations as Answer messages on ``GROUND_TRUTH_TOPIC``.
     """
     if storage not in STORAGES:
         raise ValueError(f"unknown bag storage {storage!r}; choose one of {', '.join(STORAGES)}")

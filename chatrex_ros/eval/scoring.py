@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from chatrex_ros.core.answering import AnswerStatus
+from chatrex_ros.core.answering import AnswerStatus, status_name
 from chatrex_ros.core.proposals import box_iou
+from chatrex_ros.core.types import MAX_PROPOSALS
 from chatrex_ros.eval import metrics as m
 from chatrex_ros.eval.groundtruth import GroundTruth, ReferringQuery, normalise_label
 from chatrex_ros.eval.records import (
@@ -25,7 +26,7 @@ from chatrex_ros.eval.records import (
     referring_query_id,
 )
 
-RECALL_CURVE_KS = (1, 2, 5, 10, 20, 30, 50, 100)
+RECALL_CURVE_KS = (1, 2, 5, 10, 20, 30, 50, MAX_PROPOSALS)
 """K values of the recall-vs-K plot (the headline numbers use :data:`metrics.RECALL_KS`)."""
 
 
@@ -44,7 +45,7 @@ def score_proposals(proposals: Sequence[ProposalRecord], gt: GroundTruth, image_
     frame_boxes = []
     counts = []
     dropped = []
-    detections = []
+    detections: list[dict[str, Any]] = []
     for image_id in image_ids:
         image = gt.image(image_id)
         record = by_stamp.get(image.stamp_ns)
@@ -92,7 +93,11 @@ def _per_class_recall(
     total: Counter[str] = Counter()
     for image_id, boxes in zip(image_ids, frame_boxes):
         objects = gt.objects(image_id)
-        matched = m.greedy_match(box_iou(boxes[:100], gt.boxes(image_id)), 0.5) if len(objects) else np.zeros(0, int)
+        matched = (
+            m.greedy_match(box_iou(boxes[:MAX_PROPOSALS], gt.boxes(image_id)), 0.5)
+            if len(objects)
+            else np.zeros(0, int)
+        )
         for index in matched[matched >= 0]:
             found[objects[int(index)].category] += 1
         total.update(obj.category for obj in objects)
@@ -137,7 +142,7 @@ def score_answers(
             unmatched += 1
             continue
         by_id.setdefault(record.query_id, record)  # a repeated query id: the first answer counts
-    statuses = Counter(_status_name(r.status) for r in by_id.values())
+    statuses = Counter(status_name(r.status) for r in by_id.values())
     referring_ids = {referring_query_id(query.id) for query in queries}
     unknown_ids = [q for q in by_id if not q.startswith(DETECTION_QUERY_PREFIX) and q not in referring_ids]
     result: dict[str, Any] = {
@@ -170,10 +175,10 @@ def answers_not_available(answers: Iterable[Any]) -> dict[str, Any] | None:
     records = _as_records(answers)
     if any(record.ok for record in records):
         return None
-    statuses = Counter(_status_name(r.status) for r in records)
+    statuses = Counter(status_name(r.status) for r in records)
     messages: dict[str, Counter[str]] = {}
     for record in records:
-        messages.setdefault(_status_name(record.status), Counter())[record.status_message] += 1
+        messages.setdefault(status_name(record.status), Counter())[record.status_message] += 1
     typical = {name: counter.most_common(1)[0][0] for name, counter in sorted(messages.items())}
     no_model = bool(records) and all(
         r.status == int(AnswerStatus.MODEL_ERROR) and r.status_message.startswith(NO_LANGUAGE_MODEL_MESSAGE)
@@ -201,13 +206,6 @@ def answers_not_available(answers: Iterable[Any]) -> dict[str, Any] | None:
 
 def _shorten(text: str) -> str:
     return text if len(text) <= STATUS_MESSAGE_CHARS else text[: STATUS_MESSAGE_CHARS - 3].rstrip() + "..."
-
-
-def _status_name(status: int) -> str:
-    try:
-        return AnswerStatus(status).name
-    except ValueError:  # a status this version does not know (a newer node): keep the number
-        return str(status)
 
 
 def _score_detection(by_id: Mapping[str, AnswerRecord], gt: GroundTruth, frames: Sequence[Any]) -> dict[str, Any]:

@@ -12,23 +12,22 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from chatrex_ros.core.proposals import select_proposals
+from chatrex_ros.core.proposals import DEFAULT_MIN_SCORE, DEFAULT_NMS_IOU, check_selection, select_proposals
 from chatrex_ros.core.types import MAX_PROPOSALS, Proposals, RawProposals
 
-__all__ = [
-    "LanguageBackend",
-    "MAX_PROPOSALS",
-    "ProposalBackend",
-    "ProposalPipeline",
-    "Proposals",
-    "RawProposals",
-    "SelectionPolicy",
-]
+WARMUP_HW = (480, 640)
+"""The blank frame a backend without its own ``warmup()`` is warmed up with: what a 640x480 camera gives."""
 
 
 @runtime_checkable
 class ProposalBackend(Protocol):
-    """Class-agnostic box proposer (selective search, UPN on torch / ONNX Runtime / TensorRT)."""
+    """Class-agnostic box proposer (selective search, UPN on torch / ONNX Runtime / TensorRT).
+
+    Optionally also ``warmup() -> None``: one inference before serving (first runs allocate memory and, on a
+    GPU, pick kernels). A backend whose input size is fixed by its model file (ONNX Runtime, TensorRT) defines
+    it, because a blank camera frame of another size is refused; every other backend is warmed up with one
+    blank frame. Call it through :meth:`ProposalPipeline.warmup`, which picks between the two.
+    """
 
     name: str
 
@@ -50,21 +49,17 @@ class LanguageBackend(Protocol):
 
 @dataclass(frozen=True)
 class SelectionPolicy:
-    """Score threshold, NMS and the top-K cap applied to every backend's raw output."""
+    """Score threshold, NMS and the top-K cap applied to every backend's raw output.
 
-    min_score: float = 0.3
-    nms_iou: float = 0.8
+    The limits are :func:`~chatrex_ros.core.proposals.select_proposals`' own (ValueError when out of range).
+    """
+
+    min_score: float = DEFAULT_MIN_SCORE
+    nms_iou: float = DEFAULT_NMS_IOU
     max_count: int = MAX_PROPOSALS
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.min_score <= 1.0:
-            raise ValueError(f"min_score must be in [0, 1], got {self.min_score}")
-        if not self.nms_iou <= 1.0:
-            raise ValueError(f"nms_iou must be <= 1 (<= 0 disables NMS), got {self.nms_iou}")
-        if not 1 <= self.max_count <= MAX_PROPOSALS:
-            raise ValueError(
-                f"max_count must be in 1..{MAX_PROPOSALS} (ChatRex has {MAX_PROPOSALS} index tokens), got {self.max_count}"
-            )
+        check_selection(self.min_score, self.nms_iou, self.max_count)
 
 
 class ProposalPipeline:
@@ -73,6 +68,14 @@ class ProposalPipeline:
     def __init__(self, backend: ProposalBackend, policy: SelectionPolicy | None = None) -> None:
         self.backend = backend
         self.policy = policy or SelectionPolicy()
+
+    def warmup(self) -> None:
+        """One inference before serving: the backend's own ``warmup()`` when it has one, else one blank frame."""
+        warmup = getattr(self.backend, "warmup", None)
+        if callable(warmup):
+            warmup()
+        else:
+            self.run(np.zeros((*WARMUP_HW, 3), dtype=np.uint8))
 
     def run(self, image_rgb: np.ndarray) -> Proposals:
         if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.shape[0] == 0 or image_rgb.shape[1] == 0:

@@ -39,7 +39,7 @@ from chatrex_ros.core.types import MAX_PROPOSALS
 
 SUPPORTED_TRANSFORMERS = ">=4.44.2,<4.46"
 """PEP 440 range of transformers the ChatRex remote code is supported with (the one pin; see
-notes/chatrex-backend.md for the evidence). The ``[chatrex]`` extra in pyproject.toml repeats this string."""
+docs/models.md for the evidence). The ``[chatrex]`` extra in pyproject.toml repeats this string."""
 
 INSTALL_HINT = "pip install 'chatrex_ros[chatrex]'"
 DOWNLOAD_HINT = (
@@ -102,7 +102,7 @@ def check_transformers_version(version: str, supported: str | None = None) -> st
     if parsed not in SpecifierSet(supported):
         raise ImportError(
             f"transformers {version} is installed, but the ChatRex remote code is supported with "
-            f"transformers{supported} only (it was written for 4.44; see notes/chatrex-backend.md). "
+            f"transformers{supported} only (it was written for 4.44; see docs/models.md). "
             f"Run: pip install 'transformers{supported}'   (or {INSTALL_HINT})"
         )
     return version

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from chatrex_ros.core.protocol import ResolvedDetection
+from chatrex_ros.core.types import Detection
 
 _PALETTE = np.array(
     [
@@ -23,21 +23,21 @@ _PALETTE = np.array(
 )
 
 
-def draw_detections(image_rgb: np.ndarray, detections: Sequence[ResolvedDetection]) -> np.ndarray:
+def draw_detections(image_rgb: np.ndarray, detections: Sequence[Detection]) -> np.ndarray:
     """A copy of the image with each detection's box, ``<objK>`` index and phrase drawn; one colour per phrase."""
     import cv2
 
     canvas = np.ascontiguousarray(image_rgb).copy()
-    phrases = list(dict.fromkeys(d.phrase for d in detections))
+    labels = list(dict.fromkeys(d.label for d in detections))
     thickness = max(1, round(max(canvas.shape[:2]) / 400))
     for detection in detections:
-        color = tuple(int(c) for c in _PALETTE[phrases.index(detection.phrase) % len(_PALETTE)])
+        color = tuple(int(c) for c in _PALETTE[labels.index(detection.label) % len(_PALETTE)])
         x1, y1, x2, y2 = (int(round(v)) for v in detection.box)
         cv2.rectangle(canvas, (x1, y1), (x2, y2), color, thickness)
-        label = f"<obj{detection.index}> {detection.phrase}".strip()
+        text = f"<obj{detection.proposal_index}> {detection.label}".strip()
         cv2.putText(
             canvas,
-            label,
+            text,
             (x1 + 2, max(12, y1 - 4)),
             cv2.FONT_HERSHEY_SIMPLEX,
             0.4 * thickness,

@@ -10,18 +10,18 @@ from builtin_interfaces.msg import Time
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from chatrex_ros.core.answering import AnswerResult, AnswerStatus
+from chatrex_ros.core import types as core
+from chatrex_ros.core.answering import QueryOutcome
 from chatrex_ros.core.images import array_to_image
+from chatrex_ros.core.stamps import ns_to_sec_nanosec
 from chatrex_ros.core.types import MAX_PROPOSALS, Proposals
 from chatrex_ros.msg import Answer, Detection, Group, ProposalArray
 
 
-def stamp_to_ns(stamp: Time) -> int:
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
-def ns_to_stamp(ns: int) -> Time:
-    return Time(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
+def ns_to_stamp(stamp_ns: int) -> Time:
+    """Int nanoseconds -> ``builtin_interfaces/Time`` (the inverse of :func:`chatrex_ros.core.stamps.stamp_to_ns`)."""
+    sec, nanosec = ns_to_sec_nanosec(stamp_ns)
+    return Time(sec=sec, nanosec=nanosec)
 
 
 def float32_array(values: np.ndarray) -> array.array:
@@ -83,34 +83,47 @@ def compressed_image_msg(fmt: str, payload: bytes, header: Header) -> Compressed
     return msg
 
 
-def answer_msg(
-    header: Header,
-    query_id: str,
-    task: str,
-    status: AnswerStatus,
-    message: str = "",
-    result: AnswerResult | None = None,
-    proposals_stamp: Time | None = None,
-    num_proposals: int = 0,
-    queue_ms: float = 0.0,
-    total_ms: float = 0.0,
-) -> Answer:
-    msg = Answer(header=header, query_id=query_id, task=task, status=int(status), status_message=message)
-    msg.proposals_stamp = proposals_stamp if proposals_stamp is not None else Time()
-    msg.num_proposals = int(num_proposals)
-    msg.queue_ms = _finite(queue_ms)
-    msg.total_ms = _finite(total_ms)
+def answer_msg(header: Header, outcome: QueryOutcome) -> Answer:
+    """The Answer message of a query's outcome; ``header`` is the answered frame's (or the asked stamp's)."""
+    msg = Answer(
+        header=header,
+        query_id=outcome.query_id,
+        task=outcome.task,
+        status=int(outcome.status),
+        status_message=outcome.message,
+        proposals_stamp=ns_to_stamp(outcome.proposals_stamp_ns),
+        num_proposals=int(outcome.num_proposals),
+        queue_ms=_finite(outcome.queue_ms),
+        total_ms=_finite(outcome.total_ms),
+    )
+    result = outcome.result
     if result is not None:
         msg.question = result.prompt
         msg.text = result.parsed.text
         msg.raw_output = result.raw_output
         msg.model_ms = _finite(result.model_ms)
         msg.groups = [Group(phrase=g.phrase, indices=list(g.indices)) for g in result.parsed.groups]
-        msg.detections = [
-            Detection(proposal_index=d.index, label=d.phrase, box=[float(v) for v in d.box], score=float(d.score))
-            for d in result.detections
-        ]
+        msg.detections = [detection_msg(d) for d in result.detections]
     return msg
+
+
+def detection_msg(detection: core.Detection) -> Detection:
+    """A core detection as its message (the same four fields)."""
+    return Detection(
+        proposal_index=detection.proposal_index,
+        label=detection.label,
+        box=[float(v) for v in detection.box],
+        score=float(detection.score),
+    )
+
+
+def msg_to_detection(msg: Detection) -> core.Detection:
+    """A Detection message as the core type (ValueError when its box is not four numbers)."""
+    values = [float(v) for v in msg.box]
+    if len(values) != 4:
+        raise ValueError(f"a detection box has 4 values, got {len(values)}")
+    x1, y1, x2, y2 = values
+    return core.Detection(int(msg.proposal_index), str(msg.label), (x1, y1, x2, y2), float(msg.score))
 
 
 def _finite(value: float) -> float:

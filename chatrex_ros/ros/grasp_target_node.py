@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 from geometry_msgs.msg import Point, PointStamped, PoseStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 from visualization_msgs.msg import Marker
@@ -38,99 +37,18 @@ from chatrex_ros.core.grasp import (
     Target,
     target_from_colour_box,
 )
-from chatrex_ros.core.grasp_pairing import SELECTIONS, DepthStore, choose_detection
+from chatrex_ros.core.grasp_pairing import DepthStore, choose_detection
 from chatrex_ros.core.images import ImageFormatError, image_to_array
-from chatrex_ros.core.time_jumps import StampEvent
+from chatrex_ros.core.stamps import stamp_to_ns
+from chatrex_ros.core.types import Detection
 from chatrex_ros.msg import Answer, GraspTarget, ProposalArray
-from chatrex_ros.ros.conversions import stamp_to_ns
-from chatrex_ros.ros.health import Diagnostics, InputWatch, ProblemLog
-from chatrex_ros.ros.node_runtime import StartupError, run_node
-from chatrex_ros.ros.params import ParamSpec, declare_parameters, install_validator
-from chatrex_ros.ros.qos import reliable_qos, sensor_qos, sensor_qos_specs
+from chatrex_ros.node_parameters import GRASP_NODE, GraspNodeParams
+from chatrex_ros.ros.conversions import msg_to_detection
+from chatrex_ros.ros.node_base import ChatrexNode
+from chatrex_ros.ros.node_runtime import run_node
+from chatrex_ros.ros.qos import reliable_qos, sensor_qos
 
 DEPTH_ENCODINGS = ("16UC1", "32FC1")  # REP 118: millimetres, metres
-
-PARAMETERS: list[ParamSpec] = [
-    ParamSpec("selection", "highest_score", "Which detection of an answer to target.", SELECTIONS),
-    ParamSpec(
-        "phrase",
-        "",
-        "With selection=phrase: the grounded phrase to target (case-insensitive; whole words of the label).",
-    ),
-    ParamSpec(
-        "proposal_index", -1, "With selection=index: the proposal index (<objK>) to target.", minimum=-1, maximum=99
-    ),
-    ParamSpec(
-        "stamp_tolerance_s",
-        0.0,
-        "Largest difference between the answer's and a depth frame's stamps that still pairs (0 = exact).",
-        minimum=0.0,
-        maximum=1.0,
-    ),
-    ParamSpec(
-        "pairing_timeout_s",
-        2.0,
-        "How long an answer waits for its depth frame before it is published as stale.",
-        minimum=0.0,
-        maximum=60.0,
-    ),
-    ParamSpec(
-        "margin",
-        0.1,
-        "Fraction of the box's width/height removed on each side before the depth statistics.",
-        minimum=0.0,
-        maximum=0.45,
-    ),
-    ParamSpec(
-        "percentile",
-        50.0,
-        "Depth percentile of the used pixels that becomes the target's z.",
-        minimum=0.0,
-        maximum=100.0,
-    ),
-    ParamSpec(
-        "foreground", True, "Use only the nearest dense depth mode in the box (the object, not the wall behind it)."
-    ),
-    ParamSpec(
-        "depth_scale",
-        0.0,
-        "Metres per depth unit; 0 = REP 118 (16UC1 millimetres, 32FC1 metres).",
-        minimum=0.0,
-        maximum=1.0,
-    ),
-    ParamSpec(
-        "color_width",
-        0,
-        "Colour image width when no `color/camera_info` arrives (boxes scaled by size ratio); 0 = boxes already in depth pixels.",
-        minimum=0,
-        maximum=16384,
-    ),
-    ParamSpec("color_height", 0, "Colour image height, as color_width.", minimum=0, maximum=16384),
-    ParamSpec(
-        "depth_buffer_size",
-        30,
-        "Recent depth frames kept for pairing by stamp.",
-        minimum=1,
-        maximum=300,
-        read_only=True,
-    ),
-    ParamSpec(
-        "pinned_frames",
-        8,
-        "Depth frames kept because proposals were computed for them (0 = do not subscribe `proposals`).",
-        minimum=0,
-        maximum=64,
-        read_only=True,
-    ),
-    ParamSpec(
-        "input_silence_s",
-        5.0,
-        "Warn on /diagnostics when depth or its camera_info delivers nothing for this long.",
-        minimum=0.5,
-        maximum=3600.0,
-    ),
-    *sensor_qos_specs("depth_qos", "Depth and camera_info"),
-]
 
 MAX_PENDING = 16
 """Answers waiting for their depth frame; beyond this the oldest is published as stale."""
@@ -138,40 +56,21 @@ MARKER_NAMESPACE = "grasp_target"
 ARROW_LENGTH_M = 0.15
 
 
-def check_parameters(values: dict[str, Any]) -> str | None:
-    """Rules that span parameters; None when consistent, else the reason."""
-    if values["selection"] == "phrase" and not values["phrase"].strip():
-        return "selection 'phrase' needs a non-empty `phrase` parameter"
-    if values["selection"] == "index" and values["proposal_index"] < 0:
-        return "selection 'index' needs `proposal_index` >= 0"
-    if (values["color_width"] == 0) != (values["color_height"] == 0):
-        return "color_width and color_height must both be 0 (boxes in depth pixels) or both set"
-    return None
-
-
-# --------------------------------------------------------------------------------------------
-# The node
-# --------------------------------------------------------------------------------------------
-
-
 @dataclass
 class _Pending:
     answer: Answer
-    detection: Any
+    detection: Detection
     received: float
 
 
-class GraspTargetNode(Node):
+class GraspTargetNode(ChatrexNode[GraspNodeParams]):
+    """Pairs each answer with the depth frame of its stamp and publishes a 3-D target for one detection."""
+
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__("grasp_target_node", **kwargs)
-        self.values = declare_parameters(self, PARAMETERS)
-        problem = check_parameters(self.values)
-        if problem:
-            raise StartupError(problem)
-        install_validator(self, PARAMETERS, self._on_parameters)
-        self.problems = ProblemLog(self.get_logger())
+        super().__init__("grasp_target_node", GRASP_NODE, GraspNodeParams, **kwargs)
+        params = self.params
         self._lock = threading.Lock()  # the diagnostics timer runs beside the intake callbacks
-        self.depth: DepthStore[Image] = DepthStore(self.values["depth_buffer_size"], self.values["pinned_frames"])
+        self.depth: DepthStore[Image] = DepthStore(params.depth_buffer_size, params.pinned_frames)
         self.depth_infos: dict[str, CameraGeometry] = {}  # latest per frame_id
         self.colour_infos: dict[str, CameraGeometry] = {}
         self.pending: list[_Pending] = []
@@ -185,11 +84,10 @@ class GraspTargetNode(Node):
         self.marker_pub = self.create_publisher(Marker, "grasp_marker", reliable_qos(2))
         group = MutuallyExclusiveCallbackGroup()
         # camera_info comes from the same driver as the depth stream, with the same QoS.
-        qos = sensor_qos(self.values["depth_qos.reliability"], self.values["depth_qos.depth"])
-        silence = self.values["input_silence_s"]
+        qos = sensor_qos(params.depth_qos.reliability, params.depth_qos.depth)
         remap = "remap it (`chatrex-ros up --grasp --depth TOPIC --depth-info TOPIC`) and check the depth camera runs"
-        self.depth_watch = InputWatch(self, "depth images", silence, remap, self.problems)
-        self.info_watch = InputWatch(self, "depth camera_info", silence, remap, self.problems)
+        self.depth_watch = self.watch_input("depth images", params.input_silence_s, remap)
+        self.info_watch = self.watch_input("depth camera_info", params.input_silence_s, remap)
         # Depth has a group of its own: a 30 Hz stream that must not wait behind answers and camera_info (a
         # KEEP_LAST(1) reader that is not served in time loses exactly the frame an answer may need).
         depth_sub = self.create_subscription(
@@ -207,7 +105,7 @@ class GraspTargetNode(Node):
         self.info_watch.attach(info_sub.topic_name)
         self.create_subscription(CameraInfo, "color/camera_info", self._on_colour_info, qos, callback_group=group)
         answer_sub = self.create_subscription(Answer, "answer", self._on_answer, reliable_qos(), callback_group=group)
-        if self.values["pinned_frames"] > 0:
+        if params.pinned_frames > 0:
             # Pins are urgent: a claim handled after its depth frame left the ring pins nothing.
             pins = MutuallyExclusiveCallbackGroup()
             self.create_subscription(
@@ -215,31 +113,24 @@ class GraspTargetNode(Node):
             )
             self.create_subscription(Header, "proposals/pending", self._on_claim, reliable_qos(), callback_group=pins)
         self.create_timer(0.05, self._expire, callback_group=group)
-        self.diagnostics = Diagnostics(
-            self,
+        self.start_serving(
+            f"grasp targets: selection={params.selection} tolerance={params.stamp_tolerance_s} s "
+            f"timeout={params.pairing_timeout_s} s; answers on {answer_sub.topic_name}, depth on "
+            f"{depth_sub.topic_name}, camera_info on {info_sub.topic_name}",
             self._diagnostic_values,
-            self.problems,
             lambda: [c for c in (self.depth_watch.condition(), self.info_watch.condition()) if c is not None],
-        )
-        self.get_logger().info(
-            f"grasp targets: selection={self.values['selection']} tolerance={self.values['stamp_tolerance_s']} s "
-            f"timeout={self.values['pairing_timeout_s']} s; answers on {answer_sub.topic_name}, depth on "
-            f"{depth_sub.topic_name}, camera_info on {info_sub.topic_name}"
         )
 
     # ---- parameters ----
-    def _on_parameters(self, changed: dict[str, Any]) -> str | None:
-        merged = {**self.values, **changed}
-        problem = check_parameters(merged)
-        if problem:
-            return problem
-        with self._lock:
-            self.values = merged
-        return None
+    def check_parameters(self, params: GraspNodeParams) -> str | None:
+        """Selection and colour-size rules that span parameters."""
+        return params.problem()
 
-    @property
-    def _tolerance_ns(self) -> int:
-        return int(round(self.values["stamp_tolerance_s"] * 1e9))
+    def apply_parameters(self, params: GraspNodeParams) -> str | None:
+        """Swap the parameters under the lock the intake callbacks read them under."""
+        with self._lock:
+            self.params = params
+        return None
 
     # ---- intake ----
     def _on_depth_info(self, msg: CameraInfo) -> None:
@@ -269,24 +160,14 @@ class GraspTargetNode(Node):
 
     def _on_claim(self, header: Header) -> None:
         with self._lock:
-            self.depth.pin(stamp_to_ns(header.stamp), self._tolerance_ns)
+            self.depth.pin(stamp_to_ns(header.stamp), self.params.stamp_tolerance_ns)
 
     def _on_depth(self, msg: Image) -> None:
         # Decoded only when an answer needs it: most frames are never asked about.
         self.depth_watch.note()
         with self._lock:
             verdict = self.depth.add(stamp_to_ns(msg.header.stamp), msg)
-            if verdict.event is StampEvent.JUMP:
-                self.problems.report(
-                    "time_jump",
-                    f"depth stamps jumped back by {verdict.jump_ns / 1e9:.3f} s "
-                    "(a bag replayed again, a clock reset): cleared the buffered depth frames",
-                )
-            elif verdict.event is StampEvent.OUTLIER:
-                self.problems.report(
-                    "stamp_outlier",
-                    f"dropped the depth frame stamped {verdict.dropped} ns: its stamp does not fit its neighbours",
-                )
+            self.report_stamp_event("depth", verdict, "the buffered depth frames")
             self.last_depth_frame = msg.header.frame_id
             waiting, self.pending = self.pending, []
             for pending in waiting:
@@ -303,10 +184,11 @@ class GraspTargetNode(Node):
                 self._publish(msg, None, Target.invalid(reason), self._frame_hint(msg), received)
                 return
             try:
+                detections = [msg_to_detection(d) for d in msg.detections]
                 detection, reason = choose_detection(
-                    msg.detections, self.values["selection"], self.values["phrase"], self.values["proposal_index"]
+                    detections, self.params.selection, self.params.phrase, self.params.proposal_index
                 )
-            except ValueError as error:  # not reachable through the validated parameters; kept as a guard
+            except ValueError as error:  # a malformed detection (parameters are validated before they apply)
                 detection, reason = None, str(error)
             if detection is None:
                 self._publish(msg, None, Target.invalid(reason), self._frame_hint(msg), received)
@@ -321,11 +203,11 @@ class GraspTargetNode(Node):
     def _try_pair(self, pending: _Pending) -> bool:
         """Publish ``pending`` when its depth frame is here (or can no longer come); False to keep waiting."""
         stamp = stamp_to_ns(pending.answer.header.stamp)
-        found = self.depth.find(stamp, self._tolerance_ns)
+        found = self.depth.find(stamp, self.params.stamp_tolerance_ns)
         if found is not None:
             self._compute_and_publish(pending, found[1])
             return True
-        if not self.depth.may_still_arrive(stamp, self._tolerance_ns):
+        if not self.depth.may_still_arrive(stamp, self.params.stamp_tolerance_ns):
             why = (
                 "that depth frame never arrived: lost by the KEEP_LAST reader under load or on the way (raise "
                 "depth_qos.depth, or set stamp_tolerance_s to a frame interval)"
@@ -341,9 +223,9 @@ class GraspTargetNode(Node):
         with self._lock:
             keep: list[_Pending] = []
             for pending in self.pending:
-                if now - pending.received >= self.values["pairing_timeout_s"]:
+                if now - pending.received >= self.params.pairing_timeout_s:
                     self._expire_one(
-                        pending, f"no depth frame arrived within pairing_timeout_s={self.values['pairing_timeout_s']}"
+                        pending, f"no depth frame arrived within pairing_timeout_s={self.params.pairing_timeout_s}"
                     )
                 else:
                     keep.append(pending)
@@ -387,8 +269,9 @@ class GraspTargetNode(Node):
         if depth_camera is None:
             return Target.invalid(REASON_NO_CAMERA_INFO)
         colour_camera = self._colour_camera(pending.answer.header.frame_id)
-        colour_size = (self.values["color_width"], self.values["color_height"]) if self.values["color_width"] else None
-        scale = self.values["depth_scale"] or None
+        params = self.params
+        colour_size = (params.color_width, params.color_height) if params.color_width else None
+        scale = params.depth_scale or None
         # Infer + decode: the shared geometry (refusals come back as invalid Targets).
         try:
             return target_from_colour_box(
@@ -399,9 +282,9 @@ class GraspTargetNode(Node):
                 colour_size=colour_size,
                 depth_frame_id=depth_msg.header.frame_id,
                 depth_scale=scale,
-                margin=self.values["margin"],
-                percentile=self.values["percentile"],
-                foreground=self.values["foreground"],
+                margin=params.margin,
+                percentile=params.percentile,
+                foreground=params.foreground,
             )
         except ValueError as error:  # e.g. a NaN box in the answer: refuse this one, keep serving
             return Target.invalid(f"bad input: {error}")
@@ -421,13 +304,15 @@ class GraspTargetNode(Node):
         """Frame for a target refused without depth: the paired frame's if here, else the depth stream's latest,
         else a depth camera_info's, else (nothing known yet) the answer's own frame.
         """
-        found = self.depth.find(stamp_to_ns(answer.header.stamp), self._tolerance_ns)
+        found = self.depth.find(stamp_to_ns(answer.header.stamp), self.params.stamp_tolerance_ns)
         if found is not None:
             return found[1].header.frame_id
         return self.last_depth_frame or next(iter(self.depth_infos), "") or answer.header.frame_id
 
     # ---- output ----
-    def _publish(self, answer: Answer, detection: Any | None, target: Target, frame_id: str, received: float) -> None:
+    def _publish(
+        self, answer: Answer, detection: Detection | None, target: Target, frame_id: str, received: float
+    ) -> None:
         header = Header(stamp=answer.header.stamp, frame_id=frame_id)
         msg = GraspTarget(header=header, query_id=answer.query_id, valid=target.valid, reason=target.reason)
         if detection is not None:
@@ -461,7 +346,7 @@ class GraspTargetNode(Node):
     def _diagnostic_values(self) -> dict[str, object]:
         with self._lock:
             return {
-                "selection": self.values["selection"],
+                "selection": self.params.selection,
                 "pending_answers": len(self.pending),
                 "depth.received": self.depth.received,
                 "depth.buffered": len(self.depth),

@@ -21,27 +21,32 @@ from typing import Any
 
 import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from chatrex_ros.core.answering import AnswerResult, AnswerStatus, QueryError, QueryRequest, answer_query
+from chatrex_ros.core.answering import (
+    AnswerResult,
+    AnswerStatus,
+    QueryError,
+    QueryOutcome,
+    QueryRequest,
+    answer_query,
+)
 from chatrex_ros.core.frame_cache import Frame, FrameCache
 from chatrex_ros.core.images import ImageFormatError, decode_rgb
-from chatrex_ros.core.stamps import format_stamp
-from chatrex_ros.core.time_jumps import StampEvent
+from chatrex_ros.core.stamps import format_stamp, stamp_to_ns
 from chatrex_ros.core.types import Proposals
-from chatrex_ros.models.settings import LANGUAGE_NODE_PARAMETERS, language_backend
+from chatrex_ros.models.settings import language_backend
 from chatrex_ros.msg import Answer, ProposalArray, Query
+from chatrex_ros.node_parameters import LANGUAGE_NODE, LanguageNodeParams
 from chatrex_ros.ros.annotate import draw_detections
-from chatrex_ros.ros.conversions import answer_msg, image_msg, msg_to_proposals, stamp_to_ns
-from chatrex_ros.ros.health import FASTDDS_PROFILE_HINT, WARN, Condition, Diagnostics, InputWatch, ProblemLog
+from chatrex_ros.ros.conversions import answer_msg, image_msg, msg_to_proposals
+from chatrex_ros.ros.health import FASTDDS_PROFILE_HINT, WARN, Condition
+from chatrex_ros.ros.node_base import ChatrexNode
 from chatrex_ros.ros.node_runtime import StartupError, publish_from_worker, run_node
-from chatrex_ros.ros.params import declare_parameters, install_validator
 from chatrex_ros.ros.qos import reliable_qos, sensor_qos
 from chatrex_ros.srv import Ask
 
-PARAMETERS = LANGUAGE_NODE_PARAMETERS
 NO_MODEL = (
     "no language model configured: every query is answered MODEL_ERROR; set language_backend:=chatrex "
     "model_path:=<ChatRex-7B dir> trust_remote_code:=true (with `chatrex-ros up`: --set "
@@ -74,20 +79,20 @@ class _Job:
     done: threading.Event = field(default_factory=threading.Event)
 
 
-class LanguageNode(Node):
+class LanguageNode(ChatrexNode[LanguageNodeParams]):
+    """Answers queries about cached frames with the language model, one at a time, never leaving one unanswered."""
+
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__("language_node", **kwargs)
-        self.values = declare_parameters(self, PARAMETERS)
-        install_validator(self, PARAMETERS, self._on_parameters)
-        self.problems = ProblemLog(self.get_logger())
+        super().__init__("language_node", LANGUAGE_NODE, LanguageNodeParams, **kwargs)
+        params = self.params
         try:
-            self.backend = language_backend(self.values)
+            self.backend = language_backend(params)
         except (ValueError, TypeError) as error:
             raise StartupError(str(error)) from error
         self.cache: FrameCache[_StoredImage, _StoredProposals] = FrameCache(
-            self.values["frame_cache_size"], self.values["recent_images"]
+            params.frame_cache_size, params.recent_images
         )
-        self.jobs: queue.Queue[_Job] = queue.Queue(maxsize=self.values["queue_size"])
+        self.jobs: queue.Queue[_Job] = queue.Queue(maxsize=params.queue_size)
         self.status_counts = {status.name: 0 for status in AnswerStatus}
         self._counts_lock = threading.Lock()  # answers are finished on the worker and on intake threads
         self.last_latency_ms = 0.0
@@ -99,27 +104,22 @@ class LanguageNode(Node):
 
         self.answer_pub = self.create_publisher(Answer, "answer", reliable_qos())
         self.annotated_pub = (
-            self.create_publisher(Image, "answer_image", reliable_qos(2)) if self.values["publish_annotated"] else None
+            self.create_publisher(Image, "answer_image", reliable_qos(2)) if params.publish_annotated else None
         )
         # Each input has its own group: a burst on one (proposals, queries) never delays camera frames. The
         # callbacks only touch thread-safe structures (the frame cache, the job queue).
-        silence = self.values["input_silence_s"]
-        self.image_watch = InputWatch(
-            self,
+        self.image_watch = self.watch_input(
             "images",
-            silence,
+            params.input_silence_s,
             "check the camera topic (`chatrex-ros up --image TOPIC`, or remap `image`) and that the camera runs",
-            self.problems,
         )
-        self.proposal_watch = InputWatch(
-            self,
+        self.proposal_watch = self.watch_input(
             "proposals",
-            silence,
+            params.input_silence_s,
             "start proposal_node in the same namespace (`chatrex-ros up` starts both)",
-            self.problems,
         )
-        qos = sensor_qos(self.values["image_qos.reliability"], self.values["image_qos.depth"])
-        compressed = self.values["image_transport"] == "compressed"
+        qos = sensor_qos(params.image_qos.reliability, params.image_qos.depth)
+        compressed = params.image_transport == "compressed"
         image_sub = self.create_subscription(
             CompressedImage if compressed else Image,
             "image/compressed" if compressed else "image",
@@ -146,20 +146,17 @@ class LanguageNode(Node):
         self.create_service(Ask, "ask", self._on_ask, callback_group=ReentrantCallbackGroup())
         self._worker = threading.Thread(target=self._serve, name="query_worker", daemon=True)
         self._worker.start()
-        self.diagnostics = Diagnostics(self, self._diagnostic_values, self.problems, self._conditions)
         model = self.backend.name if self.backend is not None else "none"
-        self.get_logger().info(
-            f"language backend '{model}' ready; queue {self.values['queue_size']}; images on "
-            f"{image_sub.topic_name}, proposals on {proposals_sub.topic_name}"
+        self.start_serving(
+            f"language backend '{model}' ready; queue {params.queue_size}; images on "
+            f"{image_sub.topic_name}, proposals on {proposals_sub.topic_name}",
+            self._diagnostic_values,
+            self._conditions,
         )
         if self.backend is None:
             self.problems.log_condition("no_model", WARN, NO_MODEL)  # the same throttled line as /diagnostics
 
     # ---- intake (never blocks on the model) ----
-    def _on_parameters(self, changed: dict[str, Any]) -> str | None:
-        self.values = {**self.values, **changed}
-        return None
-
     def _on_image(self, msg: Image | CompressedImage) -> None:
         self.image_watch.note()
         try:
@@ -169,18 +166,7 @@ class LanguageNode(Node):
             return
         self.cache.add_image(stamp_to_ns(msg.header.stamp), _StoredImage(msg.header, rgb))
         for event in self.cache.take_events():
-            if event.event is StampEvent.JUMP:
-                self.problems.report(
-                    "time_jump",
-                    f"image stamps jumped back by {event.jump_ns / 1e9:.3f} s "
-                    "(a bag replayed again, a clock reset): cleared the cached frames",
-                )
-            else:
-                self.problems.report(
-                    "stamp_outlier",
-                    f"dropped the frame stamped {event.dropped} ns: its stamp "
-                    "does not fit its neighbours (camera clock glitch?)",
-                )
+            self.report_stamp_event("image", event, "the cached frames")
 
     def _on_claim(self, header: Header) -> None:
         self.cache.claim(stamp_to_ns(header.stamp))
@@ -232,13 +218,13 @@ class LanguageNode(Node):
                 list(msg.targets),
                 msg.text,
                 list(msg.indices),
-                int(msg.max_new_tokens) or self.values["max_new_tokens"],
+                int(msg.max_new_tokens) or self.params.max_new_tokens,
             )
         except QueryError as error:
             self.problems.report("bad_query", f"query {msg.id!r}: {error}")
             self._finish(self._answer(msg, error.status, str(error), received), reply)
             return None
-        timeout = float(msg.timeout_s) if msg.timeout_s > 0 else self.values["query_timeout_s"]
+        timeout = float(msg.timeout_s) if msg.timeout_s > 0 else self.params.query_timeout_s
         job = _Job(msg, request, received, received + timeout, reply)
         try:
             self.jobs.put_nowait(job)
@@ -306,7 +292,7 @@ class LanguageNode(Node):
     def _frame_for(self, job: _Job) -> Frame[_StoredImage, _StoredProposals]:
         """The frame the query asks about, waiting up to ``pairing_wait_s`` for proposals that are coming."""
         stamp = stamp_to_ns(job.query.image_stamp) or None
-        wait = min(self.values["pairing_wait_s"], max(0.0, job.deadline - time.monotonic()))
+        wait = min(self.params.pairing_wait_s, max(0.0, job.deadline - time.monotonic()))
         frame = self.cache.wait_for(stamp, 0.0)
         if frame is None:
             self._raise_unless_coming(stamp)
@@ -349,7 +335,7 @@ class LanguageNode(Node):
             raise QueryError(
                 AnswerStatus.NO_IMAGE,
                 f"the frame {format_stamp(stamp)} is no longer cached: newer "
-                f"frames took its place (frame_cache_size={self.values['frame_cache_size']}; frames "
+                f"frames took its place (frame_cache_size={self.params.frame_cache_size}; frames "
                 "answered about are kept longer for follow-ups)",
             )
         if self.cache.skipped(stamp):
@@ -362,7 +348,7 @@ class LanguageNode(Node):
             raise QueryError(
                 AnswerStatus.NO_IMAGE,
                 f"no frame with stamp {format_stamp(stamp)} is cached "
-                f"(never received, or older than the {self.values['frame_cache_size']} kept)",
+                f"(never received, or older than the {self.params.frame_cache_size} kept)",
             )
 
     def _conditions(self) -> list[Condition]:
@@ -390,18 +376,18 @@ class LanguageNode(Node):
         else:  # no frame: the stamp the query asked about (zero for "newest"), so the answer is still placed
             header = Header(stamp=query.image_stamp)
         proposals = frame.proposals if frame is not None else None
-        return answer_msg(
-            header,
+        outcome = QueryOutcome(
             query.id,
             query.task,
             status,
             message,
             result,
-            proposals_stamp=proposals.header.stamp if proposals is not None else None,
             num_proposals=len(proposals.proposals) if proposals is not None else 0,
+            proposals_stamp_ns=stamp_to_ns(proposals.header.stamp) if proposals is not None else 0,
             queue_ms=queue_ms,
             total_ms=(time.monotonic() - received) * 1e3,
         )
+        return answer_msg(header, outcome)
 
     def _finish(self, answer: Answer, reply: Callable[[Answer], None] | None) -> None:
         with self._counts_lock:
@@ -413,11 +399,12 @@ class LanguageNode(Node):
 
     def _annotate(self, image: _StoredImage, result: AnswerResult, header: Header) -> None:
         """Off the inference path: drawn on another thread, skipped while the previous drawing is running."""
-        if self.annotated_pub is None or (self._drawing is not None and not self._drawing.done()):
+        publisher = self.annotated_pub
+        if publisher is None or (self._drawing is not None and not self._drawing.done()):
             return
 
         def draw() -> None:
-            self.annotated_pub.publish(image_msg(draw_detections(image.rgb, result.detections), "rgb8", header))
+            publisher.publish(image_msg(draw_detections(image.rgb, result.detections), "rgb8", header))
 
         self._drawing = self._draw_thread.submit(draw)
 

@@ -1,7 +1,7 @@
 """Parameters declared from one table per node: typed, described, range-checked, validated on change.
 
 A node lists its parameters as :class:`~chatrex_ros.parameters.ParamSpec` rows; the same rows drive
-declaration, validation at start and at runtime, the README table, the offline tools' config reading and the
+declaration, validation at start and at runtime, the tables in docs/nodes.md, the offline tools' config reading and the
 launch-file test (every config entry must be a declared parameter of the right type).
 """
 
@@ -14,19 +14,20 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
-from chatrex_ros.parameters import ParamSpec, markdown_table, resolve, sensor_qos_specs
-
-__all__ = ["ParamSpec", "declare_parameters", "descriptor", "install_validator", "markdown_table", "sensor_qos_specs"]
+from chatrex_ros.parameters import ParamSpec, resolve
 
 
 def descriptor(spec: ParamSpec) -> ParameterDescriptor:
+    """The ROS descriptor of a row: its description with the choices, read-only flag and numeric range."""
     text = spec.description + (f" One of: {', '.join(map(str, spec.choices))}." if spec.choices else "")
     result = ParameterDescriptor(description=text, read_only=spec.read_only)
-    bounded = spec.minimum is not None and spec.maximum is not None
-    if isinstance(spec.default, float) and bounded:
-        result.floating_point_range = [FloatingPointRange(from_value=float(spec.minimum), to_value=float(spec.maximum))]
-    elif isinstance(spec.default, int) and not isinstance(spec.default, bool) and bounded:
-        result.integer_range = [IntegerRange(from_value=int(spec.minimum), to_value=int(spec.maximum), step=1)]
+    low, high = spec.minimum, spec.maximum
+    if low is None or high is None:
+        return result
+    if isinstance(spec.default, float):
+        result.floating_point_range = [FloatingPointRange(from_value=float(low), to_value=float(high))]
+    elif isinstance(spec.default, int) and not isinstance(spec.default, bool):
+        result.integer_range = [IntegerRange(from_value=int(low), to_value=int(high), step=1)]
     return result
 
 
@@ -50,7 +51,7 @@ def install_validator(
     """Reject invalid runtime changes; ``on_change`` may veto a valid set by returning a reason."""
     by_name = {spec.name: spec for spec in specs}
 
-    def callback(parameters: list[Parameter]) -> SetParametersResult:
+    def callback(parameters: list[Parameter[Any]]) -> SetParametersResult:
         changed: dict[str, Any] = {}
         for parameter in parameters:
             spec = by_name.get(parameter.name)

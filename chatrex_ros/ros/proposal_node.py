@@ -17,21 +17,17 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from chatrex_ros.core.images import ImageFormatError, decode_rgb
-from chatrex_ros.models.settings import PROPOSAL_NODE_PARAMETERS, proposal_pipeline, selection_policy
+from chatrex_ros.models.settings import proposal_pipeline, selection_policy
 from chatrex_ros.msg import ProposalArray
+from chatrex_ros.node_parameters import PROPOSAL_NODE, ProposalNodeParams
 from chatrex_ros.ros.conversions import proposals_to_msg
-from chatrex_ros.ros.health import Diagnostics, InputWatch, ProblemLog
+from chatrex_ros.ros.node_base import ChatrexNode
 from chatrex_ros.ros.node_runtime import StartupError, publish_from_worker, run_node
-from chatrex_ros.ros.params import declare_parameters, install_validator
 from chatrex_ros.ros.qos import reliable_qos, sensor_qos
-
-PARAMETERS = PROPOSAL_NODE_PARAMETERS
 
 
 @dataclass
@@ -40,36 +36,32 @@ class _Pending:
     received: float
 
 
-class ProposalNode(Node):
+class ProposalNode(ChatrexNode[ProposalNodeParams]):
+    """Runs the proposal pipeline on the newest camera frame and publishes index-stable proposals."""
+
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__("proposal_node", **kwargs)
-        self.values = declare_parameters(self, PARAMETERS)
-        self.problems = ProblemLog(self.get_logger())
+        super().__init__("proposal_node", PROPOSAL_NODE, ProposalNodeParams, **kwargs)
+        params = self.params
         try:
-            self.pipeline = proposal_pipeline(self.values)
+            self.pipeline = proposal_pipeline(params)
         except (ValueError, TypeError) as error:
             raise StartupError(str(error)) from error
-        backend, policy = self.pipeline.backend, self.pipeline.policy
-        install_validator(self, PARAMETERS, self._on_parameters)
-        if self.values["warmup"]:
-            self.pipeline.run(np.zeros((480, 640, 3), np.uint8))
+        if params.warmup:
+            self.pipeline.warmup()
 
         self.publisher = self.create_publisher(ProposalArray, "proposals", reliable_qos())
         self.claims = self.create_publisher(Header, "proposals/pending", reliable_qos())
-        self.image_watch = InputWatch(
-            self,
+        self.image_watch = self.watch_input(
             "images",
-            self.values["input_silence_s"],
+            params.input_silence_s,
             "check the camera topic (`chatrex-ros up --image TOPIC`, or remap `image`) and that the camera runs",
-            self.problems,
         )
-        qos = sensor_qos(self.values["image_qos.reliability"], self.values["image_qos.depth"])
-        compressed = self.values["image_transport"] == "compressed"
+        compressed = params.image_transport == "compressed"
         image_sub = self.create_subscription(
             CompressedImage if compressed else Image,
             "image/compressed" if compressed else "image",
             self._on_image,
-            qos,
+            sensor_qos(params.image_qos.reliability, params.image_qos.depth),
             event_callbacks=self.image_watch.event_callbacks(),
         )
         self.image_watch.attach(image_sub.topic_name)
@@ -81,26 +73,23 @@ class ProposalNode(Node):
         self._rate_window: list[float] = []
         self._worker = threading.Thread(target=self._work, name="proposal_worker", daemon=True)
         self._worker.start()
-        self.diagnostics = Diagnostics(
-            self,
-            self._diagnostic_values,
-            self.problems,
-            lambda: [c for c in (self.image_watch.condition(),) if c is not None],
-        )
+        backend, policy = self.pipeline.backend, self.pipeline.policy
         provider = getattr(backend, "provider", "")
-        self.get_logger().info(
+        self.start_serving(
             f"proposal backend '{backend.name}'{f' ({provider})' if provider else ''} ready on "
             f"{image_sub.topic_name}; min_score={policy.min_score} nms_iou={policy.nms_iou} "
-            f"max_proposals={policy.max_count}"
+            f"max_proposals={policy.max_count}",
+            self._diagnostic_values,
+            lambda: [c for c in (self.image_watch.condition(),) if c is not None],
         )
 
-    def _on_parameters(self, changed: dict[str, Any]) -> str | None:
-        merged = {**self.values, **changed}
+    def apply_parameters(self, params: ProposalNodeParams) -> str | None:
+        """A new selection policy takes effect from the next frame; the backend is read-only."""
         try:
-            policy = selection_policy(merged)
+            policy = selection_policy(params)
         except ValueError as error:
             return str(error)
-        self.values = merged
+        self.params = params
         self.pipeline.policy = policy
         return None
 
@@ -119,7 +108,8 @@ class ProposalNode(Node):
                 if not self._running:
                     return
                 pending, self._mailbox = self._mailbox, None
-            self._process(pending)
+            if pending is not None:
+                self._process(pending)
 
     def _process(self, pending: _Pending) -> None:
         msg = pending.msg
@@ -135,7 +125,7 @@ class ProposalNode(Node):
         except Exception as error:  # a backend failure must not kill the node
             self.problems.report("backend_error", f"proposal backend failed: {type(error).__name__}: {error}")
             return
-        out = proposals_to_msg(proposals, msg.header, image.shape[1], image.shape[0], self.values["granularity"])
+        out = proposals_to_msg(proposals, msg.header, image.shape[1], image.shape[0], self.params.granularity)
         if not publish_from_worker(self, self.publisher, out):
             return
         now = time.perf_counter()
@@ -150,6 +140,7 @@ class ProposalNode(Node):
         return {"backend": self.pipeline.backend.name, "fps": fps, **self._stats}
 
     def close(self) -> None:
+        """Stop the worker (called by run_node before the node is destroyed)."""
         with self._wakeup:
             self._running = False
             self._wakeup.notify()

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-from chatrex_ros.parameters import RELIABILITIES, sensor_qos_specs
-
-__all__ = ["RELIABILITIES", "reliable_qos", "sensor_qos", "sensor_qos_specs"]
-
 
 def sensor_qos(reliability: str, depth: int) -> QoSProfile:
+    """KEEP_LAST(depth), volatile; ``reliability`` is a value of the ``*_qos.reliability`` parameters."""
     return QoSProfile(
         history=HistoryPolicy.KEEP_LAST,
         depth=depth,

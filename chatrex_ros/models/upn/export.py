@@ -1,6 +1,6 @@
 """ONNX export of the UPN: one static-shape graph per camera resolution, prompt baked in.
 
-Choices (see notes/upn.md):
+Choices (see docs/models.md):
 * static (1, 3, H, W) input: the Swin window padding, the shift masks, the level sizes and the sine
   encodings all depend on H, W only, so they fold into constants and TensorRT gets fixed shapes;
 * the prompt (fine / coarse) is baked in: the graph has one input (``pixels``) and two outputs

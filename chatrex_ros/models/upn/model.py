@@ -8,7 +8,7 @@ one module object is registered under every name, so ``state_dict()`` lists all 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -69,7 +69,7 @@ class UPN(nn.Module):
 
     @property
     def swin(self) -> SwinTransformer:
-        return self.backbone.model.backbone  # type: ignore[return-value]
+        return cast(SwinTransformer, self.get_submodule("backbone.model.backbone"))
 
     def forward(self, pixels: Tensor, prompt: str = "fine", mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Pixels (B, 3, H, W) normalised; mask (B, H, W) True on batch padding (None: no padding).

@@ -7,7 +7,7 @@ whose names match ``FP32_NAME_PATTERNS`` (proposal generation, top-k selection, 
 fp32; TensorRT 11 removed weak typing, so there only fp32 engines are offered (a clear error says so).
 
 NOT tested here (no GPU, no TensorRT): written against the TensorRT 10 Python API documentation; see
-notes/upn.md. The cache logic it relies on (:mod:`.engine_cache`) is tested.
+docs/models.md. The cache logic it relies on (:mod:`.engine_cache`) is tested.
 """
 
 from __future__ import annotations
@@ -200,10 +200,11 @@ class TensorRTUPNBackend:
             self._context.set_tensor_address(tensor, int(pointer))
             if self._engine.get_tensor_mode(tensor) == trt.TensorIOMode.INPUT:
                 self.input_name = tensor
-        self.input_hw = tuple(self._host[self.input_name].shape[-2:])
+        height, width = self._host[self.input_name].shape[-2:]
+        self.input_hw = (int(height), int(width))
 
     def propose(self, image_rgb: np.ndarray) -> RawProposals:
-        prepared = prepare_image(image_rgb, *self.resize, input_hw=self.input_hw)  # type: ignore[arg-type]
+        prepared = prepare_image(image_rgb, *self.resize, input_hw=self.input_hw)
         boxes, logits = self.infer(prepared.pixels)
         return decode_outputs(boxes[0], logits[0], prepared.original_hw)
 

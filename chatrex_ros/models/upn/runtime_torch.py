@@ -95,7 +95,3 @@ class TorchUPNBackend:
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=autocast_dtype, enabled=reduced):
             boxes, logits = self.model(x, self.granularity)
         return boxes.float().cpu().numpy(), logits.float().cpu().numpy()
-
-    def warmup(self) -> None:
-        """One dummy frame at the size a 640x480 camera gives (first runs allocate and pick kernels)."""
-        self.propose(np.zeros((480, 640, 3), dtype=np.uint8))

@@ -60,6 +60,8 @@ def shift_window_mask(height: int, width: int, window: int, shift: int, device: 
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside each window with a learned relative position bias."""
 
+    relative_position_index: Tensor  # a buffer (register_buffer)
+
     def __init__(self, dim: int, window: int, heads: int) -> None:
         super().__init__()
         self.window = window

@@ -1,0 +1,389 @@
+"""The three nodes' parameters: one table each, and the frozen dataclass a node reads them through.
+
+The tables (:class:`~chatrex_ros.parameters.ParamSpec` rows) drive declaration, validation at start and at
+runtime, the parameter tables in docs/nodes.md, `chatrex-ros up` and the offline tools' config reading. A node
+resolves them once into its dataclass, so parameters are read as typed attributes (``params.min_score``), not by
+string key; nested ROS names (``image_qos.depth``) are nested dataclasses (``params.image_qos.depth``). A test
+keeps each dataclass and its table field for field in sync. ROS-free on purpose: the offline tools read the same
+rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from chatrex_ros.core.grasp_pairing import SELECTIONS
+from chatrex_ros.core.types import MAX_PROPOSALS
+from chatrex_ros.models.registry import LANGUAGE_BACKENDS, PROPOSAL_BACKENDS
+from chatrex_ros.parameters import ParamSpec, resolve, sensor_qos_specs
+
+P = TypeVar("P")
+
+
+@dataclasses.dataclass(frozen=True)
+class SensorQos:
+    """A sensor subscription's QoS (``image_qos.*``, ``depth_qos.*``)."""
+
+    reliability: str
+    depth: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ProposalNodeParams:
+    """proposal_node's parameters (:data:`PROPOSAL_NODE`)."""
+
+    backend: str
+    backend_options: str
+    granularity: str
+    checkpoint: str
+    model_variant: str
+    onnx: str
+    engine_cache_dir: str
+    device: str
+    precision: str
+    selective_search_long_side: int
+    min_score: float
+    nms_iou: float
+    max_proposals: int
+    image_transport: str
+    warmup: bool
+    input_silence_s: float
+    image_qos: SensorQos
+
+
+@dataclasses.dataclass(frozen=True)
+class LanguageNodeParams:
+    """language_node's parameters (:data:`LANGUAGE_NODE`)."""
+
+    language_backend: str
+    model_path: str
+    trust_remote_code: bool
+    device: str
+    dtype: str
+    backend_options: str
+    max_new_tokens: int
+    query_timeout_s: float
+    queue_size: int
+    frame_cache_size: int
+    recent_images: int
+    pairing_wait_s: float
+    input_silence_s: float
+    publish_annotated: bool
+    image_transport: str
+    image_qos: SensorQos
+
+
+@dataclasses.dataclass(frozen=True)
+class GraspNodeParams:
+    """grasp_target_node's parameters (:data:`GRASP_NODE`)."""
+
+    selection: str
+    phrase: str
+    proposal_index: int
+    stamp_tolerance_s: float
+    pairing_timeout_s: float
+    margin: float
+    percentile: float
+    foreground: bool
+    depth_scale: float
+    color_width: int
+    color_height: int
+    depth_buffer_size: int
+    pinned_frames: int
+    input_silence_s: float
+    depth_qos: SensorQos
+
+    @property
+    def stamp_tolerance_ns(self) -> int:
+        """``stamp_tolerance_s`` as the integer nanoseconds stamps are compared in."""
+        return round(self.stamp_tolerance_s * 1e9)
+
+    def problem(self) -> str | None:
+        """Rules that span parameters; None when consistent, else the reason."""
+        if self.selection == "phrase" and not self.phrase.strip():
+            return "selection 'phrase' needs a non-empty `phrase` parameter"
+        if self.selection == "index" and self.proposal_index < 0:
+            return "selection 'index' needs `proposal_index` >= 0"
+        if (self.color_width == 0) != (self.color_height == 0):
+            return "color_width and color_height must both be 0 (boxes in depth pixels) or both set"
+        return None
+
+
+PROPOSAL_NODE: list[ParamSpec] = [
+    ParamSpec(
+        "backend", "selective_search", "Proposal backend.", tuple(PROPOSAL_BACKENDS), read_only=True, allow_plugin=True
+    ),
+    ParamSpec(
+        "backend_options", "", "JSON object of keyword arguments for a `python:module:Class` backend.", read_only=True
+    ),
+    ParamSpec(
+        "granularity",
+        "fine",
+        "UPN prompt: fine (parts, anything) or coarse (instances).",
+        ("fine", "coarse"),
+        read_only=True,
+    ),
+    ParamSpec("checkpoint", "", "UPN checkpoint (.pth or .safetensors) for the torch backend.", read_only=True),
+    ParamSpec(
+        "model_variant",
+        "large",
+        "UPN architecture for the torch backend (large or tiny).",
+        ("large", "tiny"),
+        read_only=True,
+    ),
+    ParamSpec(
+        "onnx", "", "UPN ONNX file (chatrex-ros export-upn) for the onnxruntime and tensorrt backends.", read_only=True
+    ),
+    ParamSpec("engine_cache_dir", "~/.cache/chatrex_ros/engines", "TensorRT engine cache directory.", read_only=True),
+    ParamSpec("device", "cpu", "Device for torch / onnxruntime backends.", ("cpu", "cuda"), read_only=True),
+    ParamSpec(
+        "precision",
+        "fp32",
+        "Inference precision (torch: fp32/fp16/bf16, tensorrt: fp32/fp16).",
+        ("fp32", "fp16", "bf16"),
+        read_only=True,
+    ),
+    ParamSpec(
+        "selective_search_long_side",
+        400,
+        "Selective search works on a copy this long (px).",
+        minimum=64,
+        maximum=4096,
+        read_only=True,
+    ),
+    ParamSpec("min_score", 0.3, "Drop proposals scoring below this.", minimum=0.0, maximum=1.0),
+    ParamSpec("nms_iou", 0.8, "Greedy NMS IoU threshold (<= 0 disables NMS).", minimum=-1.0, maximum=1.0),
+    ParamSpec("max_proposals", 100, "Keep at most this many (ChatRex has 100 index tokens).", minimum=1, maximum=100),
+    ParamSpec(
+        "image_transport",
+        "raw",
+        "raw: subscribe `image`; compressed: `image/compressed`.",
+        ("raw", "compressed"),
+        read_only=True,
+    ),
+    ParamSpec("warmup", True, "Run the backend once on a blank frame before serving.", read_only=True),
+    ParamSpec(
+        "input_silence_s", 5.0, "Warn on /diagnostics when no image arrives for this long.", minimum=0.5, maximum=3600.0
+    ),
+    *sensor_qos_specs(),
+]
+
+LANGUAGE_NODE: list[ParamSpec] = [
+    ParamSpec(
+        "language_backend",
+        "none",
+        "Language model backend ('none' answers MODEL_ERROR).",
+        tuple(LANGUAGE_BACKENDS),
+        read_only=True,
+        allow_plugin=True,
+    ),
+    ParamSpec(
+        "model_path",
+        "",
+        "Local ChatRex checkpoint directory (e.g. a download of IDEA-Research/ChatRex-7B).",
+        read_only=True,
+    ),
+    ParamSpec(
+        "trust_remote_code", False, "Allow the checkpoint's own Python code to run (ChatRex needs it).", read_only=True
+    ),
+    ParamSpec("device", "cuda", "Model device.", ("cpu", "cuda"), read_only=True),
+    ParamSpec(
+        "dtype",
+        "auto",
+        "Model dtype (auto: bfloat16 on CUDA, float32 on CPU).",
+        ("auto", "float32", "float16", "bfloat16"),
+        read_only=True,
+    ),
+    ParamSpec(
+        "backend_options", "", "JSON object of extra keyword arguments for the language backend.", read_only=True
+    ),
+    ParamSpec("max_new_tokens", 512, "Default generation budget per query.", minimum=1, maximum=8192),
+    ParamSpec(
+        "query_timeout_s", 60.0, "Default per-query timeout (queue + model), seconds.", minimum=0.01, maximum=3600.0
+    ),
+    ParamSpec(
+        "queue_size", 4, "Queries waiting beyond this are answered BUSY.", minimum=1, maximum=100, read_only=True
+    ),
+    ParamSpec(
+        "frame_cache_size",
+        8,
+        "Answerable frames (image + proposals) kept; a query names one by stamp or takes the newest.",
+        minimum=1,
+        maximum=256,
+        read_only=True,
+    ),
+    ParamSpec(
+        "recent_images",
+        4,
+        "Newest images kept until the proposer claims them on `proposals/pending`; a proposer that does not announce its frames needs rate x latency.",
+        minimum=1,
+        maximum=256,
+        read_only=True,
+    ),
+    ParamSpec(
+        "pairing_wait_s",
+        5.0,
+        "How long a query waits for proposals when its frame has none yet.",
+        minimum=0.0,
+        maximum=60.0,
+    ),
+    ParamSpec(
+        "input_silence_s",
+        5.0,
+        "Warn on /diagnostics when an input (image, proposals) delivers nothing for this long.",
+        minimum=0.5,
+        maximum=3600.0,
+    ),
+    ParamSpec(
+        "publish_annotated", False, "Publish the answered frame with boxes drawn on `answer_image`.", read_only=True
+    ),
+    ParamSpec(
+        "image_transport",
+        "raw",
+        "raw: subscribe `image`; compressed: `image/compressed`.",
+        ("raw", "compressed"),
+        read_only=True,
+    ),
+    *sensor_qos_specs(),
+]
+
+GRASP_NODE: list[ParamSpec] = [
+    ParamSpec("selection", "highest_score", "Which detection of an answer to target.", SELECTIONS),
+    ParamSpec(
+        "phrase",
+        "",
+        "With selection=phrase: the grounded phrase to target (case-insensitive; whole words of the label).",
+    ),
+    ParamSpec(
+        "proposal_index",
+        -1,
+        "With selection=index: the proposal index (<objK>) to target.",
+        minimum=-1,
+        maximum=MAX_PROPOSALS - 1,
+    ),
+    ParamSpec(
+        "stamp_tolerance_s",
+        0.0,
+        "Largest difference between the answer's and a depth frame's stamps that still pairs (0 = exact).",
+        minimum=0.0,
+        maximum=1.0,
+    ),
+    ParamSpec(
+        "pairing_timeout_s",
+        2.0,
+        "How long an answer waits for its depth frame before it is published as stale.",
+        minimum=0.0,
+        maximum=60.0,
+    ),
+    ParamSpec(
+        "margin",
+        0.1,
+        "Fraction of the box's width/height removed on each side before the depth statistics.",
+        minimum=0.0,
+        maximum=0.45,
+    ),
+    ParamSpec(
+        "percentile",
+        50.0,
+        "Depth percentile of the used pixels that becomes the target's z.",
+        minimum=0.0,
+        maximum=100.0,
+    ),
+    ParamSpec(
+        "foreground", True, "Use only the nearest dense depth mode in the box (the object, not the wall behind it)."
+    ),
+    ParamSpec(
+        "depth_scale",
+        0.0,
+        "Metres per depth unit; 0 = REP 118 (16UC1 millimetres, 32FC1 metres).",
+        minimum=0.0,
+        maximum=1.0,
+    ),
+    ParamSpec(
+        "color_width",
+        0,
+        "Colour image width when no `color/camera_info` arrives (boxes scaled by size ratio); "
+        "0 = boxes already in depth pixels.",
+        minimum=0,
+        maximum=16384,
+    ),
+    ParamSpec("color_height", 0, "Colour image height, as color_width.", minimum=0, maximum=16384),
+    ParamSpec(
+        "depth_buffer_size",
+        30,
+        "Recent depth frames kept for pairing by stamp.",
+        minimum=1,
+        maximum=300,
+        read_only=True,
+    ),
+    ParamSpec(
+        "pinned_frames",
+        8,
+        "Depth frames kept because proposals were computed for them (0 = do not subscribe `proposals`).",
+        minimum=0,
+        maximum=64,
+        read_only=True,
+    ),
+    ParamSpec(
+        "input_silence_s",
+        5.0,
+        "Warn on /diagnostics when depth or its camera_info delivers nothing for this long.",
+        minimum=0.5,
+        maximum=3600.0,
+    ),
+    *sensor_qos_specs("depth_qos", "Depth and camera_info"),
+]
+
+
+_TABLES: dict[type, list[ParamSpec]] = {
+    ProposalNodeParams: PROPOSAL_NODE,
+    LanguageNodeParams: LANGUAGE_NODE,
+    GraspNodeParams: GRASP_NODE,
+}
+
+NODE_TABLES: dict[str, list[ParamSpec]] = {
+    "proposal_node": PROPOSAL_NODE,
+    "language_node": LANGUAGE_NODE,
+    "grasp_target_node": GRASP_NODE,
+}
+"""Each node's table by node name."""
+
+
+def resolved(cls: type[P], values: Mapping[str, Any] | None = None) -> P:
+    """A node's parameters from loose values (defaults filled, nested names flattened; ValueError on a bad one)."""
+    return typed(cls, resolve(_TABLES[cls], values or {}))
+
+
+def typed(cls: type[P], values: Mapping[str, Any]) -> P:
+    """The frozen dataclass ``cls`` filled from resolved values with dotted names (``image_qos.depth``)."""
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        hint = hints[field.name]
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            prefix = f"{field.name}."
+            nested = {key[len(prefix) :]: value for key, value in values.items() if key.startswith(prefix)}
+            kwargs[field.name] = typed(hint, nested)
+        else:
+            kwargs[field.name] = values[field.name]
+    return cls(**kwargs)
+
+
+def flat_values(params: object, prefix: str = "") -> dict[str, Any]:
+    """A node's dataclass back as ROS parameter names and values (the inverse of :func:`typed`)."""
+    flat: dict[str, Any] = {}
+    for field in dataclasses.fields(params):  # type: ignore[arg-type]
+        value = getattr(params, field.name)
+        if dataclasses.is_dataclass(value):
+            flat.update(flat_values(value, f"{prefix}{field.name}."))
+        else:
+            flat[f"{prefix}{field.name}"] = value
+    return flat
+
+
+def with_changes(params: P, changed: Mapping[str, Any]) -> P:
+    """``params`` with some parameters (by ROS name) changed, as a runtime parameter set delivers them."""
+    return typed(type(params), {**flat_values(params), **changed})

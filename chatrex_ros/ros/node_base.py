@@ -1,0 +1,80 @@
+"""The start-up every chatrex node shares, in one order.
+
+1. declare the node's parameter table and validate it (a bad value fails start-up, listing every bad one);
+2. resolve it into the node's frozen parameter dataclass and check the rules that span parameters;
+3. the problem log, and a validator for runtime changes that goes through the same two checks;
+4. (the node builds its model, publishers and subscriptions);
+5. :meth:`ChatrexNode.start_serving`: /diagnostics and the one "ready" line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, TypeVar
+
+from rclpy.node import Node
+
+from chatrex_ros.core.stamps import NS_PER_S, format_stamp
+from chatrex_ros.core.time_jumps import StampEvent, StampVerdict
+from chatrex_ros.node_parameters import typed, with_changes
+from chatrex_ros.parameters import ParamSpec
+from chatrex_ros.ros.health import Condition, Diagnostics, InputWatch, ProblemLog
+from chatrex_ros.ros.node_runtime import StartupError
+from chatrex_ros.ros.params import declare_parameters, install_validator
+
+P = TypeVar("P")
+
+
+class ChatrexNode(Node, Generic[P]):
+    """A node whose parameters are one table, read through the frozen dataclass ``params``."""
+
+    def __init__(self, name: str, specs: Sequence[ParamSpec], params_type: type[P], **kwargs: Any) -> None:
+        super().__init__(name, **kwargs)
+        self.params: P = typed(params_type, declare_parameters(self, specs))
+        problem = self.check_parameters(self.params)
+        if problem:
+            raise StartupError(problem)
+        self.problems = ProblemLog(self.get_logger())
+        install_validator(self, specs, self._on_parameters)
+
+    def check_parameters(self, params: P) -> str | None:
+        """Rules that span parameters: None when ``params`` are consistent, else the reason (override)."""
+        return None
+
+    def apply_parameters(self, params: P) -> str | None:
+        """Take validated runtime changes; return a reason to refuse them (override to rebuild what depends on them)."""
+        self.params = params
+        return None
+
+    def watch_input(self, what: str, silence_s: float, fix: str) -> InputWatch:
+        """An :class:`InputWatch` reporting into this node's problem log."""
+        return InputWatch(self, what, silence_s, fix, self.problems)
+
+    def start_serving(
+        self,
+        ready: str,
+        values: Callable[[], dict[str, object]],
+        conditions: Callable[[], list[Condition]] | None = None,
+    ) -> None:
+        """Publish /diagnostics from now on and log the node's one "ready" line."""
+        self.diagnostics = Diagnostics(self, values, self.problems, conditions)
+        self.get_logger().info(ready)
+
+    def report_stamp_event(self, stream: str, verdict: StampVerdict, cleared: str) -> None:
+        """Report a time jump (a bag replayed again, a clock reset) or a mis-stamped frame of ``stream``."""
+        if verdict.event is StampEvent.JUMP:
+            self.problems.report(
+                "time_jump",
+                f"{stream} stamps jumped back by {verdict.jump_ns / NS_PER_S:.3f} s "
+                f"(a bag replayed again, a clock reset): cleared {cleared}",
+            )
+        elif verdict.event is StampEvent.OUTLIER and verdict.dropped is not None:
+            self.problems.report(
+                "stamp_outlier",
+                f"dropped the {stream} frame stamped {format_stamp(verdict.dropped)}: its stamp does not fit its "
+                "neighbours (camera clock glitch?)",
+            )
+
+    def _on_parameters(self, changed: dict[str, Any]) -> str | None:
+        params = with_changes(self.params, changed)
+        return self.check_parameters(params) or self.apply_parameters(params)
