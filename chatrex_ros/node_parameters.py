@@ -112,6 +112,15 @@ class GraspNodeParams:
         return None
 
 
+IMAGE_TRANSPORT = ParamSpec(
+    "image_transport",
+    "raw",
+    "raw: subscribe `image`; compressed: `image/compressed`.",
+    ("raw", "compressed"),
+    read_only=True,
+)
+"""The camera subscription both image-reading nodes share."""
+
 PROPOSAL_NODE: list[ParamSpec] = [
     ParamSpec(
         "backend", "selective_search", "Proposal backend.", tuple(PROPOSAL_BACKENDS), read_only=True, allow_plugin=True
@@ -157,13 +166,7 @@ PROPOSAL_NODE: list[ParamSpec] = [
     ParamSpec("min_score", 0.3, "Drop proposals scoring below this.", minimum=0.0, maximum=1.0),
     ParamSpec("nms_iou", 0.8, "Greedy NMS IoU threshold (<= 0 disables NMS).", minimum=-1.0, maximum=1.0),
     ParamSpec("max_proposals", 100, "Keep at most this many (ChatRex has 100 index tokens).", minimum=1, maximum=100),
-    ParamSpec(
-        "image_transport",
-        "raw",
-        "raw: subscribe `image`; compressed: `image/compressed`.",
-        ("raw", "compressed"),
-        read_only=True,
-    ),
+    IMAGE_TRANSPORT,
     ParamSpec("warmup", True, "Run the backend once on a blank frame before serving.", read_only=True),
     ParamSpec(
         "input_silence_s", 5.0, "Warn on /diagnostics when no image arrives for this long.", minimum=0.5, maximum=3600.0
@@ -240,13 +243,7 @@ LANGUAGE_NODE: list[ParamSpec] = [
     ParamSpec(
         "publish_annotated", False, "Publish the answered frame with boxes drawn on `answer_image`.", read_only=True
     ),
-    ParamSpec(
-        "image_transport",
-        "raw",
-        "raw: subscribe `image`; compressed: `image/compressed`.",
-        ("raw", "compressed"),
-        read_only=True,
-    ),
+    IMAGE_TRANSPORT,
     *sensor_qos_specs(),
 ]
 
