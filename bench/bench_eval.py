@@ -1,6 +1,6 @@
 """Offline evaluation throughput on the sample bag, and what bag reading and metrics cost beside the backend.
 
-Run: PYTHONPATH=. /work/venv/bin/python bench/bench_eval.py [--runs N] [--read-repeats N]
+Run: python bench/bench_eval.py [--runs N] [--read-repeats N]
 Prints a table and writes bench/results/eval.json. Both storages (mcap, sqlite3) are measured in the
 same run with the weight-free selective-search backend. The question it answers: is the evaluation's own
 overhead (stamp index + bag reading/decoding + metrics) small beside the model? Goal: under 5 % of a run.
@@ -100,7 +100,8 @@ def main() -> None:
     )
     for r in rows:
         print(
-            f"{r['storage']:8} {r['frames_per_s']:9.2f} {r['read_ms_per_frame']:11.2f} {r['read_only_pass_ms_per_frame']:10.2f} "
+            f"{r['storage']:8} {r['frames_per_s']:9.2f} {r['read_ms_per_frame']:11.2f} "
+            f"{r['read_only_pass_ms_per_frame']:10.2f} "
             f"{r['backend_ms_per_frame']:14.1f} {r['metrics_ms']:11.1f} {r['read_vs_backend']:13.4f} "
             f"{100 * r['overhead_share']:12.2f}%"
         )

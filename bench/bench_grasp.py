@@ -1,6 +1,6 @@
 """Cost of the grasp geometry per detection, measured side by side against a plain median.
 
-Run: PYTHONPATH=. /work/venv/bin/python bench/bench_grasp.py [--repeats N]
+Run: python bench/bench_grasp.py [--repeats N]
 Prints a table and writes bench/results/grasp.json. The question it answers: what does the
 foreground selection cost over the naive "median of the box" it replaces, and what does it buy
 (error on a box that is mostly background)? Absolute times depend on the machine; the ratios in one
@@ -71,9 +71,11 @@ def main() -> None:
     for encoding in ("16UC1", "32FC1"):
         depth = make_scene(encoding)
         methods = {
-            "naive median": lambda: naive_median(depth, BOX),
-            "target_from_box, foreground=False": lambda: target_from_box(depth, K, BOX, foreground=False).point,
-            "target_from_box (foreground)": lambda: target_from_box(depth, K, BOX).point,
+            "naive median": lambda depth=depth: naive_median(depth, BOX),
+            "target_from_box, foreground=False": lambda depth=depth: (
+                target_from_box(depth, K, BOX, foreground=False).point
+            ),
+            "target_from_box (foreground)": lambda depth=depth: target_from_box(depth, K, BOX).point,
         }
         baseline_ms = None
         for name, fn in methods.items():

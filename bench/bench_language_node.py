@@ -135,7 +135,7 @@ def query_overhead(queries: int) -> dict:
             query_id = f"overhead-{index}"
             sent = time.perf_counter()
             client.query.publish(Query(id=query_id, task="detect", targets=["object"]))
-            wait_until(lambda: query_id in client.answers, 60, f"answer {query_id}")
+            wait_until(lambda query_id=query_id: query_id in client.answers, 60, f"answer {query_id}")
             if index >= 2:
                 direct_ms.append(elapsed_direct)
                 node_ms.append((client.answers[query_id] - sent) * 1e3)
@@ -274,7 +274,8 @@ def main() -> None:
         ],
     )
     print(
-        f"published Hz per 10 s window: {intake['published_hz_per_10s']} (publisher missed {intake['publisher_missed_slots']} slots)"
+        f"published Hz per 10 s window: {intake['published_hz_per_10s']} "
+        f"(publisher missed {intake['publisher_missed_slots']} slots)"
     )
     print(f"received  Hz per 10 s window: {intake['intake_hz_per_10s']}")
     print(f"RSS MB every 5 s: {[round(mb) for _, mb in intake['rss_samples']]}")

@@ -64,7 +64,7 @@ def measure(size: tuple[int, int], frames: int) -> dict:
             msg = image_msg(image, "rgb8", header(stamp))  # built before timing: a camera driver's job
             sent = time.perf_counter()
             publisher.publish(msg)
-            wait_until(lambda: stamp in arrivals, 30, f"proposals for frame {frame}")
+            wait_until(lambda stamp=stamp: stamp in arrivals, 30, f"proposals for frame {frame}")
             if frame >= 2:  # first round trips include DDS matching
                 direct_ms.append(elapsed_direct)
                 node_ms.append((arrivals[stamp] - sent) * 1e3)

@@ -35,7 +35,7 @@ def nested_round_trip(proposals: Proposals) -> None:
     msg = Answer()
     msg.detections = [
         Detection(proposal_index=i, box=box.tolist(), score=float(score))
-        for i, (box, score) in enumerate(zip(proposals.boxes, proposals.scores))
+        for i, (box, score) in enumerate(zip(proposals.boxes, proposals.scores, strict=True))
     ]
     back = deserialize_message(serialize_message(msg), Answer)
     np.array([d.box for d in back.detections], np.float32), np.array([d.score for d in back.detections], np.float32)

@@ -76,7 +76,7 @@ def main() -> int:
             t3 = time.perf_counter()
             decode_outputs(ort_out[0][0], ort_out[1][0], prepared.original_hw)
             t4 = time.perf_counter()
-            for key, value in zip(timings, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            for key, value in zip(timings, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
                 timings[key].append(value)
             max_box_diff = max(max_box_diff, float(np.abs(torch_out[0] - ort_out[0]).max()))
 
@@ -101,13 +101,15 @@ def main() -> int:
         "samples_s": timings,
     }
     print(
-        f"UPN tiny, {args.camera} camera -> input {prepared.resized_hw[0]}x{prepared.resized_hw[1]}, {args.repeats} runs, medians"
+        f"UPN tiny, {args.camera} camera -> input {prepared.resized_hw[0]}x{prepared.resized_hw[1]}, "
+        f"{args.repeats} runs, medians"
     )
     print(f"{'stage':<14}{'ms':>10}")
     for key, value in medians.items():
         print(f"{key:<14}{value:>10.1f}")
     print(
-        f"torch / ORT inference time ratio: {ratio:.2f}  (max |boxes diff| {max_box_diff:.2e}, ORT on {ort_backend.provider})"
+        f"torch / ORT inference time ratio: {ratio:.2f}  "
+        f"(max |boxes diff| {max_box_diff:.2e}, ORT on {ort_backend.provider})"
     )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=1))

@@ -69,13 +69,13 @@ def main() -> int:
         pixels = torch.randn(1, 3, height, width, device="cuda")
         per_size: dict[str, Any] = {}
 
-        def forward(dtype: Any = None, net: Any = model) -> Any:
+        def forward(dtype: Any = None, net: Any = model, inputs: Any = pixels) -> Any:
             def run() -> Any:
                 with (
                     torch.inference_mode(),
                     torch.autocast("cuda", dtype=dtype or torch.float16, enabled=dtype is not None),
                 ):
-                    return net(pixels, "fine")
+                    return net(inputs, "fine")
 
             return run
 

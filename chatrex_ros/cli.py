@@ -18,6 +18,7 @@ COMMAND_MODULES = (graph, ask, evaluate, replay, upn)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``chatrex-ros`` parser with every command module's subcommands registered."""
     parser = argparse.ArgumentParser(prog="chatrex-ros", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMAND_MODULES:
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the subcommand named in ``argv`` (default ``sys.argv[1:]``) and return its exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -65,6 +65,7 @@ class NodeSpec:
 
     @property
     def qualified_name(self) -> str:
+        """The node's fully qualified name in the graph's namespace, e.g. ``/chatrex/proposal_node``."""
         return qualified_name(NAMESPACE, self.name)
 
     def parameter_specs(self) -> list[ParamSpec]:
@@ -126,6 +127,7 @@ class PlannedNode:
     remaps: dict[str, str]
 
     def command(self, params_file: Path) -> list[str]:
+        """The command line that starts this node with its name, namespace, ``params_file`` and remaps."""
         command = [
             sys.executable,
             "-m",
@@ -317,6 +319,7 @@ class GraphProcesses:
                     signal.signal(signum, handler)
 
     def start(self) -> None:
+        """Write each node's params file and start its process, then the threads that forward their output."""
         env = dds_environment()
         preexec = die_with_parent()
         for node in self.planned:
@@ -339,8 +342,10 @@ class GraphProcesses:
             self._forwarders.append(thread)
 
     def _forward(self, name: str, process: subprocess.Popen[str]) -> None:
-        """Prefix and print a node's lines; keep draining its pipe when our output is gone (closed terminal),
-        or the node would block on a full pipe while it is being stopped.
+        """Prefix and print a node's lines, and keep draining its pipe when our output is gone.
+
+        Our output can be gone (a closed terminal); if the pipe were no longer drained the node would block on
+        a full pipe while it is being stopped.
         """
         assert process.stdout is not None
         for line in process.stdout:
@@ -361,8 +366,10 @@ class GraphProcesses:
         return {signum: signal.signal(signum, handler) for signum in wanted}
 
     def wait(self) -> int:
-        """Block until a stop signal (exit 0) or until a node exits on its own: its exit code, 128 + N when a
-        signal N ended it (as a shell reports it), 1 when it exited with 0 (the graph is incomplete).
+        """Block until a stop signal (exit 0) or until a node exits on its own, and return the exit status.
+
+        For a node that exits on its own that is its exit code, 128 + N when a signal N ended it (as a shell
+        reports it), 1 when it exited with 0 (the graph is incomplete).
         """
         try:
             while True:

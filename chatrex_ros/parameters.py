@@ -1,5 +1,7 @@
-"""Node parameters as data: typed, described, range-checked. ROS-free, so the offline tools read the same
-config file and defaults as the nodes (the ROS layer turns a spec into a declared parameter).
+"""Node parameters as data: typed, described, range-checked.
+
+ROS-free, so the offline tools read the same config file and defaults as the nodes (the ROS layer turns a spec into
+a declared parameter).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class ParamSpec:
 
     @property
     def type_name(self) -> str:
+        """The parameter's type as the docs' tables spell it (``int``, ``float``, ``str``, ``bool``)."""
         return type(self.default).__name__
 
     def validate(self, value: Any) -> str | None:
@@ -95,7 +98,8 @@ def node_section(config_path: str | Path, node: str) -> dict[str, Any]:
     ``use_sim_time`` (often set for every node with ``/**``) is left out: it is no entry of a node's table, and
     the offline tools have no ROS clock.
     """
-    from chatrex_ros.launcher import NAMESPACE, USE_SIM_TIME
+    from chatrex_ros.launcher import USE_SIM_TIME
+    from chatrex_ros.names import NAMESPACE
     from chatrex_ros.params_file import bare_names_in_namespace, load_sections, node_parameters, qualified_name
 
     sections = bare_names_in_namespace(load_sections(config_path), NAMESPACE)

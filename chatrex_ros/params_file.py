@@ -32,8 +32,10 @@ _TOKEN = re.compile(r"[A-Za-z0-9_]+")
 
 @dataclass(frozen=True)
 class Section:
-    """One node-name pattern of a params file and its parameters, flattened to dotted names as ROS names nested
-    ones, so that ``image_qos: {depth: 1}`` and ``image_qos.depth: 1`` are one parameter when sections merge.
+    """One node-name pattern of a params file and its parameters, flattened to dotted names.
+
+    Parameters are flattened as ROS names nested ones, so that ``image_qos: {depth: 1}`` and
+    ``image_qos.depth: 1`` are one parameter when sections merge.
     """
 
     pattern: str

@@ -11,8 +11,10 @@ _SOURCE_ROOT = Path(__file__).resolve().parent.parent
 
 
 def share_dir() -> Path:
-    """The repository root when run from a source checkout (edits take effect), else ``share/chatrex_ros``
-    of the install (colcon or pip).
+    """The package's share directory: the source tree in a checkout, else the installed ``share/chatrex_ros``.
+
+    In a source checkout the repository root is used so that edits to launch/ and config/ take effect;
+    otherwise it is ``share/chatrex_ros`` of the install (colcon or pip).
     """
     if (_SOURCE_ROOT / "package.xml").is_file() and (_SOURCE_ROOT / "config").is_dir():
         return _SOURCE_ROOT
@@ -30,6 +32,7 @@ def share_dir() -> Path:
 
 
 def config_file(name: str) -> Path:
+    """The path of ``config/<name>`` in :func:`share_dir`; FileNotFoundError if it is missing."""
     path = share_dir() / "config" / name
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")

@@ -12,14 +12,13 @@ realsense-ros 4.x with align_depth.enable:=true). `chatrex-ros up` starts the sa
 import os
 
 from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.conditions import IfCondition
 from launch.substitutions import EnvironmentVariable, LaunchConfiguration
 from launch_ros.actions import Node
 
-from launch import LaunchDescription
-
-NAMESPACE = "chatrex"
+from chatrex_ros.names import NAMESPACE
 
 # (launch argument, node, parameter, description): applied over the params file only when not empty.
 PARAMETER_ARGUMENTS = (

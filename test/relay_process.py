@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
 
@@ -16,10 +17,8 @@ def main() -> None:
     node = Node("relay")
     publisher = node.create_publisher(msg_type, "relay_out", 10)
     node.create_subscription(msg_type, "relay_in", publisher.publish, 10)
-    try:
+    with contextlib.suppress(KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
         rclpy.spin(node)
-    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
-        pass
 
 
 if __name__ == "__main__":

@@ -36,15 +36,16 @@ class NodeProcess:
         namespace: str = "",
     ) -> None:
         self.name = name
-        self._params_file = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
-        yaml.safe_dump({"/**": {"ros__parameters": params or {}}}, self._params_file)
-        self._params_file.close()
-        command = [sys.executable, "-m", module, "--ros-args", "--params-file", self._params_file.name]
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as params_file:
+            yaml.safe_dump({"/**": {"ros__parameters": params or {}}}, params_file)
+        self._params_path = params_file.name
+        command = [sys.executable, "-m", module, "--ros-args", "--params-file", self._params_path]
         for source, target in (remaps or {}).items():
             command += ["-r", f"{source}:={target}"]
         if namespace:
             command += ["-r", f"__ns:={namespace}"]
-        self._log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
+        # Open for the process's lifetime: the child writes to it until stop().
+        self._log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)  # noqa: SIM115
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=dict(os.environ))
 
     def output(self) -> str:
@@ -61,7 +62,7 @@ class NodeProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        os.unlink(self._params_file.name)
+        os.unlink(self._params_path)
         return self.process.returncode
 
     def __enter__(self) -> NodeProcess:
@@ -184,6 +185,8 @@ def get_parameters(client: RosClient, node_name: str, *names: str) -> dict[str, 
         assert service.wait_for_service(timeout_sec=10), f"no parameter service for {node_name}"
         future = service.call_async(GetParameters.Request(names=list(names)))
         wait_until(future.done, 10, "get_parameters")
-        return {name: parameter_value_to_python(value) for name, value in zip(names, future.result().values)}
+        return {
+            name: parameter_value_to_python(value) for name, value in zip(names, future.result().values, strict=True)
+        }
     finally:
         client.node.destroy_client(service)

@@ -31,6 +31,8 @@ ROS_FREE_MODULES = [
     "chatrex_ros.core.stamps",
     "chatrex_ros.core.time_jumps",
     "chatrex_ros.params_file",
+    "chatrex_ros.names",
+    "chatrex_ros.commands.exit_codes",
     "chatrex_ros.models.base",
     "chatrex_ros.models.registry",
     "chatrex_ros.models.settings",

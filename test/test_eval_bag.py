@@ -73,7 +73,7 @@ def test_round_trip_images_stamps_answers_and_proposals(tmp_path, storage):
         48,
     )
     with BagWriter(tmp_path / "bag", storage) as writer:
-        for rgb, stamp in zip(frames, stamps):
+        for rgb, stamp in zip(frames, stamps, strict=True):
             writer.write_image(TOPIC, rgb, stamp, "cam_optical", log_time_ns=stamp + 1_000)
         writer.write_proposals("/chatrex/proposals", proposals, "cam_optical")
         writer.write_answer("/chatrex/answer", answer(stamps[1]), "cam_optical")
@@ -87,7 +87,7 @@ def test_round_trip_images_stamps_answers_and_proposals(tmp_path, storage):
         assert [f.stamp_ns for f in read] == stamps
         assert [f.log_time_ns for f in read] == [s + 1_000 for s in stamps]
         assert {f.frame_id for f in read} == {"cam_optical"}
-        for frame, rgb in zip(read, frames):
+        for frame, rgb in zip(read, frames, strict=True):
             np.testing.assert_array_equal(frame.rgb(), rgb)
         only_second = list(reader.image_frames(TOPIC, {stamps[1]}))
         assert [f.stamp_ns for f in only_second] == [stamps[1]]
@@ -207,7 +207,7 @@ def test_make_sample_bag_stamps_match_the_ground_truth(tmp_path, storage):
         np.testing.assert_array_equal(frames[0].rgb(), load_sample_image(gt.images[0]))
         from_topic = reader.ground_truth(GROUND_TRUTH_TOPIC, SAMPLE_IMAGE_TOPIC)
     assert from_topic.categories == gt.categories
-    for mine, theirs in zip(from_topic.images, gt.images):
+    for mine, theirs in zip(from_topic.images, gt.images, strict=True):
         assert (mine.stamp_ns, mine.width, mine.height) == (theirs.stamp_ns, theirs.width, theirs.height)
         assert from_topic.labels(mine.id) == gt.labels(theirs.id)
         np.testing.assert_allclose(from_topic.boxes(mine.id), gt.boxes(theirs.id))

@@ -154,7 +154,7 @@ def pycocotools_eval(cases, categories, max_dets):
     images, annotations, detections = [], [], []
     for image_id, (labels, gt, pred_labels, boxes, scores) in enumerate(cases, start=1):
         images.append({"id": image_id, "width": 200, "height": 200})
-        for label, (x1, y1, x2, y2) in zip(labels, gt):
+        for label, (x1, y1, x2, y2) in zip(labels, gt, strict=True):
             annotations.append(
                 {
                     "id": len(annotations) + 1,
@@ -165,7 +165,7 @@ def pycocotools_eval(cases, categories, max_dets):
                     "iscrowd": 0,
                 }
             )
-        for label, (x1, y1, x2, y2), score in zip(pred_labels, boxes, scores):
+        for label, (x1, y1, x2, y2), score in zip(pred_labels, boxes, scores, strict=True):
             detections.append(
                 {"image_id": image_id, "category_id": ids[label], "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score}
             )

@@ -136,7 +136,7 @@ def test_demo_with_default_backend_writes_sane_reports(demo_run, sample):
     recall_50 = [proposals["recall"][k]["iou_0.5"] for k in ("10", "30", "100")]
     recall_avg = [proposals["recall"][k]["iou_0.5:0.95"] for k in ("10", "30", "100")]
     assert recall_50 == sorted(recall_50) and recall_avg == sorted(recall_avg)  # more proposals never find less
-    assert all(a <= b for a, b in zip(recall_avg, recall_50))  # stricter IoU never finds more
+    assert all(a <= b for a, b in zip(recall_avg, recall_50, strict=True))  # stricter IoU never finds more
     assert 0.3 <= recall_50[-1] <= 1.0  # selective search finds a fair share of these large objects
     assert 0.0 <= proposals["class_agnostic_coco"]["AP"] <= proposals["class_agnostic_coco"]["AP50"] <= 1.0
     assert "answers" not in report["metrics"] and NO_LANGUAGE_NOTE in report["notes"]
@@ -334,7 +334,9 @@ def test_per_class_plot_draws_zero_and_not_measured_distinctly():
     width = 0.8 / 2
     precision_x, recall_x = [i - width / 2 for i in range(3)], [i + width / 2 for i in range(3)]
     markers = [line for line in axes.get_lines() if line.get_marker() == "D"]
-    zero_points = sorted((round(float(x), 6), float(y)) for line in markers for x, y in zip(*line.get_data()))
+    zero_points = sorted(
+        (round(float(x), 6), float(y)) for line in markers for x, y in zip(*line.get_data(), strict=True)
+    )
     assert zero_points == [(round(recall_x[1], 6), 0.0), (round(precision_x[2], 6), 0.0)]
     assert all(not line.get_clip_on() for line in markers)  # not hidden under the axis
     labels = sorted((t.get_text(), round(t.get_position()[0], 6)) for t in axes.texts)

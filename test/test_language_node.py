@@ -62,7 +62,11 @@ def graph(tmp_path_factory):
         answers = client.subscribe(Answer, "answer")
         diagnostics = client.subscribe(DiagnosticArray, "/diagnostics")
         for publisher in pubs.values():
-            wait_until(lambda: publisher.get_subscription_count() > 0 or not node.alive(), 30, "language_node")
+            wait_until(
+                lambda publisher=publisher: publisher.get_subscription_count() > 0 or not node.alive(),
+                30,
+                "language_node",
+            )
         client.wait_for_publishers("answer")
         assert node.alive(), node.output()
         yield client, pubs, answers, diagnostics, node, record

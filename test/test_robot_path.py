@@ -19,7 +19,7 @@ from ros_harness import RosClient, wait_until
 from user_path import camera, run, up, workdir
 
 from chatrex_ros.core.answering import AnswerStatus
-from chatrex_ros.core.stamps import parse_stamp
+from chatrex_ros.core.stamps import parse_stamp, stamp_to_ns
 from chatrex_ros.msg import Answer, GraspTarget, ProposalArray, Query
 
 pytestmark = pytest.mark.ros
@@ -237,12 +237,22 @@ def test_a_frame_stamped_in_the_future_does_not_stay_newest() -> None:
             msg = Image(header=header(stamp), height=240, width=320, encoding="rgb8", step=960, data=rgb.tobytes())
             images.publish(msg)
             time.sleep(0.1)
+
+        def proposed() -> list[int]:
+            return [stamp_to_ns(p.header.stamp) for p in list(proposals)]
+
         wait_until(lambda: len(proposals) >= 15, 20, "proposals for the frames")
+        # A loaded machine may drop the last frame (best-effort, newest wins): wait briefly for it, then expect
+        # the newest real frame that was proposed, which must never be the glitch.
+        deadline = time.monotonic() + 5
+        while stamps[-1] not in proposed() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        newest_real = max(stamp for stamp in proposed() if stamp != stamps[5])
+        assert newest_real >= stamps[-4]
         by_id = ask_many(client, 3, 0.1, answers)
         for answer in by_id.values():
             assert answer.status == AnswerStatus.OK, answer.status_message
-            stamp = answer.header.stamp.sec * 1_000_000_000 + answer.header.stamp.nanosec
-            assert stamp == stamps[-1]  # the newest real frame, not the glitch
+            assert stamp_to_ns(answer.header.stamp) == newest_real  # the newest real frame, not the glitch
     finally:
         client.close()
         assert graph.stop() == 0, graph.output()

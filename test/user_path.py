@@ -54,7 +54,8 @@ class Background:
 
     def __init__(self, args: list[str], cwd: Path, profile: bool = True) -> None:
         command = [CHATREX_ROS if args[0] == "chatrex-ros" else args[0], *args[1:]]
-        self._log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False, dir=cwd)
+        # Open for the process's lifetime: the child writes to it until it ends.
+        self._log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False, dir=cwd)  # noqa: SIM115
         self.process = subprocess.Popen(
             command, cwd=cwd, env=user_environment(profile), stdout=self._log, stderr=subprocess.STDOUT, text=True
         )

@@ -39,6 +39,7 @@ def parse_indices(text: str) -> list[int]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``ask`` subcommand to the main CLI's subparsers."""
     parser = subparsers.add_parser(
         "ask",
         help="ask the running language_node a question",
@@ -149,6 +150,7 @@ def answer_to_dict(answer: Any) -> dict[str, Any]:
 
 
 def format_table(summary: dict[str, Any]) -> str:
+    """The human-readable form of :func:`answer_to_dict`'s summary: status, answer, stamp, detections, timings."""
     lines = [
         f"status: {summary['status']}" + (f" ({summary['status_message']})" if summary["status_message"] else ""),
         f"answer: {summary['text']}",
@@ -214,6 +216,7 @@ def build_query(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    """`ask`: wait for a language_node, publish the Query, print its Answer; the exit status says how it went."""
     import rclpy
     from rclpy.node import Node
 

@@ -204,6 +204,7 @@ def _finish(result: Any, args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    """`eval`: score the models on a bag's images, or recorded answers, and write the report."""
     from chatrex_ros.eval.bagio import BagReader
     from chatrex_ros.eval.groundtruth import GroundTruth, load_queries, stamp_tolerance_ns
     from chatrex_ros.eval.offline import evaluate_bag
@@ -256,6 +257,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_make_sample(args: argparse.Namespace) -> int:
+    """`make-sample`: write the sample bag, with copies of its annotations and queries beside it."""
     from chatrex_ros.eval.sample import make_sample_bag, sample_annotations_path, sample_queries_path
 
     try:
@@ -274,6 +276,7 @@ def run_make_sample(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    """`demo`: evaluate the sample bag (made if needed) with the configured backends and write the report."""
     from chatrex_ros.eval.groundtruth import GroundTruth, load_queries
     from chatrex_ros.eval.offline import evaluate_bag
     from chatrex_ros.eval.sample import ensure_sample_bag, sample_annotations_path, sample_queries_path

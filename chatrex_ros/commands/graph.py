@@ -25,6 +25,7 @@ from chatrex_ros.names import NAMESPACE
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``up`` subcommand to the main CLI's subparsers."""
     parser = subparsers.add_parser(
         "up",
         help="start proposal_node and language_node (no ROS CLI needed)",
@@ -86,6 +87,7 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, object]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """`up`: validate the params file and --set overrides, then run the graph (or print it with --dry-run)."""
     from chatrex_ros.launcher import GraphConfigError, GraphProcesses, load_config, plan_graph
 
     topics = {

@@ -24,7 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-EXIT_OK, EXIT_INCOMPLETE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+from chatrex_ros.commands.exit_codes import ExitCode
+from chatrex_ros.names import GRAPH_NAMESPACE
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -87,7 +88,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     timing.add_argument("--no-clock", action="store_true", help="do not publish /clock")
     timing.add_argument("--clock-hz", type=float, default=50.0, help="/clock publication rate (default 50)")
     graph = parser.add_argument_group("graph")
-    graph.add_argument("--namespace", default="/chatrex", help="namespace of the nodes' topics (default /chatrex)")
+    graph.add_argument(
+        "--namespace",
+        default=GRAPH_NAMESPACE,
+        help=f"namespace of the nodes' topics (default {GRAPH_NAMESPACE})",
+    )
     graph.add_argument("--image-out", help="publish the images on this topic instead of the bag's topic name")
     output = parser.add_argument_group("output")
     output.add_argument(
@@ -175,8 +180,8 @@ def run(args: argparse.Namespace) -> int:
         args.summary_json.parent.mkdir(parents=True, exist_ok=True)
         args.summary_json.write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
     if report.stopped.startswith("interrupted"):
-        return EXIT_INTERRUPTED
-    return EXIT_INCOMPLETE if report.stopped or report.timeouts else EXIT_OK
+        return ExitCode.INTERRUPTED
+    return ExitCode.FAILED if report.stopped or report.timeouts else ExitCode.OK
 
 
 def _say(line: str) -> None:
@@ -185,4 +190,4 @@ def _say(line: str) -> None:
 
 def _fail(error: BaseException) -> int:
     print(f"chatrex-ros replay: error: {error}", file=sys.stderr)
-    return EXIT_BAD_INPUT
+    return ExitCode.BAD_INPUT

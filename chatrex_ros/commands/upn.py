@@ -1,4 +1,4 @@
-"""`chatrex-ros export-upn` and `chatrex-ros build-engine`: turn a UPN checkpoint into ONNX, ONNX into a TensorRT engine."""
+"""`chatrex-ros export-upn` and `chatrex-ros build-engine`: UPN checkpoint to ONNX, ONNX to a TensorRT engine."""
 
 from __future__ import annotations
 
@@ -70,6 +70,7 @@ def _variant(text: str) -> str | dict[str, Any]:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    """`export-upn`: load the checkpoint and write the ONNX graph for one input size and prompt."""
     try:
         from chatrex_ros.models.upn.artifacts import CHECKPOINT_HINT, parse_hw, require_file
         from chatrex_ros.models.upn.config import resolve_config
@@ -99,6 +100,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_build_engine(args: argparse.Namespace) -> int:
+    """`build-engine`: build or reuse the cached TensorRT engine for an exported ONNX file."""
     try:
         from chatrex_ros.models.upn.runtime_tensorrt import ensure_engine
 

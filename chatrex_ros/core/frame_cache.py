@@ -128,6 +128,7 @@ class FrameCache(Generic[ImageT, ProposalsT]):
                 self.stats.claims_abandoned += 1
 
     def add_proposals(self, stamp_ns: int, proposals: ProposalsT) -> None:
+        """Store a frame's proposals (newest list wins): paired with its image if here, else held or counted missed."""
         with self._changed:
             self.stats.proposals += 1
             if stamp_ns in self._answerable:  # a second proposer or a re-publication: the newest list wins
@@ -176,8 +177,10 @@ class FrameCache(Generic[ImageT, ProposalsT]):
             return any(stamp_ns in store for store in self._stores())
 
     def skipped(self, stamp_ns: int) -> bool:
-        """True when the proposer evidently passed this frame by: its image is here, the proposer announces its
-        frames, has announced or answered a later one, and never announced this one. No proposals will come.
+        """True when the proposer evidently passed this frame by, so no proposals will come for it.
+
+        That is: its image is here, the proposer announces its frames, has announced or answered a later one, and
+        never announced this one.
         """
         with self._lock:
             if self.stats.claims == 0 or stamp_ns not in self._recent:
@@ -186,10 +189,12 @@ class FrameCache(Generic[ImageT, ProposalsT]):
             return bool(later)
 
     def image_may_still_arrive(self, stamp_ns: int) -> bool:
+        """Whether this frame's image can still come: no later image has arrived yet."""
         with self._lock:
             return self._image_may_still_arrive(stamp_ns)
 
     def sizes(self) -> dict[str, int]:
+        """Entries held per kind (answerable, claimed, recent, orphans, kept), for /diagnostics."""
         with self._lock:
             return {
                 "answerable": len(self._answerable),
@@ -239,8 +244,10 @@ class FrameCache(Generic[ImageT, ProposalsT]):
             self._count_missed(stamp)
 
     def _count_missed(self, stamp_ns: int) -> None:
-        """An image the proposer saw and this cache never got; frames from before this node's first image
-        (it was still starting, its subscription not yet matched) do not count.
+        """Count an image the proposer saw and this cache never got.
+
+        Frames from before this node's first image (it was still starting, its subscription not yet matched) do
+        not count.
         """
         if self._first_image_ns is not None and stamp_ns >= self._first_image_ns:
             self.stats.proposals_without_image += 1

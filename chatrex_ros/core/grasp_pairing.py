@@ -86,8 +86,10 @@ class DepthStore(Generic[T]):
         self._missed: deque[int] = deque(maxlen=64)
 
     def add(self, stamp_ns: int, item: T) -> StampVerdict:
-        """Store a frame; returns what its stamp meant. A frame whose stamp went back is held apart until the
-        next one shows whether time jumped (the store empties) or that frame was mis-stamped (it is dropped).
+        """Store a frame; returns what its stamp meant.
+
+        A frame whose stamp went back is held apart until the next one shows whether time jumped (the store
+        empties) or that frame was mis-stamped (it is dropped).
         """
         self.received += 1
         verdict, store = self._timeline.observe(stamp_ns, item)
@@ -147,6 +149,7 @@ class DepthStore(Generic[T]):
 
     @property
     def pinned_count(self) -> int:
+        """How many frames are pinned now."""
         return len(self._pinned)
 
     def __len__(self) -> int:

@@ -64,8 +64,9 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _columns(boxes: np.ndarray) -> np.ndarray:
-    """(4, N) contiguous float64 x1, y1, x2, y2 rows: outer products run faster on contiguous rows
-    than on the strided columns of an (N, 4) array.
+    """(4, N) contiguous float64 x1, y1, x2, y2 rows of (N, 4) boxes.
+
+    Outer products run faster on contiguous rows than on the strided columns of an (N, 4) array.
     """
     return np.ascontiguousarray(boxes.T, dtype=np.float64)
 

@@ -32,6 +32,8 @@ class StampEvent(enum.Enum):
 
 @dataclass(frozen=True)
 class StampVerdict:
+    """What one stamp meant (:class:`StampEvent`), and which frames the caller must forget because of it."""
+
     event: StampEvent
     dropped: int | None = None  # OUTLIER: the stamp of the frame to forget
     keep_from: int | None = None  # JUMP: the first stamp of the new timeline (kept, like the current one)
@@ -47,6 +49,7 @@ class StampTimeline:
         self._suspect: int | None = None  # a stamp that went backwards, awaiting the next frame
 
     def observe(self, stamp_ns: int) -> StampVerdict:
+        """Classify the stream's next stamp and update the timeline."""
         last, suspect = self._last, self._suspect
         if last is None or (suspect is None and stamp_ns >= last):
             self._accept(stamp_ns)
@@ -75,9 +78,10 @@ class StampTimeline:
 
 
 class HeldTimeline(Generic[T]):
-    """A :class:`StampTimeline` for a store of frames: a frame whose stamp went back is held apart until the
-    next stamp decides, because a replayed bag reuses the first run's stamps and its frames must never be
-    mixed with what the first run left behind.
+    """A :class:`StampTimeline` for a store of frames: a frame whose stamp went back waits for the next one.
+
+    The frame is held apart because a replayed bag reuses the first run's stamps and its frames must never be mixed with
+    what the first run left behind.
 
     ``observe`` returns the verdict and the frames to store now, in order: none while a frame is held; then
     the held frame (unless it was the outlier) and the new one. The caller forgets what the verdict says
@@ -89,6 +93,7 @@ class HeldTimeline(Generic[T]):
         self._held: tuple[int, T] | None = None
 
     def observe(self, stamp_ns: int, item: T) -> tuple[StampVerdict, list[tuple[int, T]]]:
+        """Classify ``stamp_ns``; returns the verdict and the frames to store now (see the class docstring)."""
         verdict = self._timeline.observe(stamp_ns)
         held, self._held = self._held, None
         if verdict.event is StampEvent.SUSPECT:

@@ -96,6 +96,8 @@ def header_stamp_ns(raw: bytes | memoryview) -> int:
 # --- reading --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TopicInfo:
+    """A topic of the bag: its message type and how many messages it has (over all its connections)."""
+
     msgtype: str
     count: int
 
@@ -111,13 +113,16 @@ class ImageFrame:
 
     @property
     def width(self) -> int:
+        """Image width in pixels (0 when the message has none, e.g. a CompressedImage)."""
         return int(getattr(self.message, "width", 0))
 
     @property
     def height(self) -> int:
+        """Image height in pixels (0 when the message has none, e.g. a CompressedImage)."""
         return int(getattr(self.message, "height", 0))
 
     def rgb(self) -> np.ndarray:
+        """The image decoded to an (H, W, 3) uint8 RGB array."""
         return decode_rgb(self.message)
 
 
@@ -156,6 +161,7 @@ class BagReader:
             self.typestore.register({k: v for k, v in types.items() if k not in self.typestore.types})
 
     def close(self) -> None:
+        """Close the bag."""
         self._reader.close()
 
     def __enter__(self) -> BagReader:
@@ -173,6 +179,7 @@ class BagReader:
 
     @property
     def topics(self) -> dict[str, TopicInfo]:
+        """Every topic of the bag by name, with its type and message count."""
         info: dict[str, TopicInfo] = {}
         for connection in self._reader.connections:
             previous = info.get(connection.topic)
@@ -181,9 +188,11 @@ class BagReader:
         return info
 
     def topics_of_type(self, *msgtypes: str) -> list[str]:
+        """The sorted names of the topics whose type is one of ``msgtypes``."""
         return sorted(topic for topic, info in self.topics.items() if info.msgtype in msgtypes)
 
     def require_topic(self, topic: str, msgtypes: Sequence[str]) -> None:
+        """BagError unless the bag has ``topic`` with one of ``msgtypes``; the message lists what it has."""
         topics = self.topics
         if topic not in topics:
             listing = ", ".join(f"{t} ({i.msgtype})" for t, i in sorted(topics.items())) or "none"
@@ -222,6 +231,7 @@ class BagReader:
             raise BagError(f"bag {self.path} is corrupt or truncated while reading {topic!r}: {error}") from error
 
     def deserialize(self, data: memoryview | bytes, topic: str) -> Any:
+        """One CDR message of ``topic`` as a rosbags message object; BagError when it cannot be decoded."""
         msgtype = self.topics[topic].msgtype
         try:
             return self.typestore.deserialize_cdr(data, msgtype)
@@ -250,16 +260,20 @@ class BagReader:
             yield ImageFrame(stamp_to_ns(msg.header.stamp), str(msg.header.frame_id), log_time, msg)
 
     def answers(self, topic: str) -> list[AnswerRecord]:
+        """Every Answer on ``topic``, in log-time order, as records."""
         self.require_topic(topic, (ANSWER_TYPE,))
         return [AnswerRecord.from_message(msg, log_time) for log_time, msg in self.messages(topic)]
 
     def proposals(self, topic: str) -> list[ProposalRecord]:
+        """Every ProposalArray on ``topic``, in log-time order, as records."""
         self.require_topic(topic, (PROPOSALS_TYPE,))
         return [ProposalRecord.from_message(msg, log_time) for log_time, msg in self.messages(topic)]
 
     def ground_truth(self, topic: str = GROUND_TRUTH_TOPIC, image_topic: str | None = None) -> GroundTruth:
-        """Ground truth from a topic of Answer messages, one per annotated image (one detection per object,
-        label = category name; see :func:`chatrex_ros.eval.records.ground_truth_record`).
+        """Ground truth from a topic of Answer messages, one per annotated image.
+
+        Each message has one detection per object, label = category name (see
+        :func:`chatrex_ros.eval.records.ground_truth_record`).
 
         Image ids are 1.. in stamp order; sizes come from ``image_topic`` when given (0 otherwise: only
         COCO's ``images`` entries carry them and no metric uses them).
@@ -304,6 +318,7 @@ class BagWriter:
         self._writer.open()
 
     def close(self) -> None:
+        """Finish the bag (writes its metadata); nothing can be written after."""
         self._writer.close()
 
     def __enter__(self) -> BagWriter:
@@ -324,6 +339,7 @@ class BagWriter:
         return self._type("std_msgs/msg/Header")(stamp=time_type(sec=sec, nanosec=nanosec), frame_id=frame_id)
 
     def write(self, topic: str, msgtype: str, msg: Any, log_time_ns: int) -> None:
+        """Serialise ``msg`` onto ``topic`` at ``log_time_ns``; a topic keeps the type of its first message."""
         connection = self._connections.get(topic)
         if connection is None:
             self._type(msgtype)
@@ -354,6 +370,7 @@ class BagWriter:
     def write_proposals(
         self, topic: str, record: ProposalRecord, frame_id: str, log_time_ns: int | None = None
     ) -> None:
+        """A ProposalArray from ``record`` (logged when it was received, else at its stamp, unless given)."""
         msg = self._type(PROPOSALS_TYPE)(
             header=self._header(record.stamp_ns, frame_id),
             image_width=record.width,

@@ -102,18 +102,22 @@ class GroundTruth:
 
     # --- lookup ----------------------------------------------------------------------------------
     def image(self, image_id: int) -> GroundTruthImage:
+        """The frame with COCO id ``image_id``; ValueError when there is none."""
         try:
             return self._by_id[image_id]
         except KeyError:
             raise ValueError(f"ground truth has no image with id {image_id}") from None
 
     def image_at(self, stamp_ns: int) -> GroundTruthImage | None:
+        """The frame annotated at exactly ``stamp_ns``, or None."""
         return self._by_stamp.get(int(stamp_ns))
 
     def objects(self, image_id: int) -> tuple[GroundTruthObject, ...]:
+        """The annotated objects of one frame, in file order."""
         return self._objects[image_id]
 
     def object(self, annotation_id: int) -> GroundTruthObject:
+        """The annotation with id ``annotation_id``; ValueError when there is none."""
         try:
             return self._object_by_id[annotation_id]
         except KeyError:
@@ -124,6 +128,7 @@ class GroundTruth:
         return np.asarray([obj.box for obj in self._objects[image_id]], dtype=np.float64).reshape(-1, 4)
 
     def labels(self, image_id: int) -> list[str]:
+        """The category of each of one frame's objects, in the order of :meth:`boxes`."""
         return [obj.category for obj in self._objects[image_id]]
 
     def frame_categories(self, image_id: int) -> tuple[str, ...]:
@@ -133,6 +138,7 @@ class GroundTruth:
 
     @property
     def stamps_ns(self) -> np.ndarray:
+        """The frames' stamps as int64 nanoseconds, ascending (the order of ``images``)."""
         return np.asarray([image.stamp_ns for image in self.images], dtype=np.int64)
 
     def __len__(self) -> int:
@@ -203,6 +209,7 @@ class GroundTruth:
 
     @classmethod
     def load(cls, path: str | Path) -> GroundTruth:
+        """Read and validate a COCO JSON file with the stamp extension (see :meth:`from_coco`)."""
         return cls.from_coco(_read_json(path, "ground truth"), str(path))
 
 
@@ -269,6 +276,7 @@ def parse_queries(data: Any, gt: GroundTruth, source: str = "<dict>") -> tuple[R
 
 
 def load_queries(path: str | Path, gt: GroundTruth) -> tuple[ReferringQuery, ...]:
+    """Read a referring-queries JSON file and check it against ``gt`` (see :func:`parse_queries`)."""
     return parse_queries(_read_json(path, "queries"), gt, str(path))
 
 

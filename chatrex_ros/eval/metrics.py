@@ -77,7 +77,7 @@ def proposal_recall(
     kmax = max(ks)
     found = np.zeros((len(ks), len(thresholds)), dtype=np.int64)
     total = 0
-    for truths, proposals in zip(gt_boxes, proposal_boxes):
+    for truths, proposals in zip(gt_boxes, proposal_boxes, strict=True):
         truths = np.asarray(truths, dtype=np.float64).reshape(-1, 4)
         proposals = np.asarray(proposals, dtype=np.float64).reshape(-1, 4)[:kmax]
         total += len(truths)
@@ -108,16 +108,20 @@ class FrameDetections:
 
 @dataclass(frozen=True)
 class ClassCounts:
+    """One class's detection tallies at one IoU threshold, from which precision and recall follow."""
+
     true_positives: int = 0
     false_positives: int = 0
     false_negatives: int = 0
 
     @property
     def predictions(self) -> int:
+        """How many boxes were predicted with this label (true plus false positives)."""
         return self.true_positives + self.false_positives
 
     @property
     def truths(self) -> int:
+        """How many ground-truth boxes have this label (true positives plus false negatives)."""
         return self.true_positives + self.false_negatives
 
     @property
@@ -227,7 +231,7 @@ def coco_detection_metrics(coco_gt: Mapping[str, Any], detections: Sequence[Mapp
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return {name: float(value) for name, value in zip(COCO_STAT_NAMES, evaluator.stats)}
+    return {name: float(value) for name, value in zip(COCO_STAT_NAMES, evaluator.stats, strict=True)}
 
 
 # --- latency --------------------------------------------------------------------------------------

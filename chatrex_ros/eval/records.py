@@ -30,10 +30,12 @@ REFERRING_QUERY_PREFIX = "eval-refer/"
 
 
 def detection_query_id(image_id: int) -> str:
+    """The query id of a frame's detection query, ``eval-detect/<image id>``."""
     return f"{DETECTION_QUERY_PREFIX}{image_id}"
 
 
 def referring_query_id(query_id: str) -> str:
+    """The query id of a referring query, ``eval-refer/<query id>``."""
     return f"{REFERRING_QUERY_PREFIX}{query_id}"
 
 
@@ -74,6 +76,7 @@ class ProposalRecord:
 
     @classmethod
     def from_proposals(cls, stamp_ns: int, proposals: Proposals, width: int = 0, height: int = 0) -> ProposalRecord:
+        """From the core's proposals of one frame (the offline evaluation; no receive time)."""
         return cls(
             stamp_ns,
             proposals.boxes,
@@ -129,12 +132,14 @@ class AnswerRecord:
 
     @property
     def ok(self) -> bool:
+        """Whether the query was answered (status OK)."""
         return self.status == int(AnswerStatus.OK)
 
     @classmethod
     def from_result(
         cls, stamp_ns: int, query_id: str, task: str, result: AnswerResult, num_proposals: int, total_ms: float = 0.0
     ) -> AnswerRecord:
+        """From the core's answer to a query (the offline evaluation): status OK, its detections and timing."""
         detections = result.detections
         return cls(
             stamp_ns,
@@ -155,6 +160,7 @@ class AnswerRecord:
     def from_error(
         cls, stamp_ns: int, query_id: str, task: str, error: QueryError, num_proposals: int, total_ms: float = 0.0
     ) -> AnswerRecord:
+        """From a query the core failed to answer: the error's status and message, no detections."""
         return cls(
             stamp_ns, query_id, task, int(error.status), (), num_proposals, status_message=str(error), total_ms=total_ms
         )

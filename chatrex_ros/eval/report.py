@@ -48,8 +48,9 @@ def render_markdown(report: Mapping[str, Any], plots: Mapping[str, str] | None =
     if inputs["mode"] == "offline":
         selection = inputs["selection"]
         lines.append(
-            f"* proposals: `{inputs['proposal_backend']}` (score >= {selection['min_score']}, NMS {selection['nms_iou']},"
-            f" top {selection['max_count']}); language model: `{inputs['language_backend'] or 'none'}`"
+            f"* proposals: `{inputs['proposal_backend']}` (score >= {selection['min_score']}, "
+            f"NMS {selection['nms_iou']}, top {selection['max_count']}); "
+            f"language model: `{inputs['language_backend'] or 'none'}`"
         )
     lines.append("")
     for note in report.get("notes", []):
@@ -87,9 +88,10 @@ def render_markdown(report: Mapping[str, Any], plots: Mapping[str, str] | None =
         lines += [
             "## Detection (all ground-truth categories of the frame in the prompt)",
             "",
-            f"Precision {_pct(detection['precision_iou_0.5'])} / recall {_pct(detection['recall_iou_0.5'])} at IoU 0.5 "
-            f"(per class, then averaged); COCO mAP {_pct(detection['coco']['AP'])} (AP50 {_pct(detection['coco']['AP50'])}) "
-            f"with proposal scores as confidences. {detection['frames_answered']} of {detection['frames']} frames answered.",
+            f"Precision {_pct(detection['precision_iou_0.5'])} / recall {_pct(detection['recall_iou_0.5'])} "
+            f"at IoU 0.5 (per class, then averaged); COCO mAP {_pct(detection['coco']['AP'])} "
+            f"(AP50 {_pct(detection['coco']['AP50'])}) with proposal scores as confidences. "
+            f"{detection['frames_answered']} of {detection['frames']} frames answered.",
             "",
             "| class | TP | FP | FN | precision | recall |",
             "|---|---|---|---|---|---|",
@@ -107,8 +109,9 @@ def render_markdown(report: Mapping[str, Any], plots: Mapping[str, str] | None =
         lines += ["", "## Referring", ""]
         if referring["queries"]:
             lines.append(
-                f"Accuracy (IoU > 0.5, first answered box) {_pct(referring['accuracy_iou_0.5'])}: {referring['hits']} of "
-                f"{referring['queries']} queries; {referring['unanswered']} unanswered, {referring['empty_answers']} empty."
+                f"Accuracy (IoU > 0.5, first answered box) {_pct(referring['accuracy_iou_0.5'])}: "
+                f"{referring['hits']} of {referring['queries']} queries; "
+                f"{referring['unanswered']} unanswered, {referring['empty_answers']} empty."
             )
         else:
             lines.append("No referring queries (pass --queries FILE).")
@@ -124,7 +127,8 @@ def render_markdown(report: Mapping[str, Any], plots: Mapping[str, str] | None =
     if timing.get("frames_per_s"):
         lines += [
             "",
-            f"Throughput: {timing['frames_per_s']:.2f} frames/s ({timing['frames']} frames in {timing['wall_s']:.2f} s).",
+            f"Throughput: {timing['frames_per_s']:.2f} frames/s "
+            f"({timing['frames']} frames in {timing['wall_s']:.2f} s).",
         ]
     recorded = timing.get("recorded_throughput")
     if recorded:
@@ -233,7 +237,7 @@ def per_class_figure(names: list[str], series: Mapping[str, list[float | None]],
         positions = [i + (offset - (len(series) - 1) / 2) * width for i in range(len(names))]
         bars = axes.bar(positions, [v if v is not None else 0.0 for v in values], width=width, label=label)
         colour = bars.patches[0].get_facecolor() if bars.patches else None
-        zeros = [x for x, v in zip(positions, values) if v is not None and v == 0]
+        zeros = [x for x, v in zip(positions, values, strict=True) if v is not None and v == 0]
         if zeros:
             axes.plot(
                 zeros,
@@ -245,7 +249,7 @@ def per_class_figure(names: list[str], series: Mapping[str, list[float | None]],
                 clip_on=False,
                 zorder=3,
             )
-        for x, value in zip(positions, values):
+        for x, value in zip(positions, values, strict=True):
             if value is None or value == 0:
                 axes.text(
                     x,

@@ -28,6 +28,7 @@ class EvaluationResult:
     stage_ms: dict[str, list[float]] = field(default_factory=dict, repr=False)  # raw samples, for the plots
 
     def to_json(self) -> dict[str, Any]:
+        """The metrics.json content: schema, inputs, metrics, notes and timing (the raw samples stay out)."""
         return {
             "schema": SCHEMA,
             "inputs": self.inputs,

@@ -3,7 +3,8 @@
 ``chatrex_ros/data/sample_annotations.json`` (COCO + ``stamp_ns``, see :mod:`chatrex_ros.eval.groundtruth`)
 names each photograph by its file in ``skimage.data.data_dir`` and gives the stamp it is published at
 (10 Hz from a fixed epoch), so its stamps match the ground truth by construction and the bag is the same
-on every run (pixel-identical wherever the same image decoders are installed). ``sample_queries.json`` holds referring expressions for the same images.
+on every run (pixel-identical wherever the same image decoders are installed). ``sample_queries.json``
+holds referring expressions for the same images.
 """
 
 from __future__ import annotations
@@ -34,10 +35,12 @@ def data_file(name: str) -> Path:
 
 
 def sample_annotations_path() -> Path:
+    """The sample bag's ground truth (COCO with ``stamp_ns``)."""
     return data_file("sample_annotations.json")
 
 
 def sample_queries_path() -> Path:
+    """The sample bag's referring queries."""
     return data_file("sample_queries.json")
 
 

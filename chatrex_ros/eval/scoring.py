@@ -59,7 +59,7 @@ def score_proposals(proposals: Sequence[ProposalRecord], gt: GroundTruth, image_
             dropped.append(image_id)
         detections.extend(
             {"image_id": image_id, "category_id": 1, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": s}
-            for (x1, y1, x2, y2), s in zip(boxes.tolist(), scores.tolist())
+            for (x1, y1, x2, y2), s in zip(boxes.tolist(), scores.tolist(), strict=True)
         )
     gt_boxes = [gt.boxes(image_id) for image_id in image_ids]
     all_ks = sorted(set(m.RECALL_KS) | set(RECALL_CURVE_KS))
@@ -91,7 +91,7 @@ def _per_class_recall(
     """Which kinds of object the proposer finds at all: recall@100, IoU 0.5, per category."""
     found: Counter[str] = Counter()
     total: Counter[str] = Counter()
-    for image_id, boxes in zip(image_ids, frame_boxes):
+    for image_id, boxes in zip(image_ids, frame_boxes, strict=True):
         objects = gt.objects(image_id)
         matched = (
             m.greedy_match(box_iou(boxes[:MAX_PROPOSALS], gt.boxes(image_id)), 0.5)
@@ -222,7 +222,7 @@ def _score_detection(by_id: Mapping[str, AnswerRecord], gt: GroundTruth, frames:
         boxes = np.asarray([d.box for d in detections], dtype=np.float64).reshape(-1, 4)
         scores = np.asarray([d.score for d in detections], dtype=np.float64)
         frame_detections.append(m.FrameDetections(gt.labels(image.id), gt.boxes(image.id), labels, boxes, scores))
-        for label, (x1, y1, x2, y2), score in zip(labels, boxes.tolist(), scores.tolist()):
+        for label, (x1, y1, x2, y2), score in zip(labels, boxes.tolist(), scores.tolist(), strict=True):
             if label not in vocabulary:
                 outside_vocabulary[label] += 1
                 continue
@@ -277,7 +277,7 @@ def _score_referring(
         "unanswered": unanswered,
         "empty_answers": int(sum(p is None for p in predicted)) - unanswered,
         "accuracy_iou_0.5": _rounded(float(hits.mean())) if len(queries) else None,
-        "per_query": {q.id: bool(hit) for q, hit in zip(queries, hits)},
+        "per_query": {q.id: bool(hit) for q, hit in zip(queries, hits, strict=True)},
     }
 
 

@@ -78,6 +78,7 @@ class ProposalPipeline:
             self.run(np.zeros((*WARMUP_HW, 3), dtype=np.uint8))
 
     def run(self, image_rgb: np.ndarray) -> Proposals:
+        """Propose boxes for an (H, W, 3) RGB image and apply the selection policy, with timings."""
         if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.shape[0] == 0 or image_rgb.shape[1] == 0:
             raise ValueError(f"expected a non-empty (H, W, 3) RGB image, got shape {image_rgb.shape}")
         start = time.perf_counter()

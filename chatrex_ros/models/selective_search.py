@@ -61,8 +61,10 @@ class SelectiveSearchBackend:
         cv2.setNumThreads(max(1, cv2.getNumberOfCPUs()))
 
     def propose(self, image_rgb: np.ndarray) -> RawProposals:
-        """Deterministic: OpenCV ranks regions with libc ``rand()``; reseeding makes a frame's proposals a
-        function of its pixels alone, not of how many frames (or other rand() users) came before.
+        """Rank-scored boxes for an (H, W, 3) RGB image, in its pixel coordinates; deterministic.
+
+        OpenCV ranks regions with libc ``rand()``; reseeding makes a frame's proposals a function of its pixels
+        alone, not of how many frames (or other rand() users) came before.
         """
         cv2 = self._cv2
         if _SRAND is not None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chatrex_ros.eval.bagio import STORAGES
+from chatrex_ros.names import GRAPH_NAMESPACE
 
 
 class ReplayError(ValueError):
@@ -19,7 +20,7 @@ class ReplayOptions:
 
     rate: float = 1.0
     step: bool = False
-    namespace: str = "/chatrex"
+    namespace: str = GRAPH_NAMESPACE
     image_out: str | None = None  # publish the images here instead of on the bag's topic name
     record: Path | None = None
     storage: str = "mcap"

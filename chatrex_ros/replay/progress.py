@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from chatrex_ros.core.answering import AnswerStatus
+from chatrex_ros.core.answering import AnswerStatus, status_name
 from chatrex_ros.eval.metrics import latency_summary
 from chatrex_ros.replay.options import ReplayOptions
 from chatrex_ros.replay.plan import ReplayFrame, ReplayPlan
@@ -109,7 +109,7 @@ class ReplayProgress:
             published = [p for p, _ in sent]
             proposal_ms = [(p.proposals_ns - at) / 1e6 for p, at in sent if p.proposals_ns is not None]
             answer_ms = [(received - at) / 1e6 for p, at in sent for _, received in p.answers.values()]
-            statuses = Counter(_status_name(status) for p in published for status, _ in p.answers.values())
+            statuses = Counter(status_name(status) for p in published for status, _ in p.answers.values())
             return ReplayReport(
                 bag=str(plan.bag),
                 image_topic=plan.image_topic,
@@ -143,13 +143,6 @@ class ReplayProgress:
                 wall_s=round(wall_s, 3),
                 stopped=stopped,
             )
-
-
-def _status_name(status: int) -> str:
-    try:
-        return AnswerStatus(status).name
-    except ValueError:
-        return str(status)
 
 
 def _rounded_summary(samples_ms: Sequence[float]) -> dict[str, float | int]:

@@ -32,6 +32,7 @@ def float32_array(values: np.ndarray) -> array.array:
 
 
 def proposals_to_msg(proposals: Proposals, header: Header, width: int, height: int, granularity: str) -> ProposalArray:
+    """The ProposalArray of one frame's proposals; ``header`` is the image's, sizes are the original image's."""
     msg = ProposalArray(header=header, image_width=int(width), image_height=int(height))
     msg.boxes = float32_array(proposals.boxes.reshape(-1))
     msg.scores = float32_array(proposals.scores.reshape(-1))
@@ -42,8 +43,9 @@ def proposals_to_msg(proposals: Proposals, header: Header, width: int, height: i
 
 
 def msg_to_proposals(msg: ProposalArray) -> Proposals:
-    """Validate and view a ProposalArray: ValueError for a malformed one (the list must stay index-stable,
-    so a bad box is not silently dropped: the whole message is rejected).
+    """Validate and view a ProposalArray: ValueError for a malformed one.
+
+    The list must stay index-stable, so a bad box is not silently dropped: the whole message is rejected.
     """
     boxes = np.frombuffer(msg.boxes, dtype=np.float32) if len(msg.boxes) else np.zeros(0, np.float32)
     scores = np.frombuffer(msg.scores, dtype=np.float32) if len(msg.scores) else np.zeros(0, np.float32)
@@ -76,6 +78,7 @@ def image_msg(array_: np.ndarray, encoding: str, header: Header) -> Image:
 
 
 def compressed_image_msg(fmt: str, payload: bytes, header: Header) -> CompressedImage:
+    """Encoded bytes (``fmt`` as image_transport writes it, e.g. ``"rgb8; jpeg compressed bgr8"``) -> message."""
     msg = CompressedImage(header=header, format=fmt)
     data = array.array("B")
     data.frombytes(payload)

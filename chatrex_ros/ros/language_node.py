@@ -2,9 +2,10 @@
 
 Images and proposals are paired by exact stamp in a bounded cache that holds the frames the proposer announced
 on ``proposals/pending`` until their proposals arrive (:mod:`chatrex_ros.core.frame_cache`). Queries (topic
-``query`` or service ``ask``) go into a bounded FIFO queue served by one worker; the model runs one generation at a time on its own
-thread so a per-query timeout can be reported on time. A full queue answers BUSY at once, every failure has a
-status: a query never goes unanswered. Silent inputs, lost frames and a missing model show on /diagnostics.
+``query`` or service ``ask``) go into a bounded FIFO queue served by one worker; the model runs one generation at a
+time on its own thread so a per-query timeout can be reported on time. A full queue answers BUSY at once, every
+failure has a status: a query never goes unanswered. Silent inputs, lost frames and a missing model show on
+/diagnostics.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from chatrex_ros.core.answering import (
     QueryOutcome,
     QueryRequest,
     answer_query,
+    status_name,
 )
 from chatrex_ros.core.frame_cache import Frame, FrameCache
 from chatrex_ros.core.images import ImageFormatError, decode_rgb
@@ -326,8 +328,9 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
         return frame
 
     def _raise_unless_coming(self, stamp: int | None) -> None:
-        """Fail at once when waiting cannot help: a named frame that is gone or was skipped. "Newest" waits,
-        even before the first image: a robot that asks while its camera starts gets the first frame.
+        """Fail at once when waiting cannot help: a named frame that is gone or was skipped.
+
+        "Newest" waits, even before the first image: a robot that asks while its camera starts gets the first frame.
         """
         if stamp is None:
             return
@@ -371,10 +374,8 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
         result: AnswerResult | None = None,
         queue_ms: float = 0.0,
     ) -> Answer:
-        if frame is not None:
-            header = frame.image.header
-        else:  # no frame: the stamp the query asked about (zero for "newest"), so the answer is still placed
-            header = Header(stamp=query.image_stamp)
+        # Without a frame: the stamp the query asked about (zero for "newest"), so the answer is still placed.
+        header = frame.image.header if frame is not None else Header(stamp=query.image_stamp)
         proposals = frame.proposals if frame is not None else None
         outcome = QueryOutcome(
             query.id,
@@ -391,7 +392,7 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
 
     def _finish(self, answer: Answer, reply: Callable[[Answer], None] | None) -> None:
         with self._counts_lock:
-            self.status_counts[AnswerStatus(answer.status).name] += 1
+            self.status_counts[status_name(answer.status)] += 1
             self.last_latency_ms = answer.total_ms
         publish_from_worker(self, self.answer_pub, answer)
         if reply is not None:
@@ -424,6 +425,7 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
         }
 
     def close(self) -> None:
+        """Stop the worker and the model and drawing threads (a generation in progress is abandoned)."""
         self._running = False
         self._worker.join(timeout=5.0)
         self._model_thread.shutdown(wait=False, cancel_futures=True)
@@ -431,6 +433,7 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
 
 
 def main(args: list[str] | None = None) -> None:
+    """The ``language_node`` executable: a multi-threaded executor, so services answer while the model runs."""
     raise SystemExit(run_node(LanguageNode, args, threads=4))
 
 

@@ -148,6 +148,7 @@ class ProposalNode(ChatrexNode[ProposalNodeParams]):
 
 
 def main(args: list[str] | None = None) -> None:
+    """Console entry point: run the node until shutdown and exit with its status."""
     raise SystemExit(run_node(ProposalNode, args))
 
 

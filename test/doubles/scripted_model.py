@@ -18,7 +18,8 @@ class ScriptedModel:
 
     answer: raw text returned for every prompt (``{n}`` is replaced by the number of boxes).
     answers_by_word: {word: answer}; the first word found in the prompt picks the answer.
-    sleep_s: simulated generation time; sleep_by_word: {word: seconds} for prompts containing word. fail_word: a prompt containing it raises RuntimeError.
+    sleep_s: simulated generation time; sleep_by_word: {word: seconds} for prompts containing word.
+    fail_word: a prompt containing it raises RuntimeError.
     record_path: append one JSON line per call (prompt, boxes) for cross-process checks.
     """
 

@@ -50,7 +50,7 @@ class UPNConfig:
             raise ValueError(
                 f"UPN uses 4 Swin levels plus one extra level (5), got feature_levels={self.feature_levels}"
             )
-        for stage, (heads, dim) in enumerate(zip(self.num_heads, self.stage_dims)):
+        for stage, (heads, dim) in enumerate(zip(self.num_heads, self.stage_dims, strict=True)):
             if dim % heads:
                 raise ValueError(f"Swin stage {stage}: {dim} channels do not split into {heads} heads")
         if self.d_model % self.attention_heads:
@@ -66,6 +66,7 @@ class UPNConfig:
         return tuple(self.embed_dim * 2**i for i in range(4))
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict, without ``extra``."""
         data = asdict(self)
         data.pop("extra")
         return data

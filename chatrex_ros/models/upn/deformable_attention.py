@@ -25,7 +25,7 @@ def sample_levels(value: Tensor, level_shapes: list[tuple[int, int]], locations:
     weights = weights.transpose(1, 2).reshape(b * heads, 1, queries, levels, points)
     sizes = [h * w for h, w in level_shapes]
     output = None
-    for level, (part, (h, w)) in enumerate(zip(value.split(sizes, dim=1), level_shapes)):
+    for level, (part, (h, w)) in enumerate(zip(value.split(sizes, dim=1), level_shapes, strict=True)):
         level_value = part.flatten(2).transpose(1, 2).reshape(b * heads, head_dim, h, w)
         sampled = F.grid_sample(
             level_value, grids[:, :, level], mode="bilinear", padding_mode="zeros", align_corners=False
@@ -56,8 +56,10 @@ class MultiScaleDeformableAttention(nn.Module):
         level_shapes: list[tuple[int, int]],
         padding_mask: Tensor | None = None,
     ) -> Tensor:
-        """Query (B, Q, D); reference (B, Q, L, 2) points or (B, Q, L, 4) boxes, normalised;
-        source (B, S, D) flattened levels; padding_mask (B, S) True on padding (or None).
+        """Attend from query (B, Q, D) into the flattened levels of source (B, S, D); returns (B, Q, D).
+
+        reference (B, Q, L, 2) points or (B, Q, L, 4) boxes, normalised; padding_mask (B, S) True on padding (or
+        None).
         """
         b, queries, d = query.shape
         value = self.value_proj(source)

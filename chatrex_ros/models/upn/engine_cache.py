@@ -72,6 +72,7 @@ class CachedEngine:
 
 
 def cache_entry(cache_dir: str | Path, key: EngineKey) -> CachedEngine:
+    """The engine and sidecar paths for ``key`` in ``cache_dir`` (``~`` expanded); nothing is read or written."""
     stem = key.file_stem()
     directory = Path(cache_dir).expanduser()
     return CachedEngine(directory / f"{stem}.engine", directory / f"{stem}.json", key)

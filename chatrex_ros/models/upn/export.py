@@ -37,6 +37,7 @@ class PromptBakedUPN(nn.Module):
         self.prompt = prompt
 
     def forward(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
+        """Pixels (B, 3, H, W) normalised -> (boxes (B, Q, 4) normalised cx cy w h, logits (B, Q, 1))."""
         return self.model(pixels, self.prompt)
 
 

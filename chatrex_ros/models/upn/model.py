@@ -69,6 +69,7 @@ class UPN(nn.Module):
 
     @property
     def swin(self) -> SwinTransformer:
+        """The Swin backbone, which the checkpoint's keys nest under ``backbone.model.backbone``."""
         return cast(SwinTransformer, self.get_submodule("backbone.model.backbone"))
 
     def forward(self, pixels: Tensor, prompt: str = "fine", mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -93,11 +94,15 @@ class UPN(nn.Module):
             raise ValueError(f"pixels must be (B, 3, H, W), got {tuple(pixels.shape)}")
         if mask is not None and (mask.shape != (pixels.shape[0], *pixels.shape[2:]) or mask.dtype != torch.bool):
             raise ValueError(
-                f"mask must be bool (B, H, W) = {(pixels.shape[0], *pixels.shape[2:])}, got {mask.dtype} {tuple(mask.shape)}"
+                f"mask must be bool (B, H, W) = {(pixels.shape[0], *pixels.shape[2:])}, "
+                f"got {mask.dtype} {tuple(mask.shape)}"
             )
         self.transformer.prompt_vector(prompt)  # fail on a bad prompt before the expensive backbone
         features = self.swin(pixels)
-        maps = [proj(f) for proj, f in zip(self.input_proj, features)] + [self.input_proj[-1](features[-1])]
+        # input_proj has one more entry than there are Swin levels: zip pairs each level with its projection and
+        # leaves out the last one, which makes the extra, coarsest level from the last Swin level.
+        maps = [proj(f) for proj, f in zip(self.input_proj, features, strict=False)]
+        maps.append(self.input_proj[-1](features[-1]))
         flat = self.flatten_levels(maps, mask)
         if trace is not None:
             trace.update({f"backbone_feat{i}": f for i, f in enumerate(features)})

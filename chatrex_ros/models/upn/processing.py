@@ -90,8 +90,10 @@ def normalise(image_rgb: np.ndarray) -> np.ndarray:
 def prepare_image(
     image: np.ndarray, short: int = 800, max_size: int = 1333, input_hw: tuple[int, int] | None = None
 ) -> PreparedImage:
-    """RGB -> DETR resize -> normalise. ``input_hw`` is the fixed size of an exported model or engine:
-    the image must resize to exactly that size (one export per camera resolution).
+    """RGB -> DETR resize -> normalise.
+
+    ``input_hw`` is the fixed size of an exported model or engine: the image must resize to exactly that size
+    (one export per camera resolution).
     """
     rgb = as_rgb(image)
     original = (int(rgb.shape[0]), int(rgb.shape[1]))
@@ -112,15 +114,18 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def decode_outputs(boxes_cxcywh: np.ndarray, logits: np.ndarray, original_hw: tuple[int, int]) -> RawProposals:
-    """Raw outputs of ONE image ((Q, 4) or (1, Q, 4) normalised cx cy w h; (Q,), (Q, 1) or (1, Q, 1) logits)
-    -> every query as xyxy boxes in original pixels (not clipped, as the reference) + sigmoid scores.
+    """Raw outputs of ONE image -> every query as xyxy boxes in original pixels + sigmoid scores.
+
+    Boxes are (Q, 4) or (1, Q, 4) normalised cx cy w h, logits (Q,), (Q, 1) or (1, Q, 1); the boxes are not
+    clipped, as in the reference.
     """
     boxes = np.asarray(boxes_cxcywh, dtype=np.float32)
     boxes = boxes.reshape(-1, 4) if boxes.ndim == 3 and boxes.shape[0] == 1 else boxes
     scores = sigmoid(np.asarray(logits, dtype=np.float32).reshape(-1))
     if boxes.ndim != 2 or boxes.shape[1] != 4 or boxes.shape[0] != scores.shape[0]:
         raise ValueError(
-            f"expected one image's (Q, 4) boxes and Q logits, got boxes {np.shape(boxes_cxcywh)}, logits {np.shape(logits)}"
+            f"expected one image's (Q, 4) boxes and Q logits, "
+            f"got boxes {np.shape(boxes_cxcywh)}, logits {np.shape(logits)}"
         )
     height, width = original_hw
     scale = np.array([width, height, width, height], dtype=np.float32)

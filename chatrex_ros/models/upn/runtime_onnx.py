@@ -17,6 +17,7 @@ PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
 
 def import_onnxruntime() -> Any:
+    """The ``onnxruntime`` module, or an ImportError saying which extra to install."""
     try:
         import onnxruntime
     except ImportError as error:
@@ -58,6 +59,7 @@ class OnnxRuntimeUPNBackend:
         self.input_hw: tuple[int, int] = (int(shape[2]), int(shape[3]))
 
     def propose(self, image_rgb: np.ndarray) -> RawProposals:
+        """Every query's box and score for an (H, W, 3) RGB image that resizes to the exported input size."""
         prepared = prepare_image(image_rgb, *self.resize, input_hw=self.input_hw)
         boxes, logits = self.infer(prepared.pixels)
         return decode_outputs(boxes[0], logits[0], prepared.original_hw)

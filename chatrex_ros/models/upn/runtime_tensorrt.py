@@ -41,6 +41,7 @@ WORKSPACE_BYTES = 4 << 30
 
 
 def import_tensorrt() -> Any:
+    """The ``tensorrt`` module, or an ImportError saying what to install."""
     try:
         import tensorrt
     except ImportError as error:
@@ -49,6 +50,7 @@ def import_tensorrt() -> Any:
 
 
 def import_cudart() -> Any:
+    """cuda-python's CUDA runtime bindings (new or old module layout), or an ImportError saying what to install."""
     try:
         from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
     except ImportError:
@@ -68,6 +70,7 @@ def _cuda_call(cudart: Any, result: Any) -> Any:
 
 
 def gpu_name(cudart: Any, device: int = 0) -> str:
+    """The CUDA device's model name (part of the engine cache key: a plan only runs on the GPU it was built for)."""
     properties = _cuda_call(cudart, cudart.cudaGetDeviceProperties(device))
     name = properties.name
     return (name.decode(errors="replace") if isinstance(name, bytes) else str(name)).rstrip("\x00").strip()
@@ -204,6 +207,7 @@ class TensorRTUPNBackend:
         self.input_hw = (int(height), int(width))
 
     def propose(self, image_rgb: np.ndarray) -> RawProposals:
+        """Every query's box and score for an (H, W, 3) RGB image that resizes to the engine's input size."""
         prepared = prepare_image(image_rgb, *self.resize, input_hw=self.input_hw)
         boxes, logits = self.infer(prepared.pixels)
         return decode_outputs(boxes[0], logits[0], prepared.original_hw)
@@ -247,7 +251,8 @@ class TensorRTUPNBackend:
             self._stream = None
 
     def __del__(self) -> None:
-        try:
+        # Not contextlib.suppress: at interpreter shutdown module globals such as contextlib may already be gone.
+        try:  # noqa: SIM105
             self.close()
         except Exception:  # interpreter shutdown: CUDA may already be gone
             pass

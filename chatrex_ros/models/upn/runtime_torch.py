@@ -24,6 +24,7 @@ NO_CHECKPOINT_MESSAGE = (
 
 
 def import_torch() -> Any:
+    """The ``torch`` module, or an ImportError saying which extra to install."""
     try:
         import torch
     except ImportError as error:
@@ -82,6 +83,7 @@ class TorchUPNBackend:
         self._torch = torch
 
     def propose(self, image_rgb: np.ndarray) -> RawProposals:
+        """Every query's box and score for an (H, W, 3) RGB image, in its pixel coordinates (DETR resize first)."""
         prepared = prepare_image(image_rgb, self.config.resize_short, self.config.resize_max)
         boxes, logits = self.infer(prepared.pixels)
         return decode_outputs(boxes[0], logits[0], prepared.original_hw)

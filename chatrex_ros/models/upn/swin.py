@@ -79,6 +79,7 @@ class WindowAttention(nn.Module):
         return bias.view(n, n, self.heads).permute(2, 0, 1)
 
     def forward(self, windows: Tensor, shift_mask: Tensor | None) -> Tensor:
+        """Windows (B * nW, N, C), shift_mask (nW, N, N) or None -> attended windows (B * nW, N, C)."""
         count, n, c = windows.shape
         qkv = self.qkv(windows).reshape(count, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0] * self.scale, qkv[1], qkv[2]
@@ -92,12 +93,15 @@ class WindowAttention(nn.Module):
 
 
 class Mlp(nn.Module):
+    """The blocks' feed-forward network: Linear -> GELU -> Linear back to ``dim``."""
+
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
+        """(..., dim) -> (..., dim)."""
         return self.fc2(F.gelu(self.fc1(x)))
 
 
@@ -114,6 +118,7 @@ class SwinBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: Tensor, height: int, width: int, shift_mask: Tensor | None) -> Tensor:
+        """Tokens (B, height * width, C) of a height x width grid -> (B, height * width, C)."""
         b, _, c = x.shape
         w = self.window
         shortcut = x
@@ -143,6 +148,7 @@ class PatchMerging(nn.Module):
         self.norm = nn.LayerNorm(4 * dim)
 
     def forward(self, x: Tensor, height: int, width: int) -> Tensor:
+        """Tokens (B, height * width, C) -> (B, ceil(height / 2) * ceil(width / 2), 2C)."""
         b, _, c = x.shape
         x = x.view(b, height, width, c)
         if height % 2 or width % 2:
@@ -175,7 +181,7 @@ class SwinStage(nn.Module):
         return self._mask_cache[key]
 
     def forward(self, x: Tensor, height: int, width: int) -> tuple[Tensor, Tensor | None]:
-        """Returns (stage output, merged input of the next stage or None)."""
+        """Tokens (B, height * width, C) -> (stage output, same shape; merged input of the next stage or None)."""
         mask = self.shift_mask(height, width, x.device) if len(self.blocks) > 1 else None
         for block in self.blocks:
             x = block(x, height, width, mask)
@@ -192,6 +198,7 @@ class PatchEmbed(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, pixels: Tensor) -> tuple[Tensor, int, int]:
+        """Pixels (B, C, H, W) -> (tokens (B, height * width, dim), height, width) of the patch grid."""
         _, _, h, w = pixels.shape
         pad_h, pad_w = (-h) % self.patch, (-w) % self.patch
         if pad_h or pad_w:
@@ -226,6 +233,7 @@ class SwinTransformer(nn.Module):
             self.add_module(f"norm{i}", nn.LayerNorm(dim))
 
     def forward(self, pixels: Tensor) -> list[Tensor]:
+        """Pixels (B, 3, H, W) -> one (B, C_i, H_i, W_i) feature map per stage, highest resolution first."""
         x, height, width = self.patch_embed(pixels)
         b = x.shape[0]
         outputs = []

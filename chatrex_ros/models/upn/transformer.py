@@ -22,6 +22,7 @@ PROPOSAL_MIN, PROPOSAL_MAX = 0.01, 0.99
 
 
 def inverse_sigmoid(x: Tensor, eps: float = 1e-3) -> Tensor:
+    """log(x / (1 - x)) of x clamped to [0, 1], both terms kept >= ``eps`` so 0 and 1 stay finite."""
     x = x.clamp(min=0, max=1)
     return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
 
@@ -33,9 +34,10 @@ class MLP(nn.Module):
         super().__init__()
         dims = [in_dim] + [hidden] * (num_layers - 1)
         outs = [hidden] * (num_layers - 1) + [out_dim]
-        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims, outs))
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims, outs, strict=True))
 
     def forward(self, x: Tensor) -> Tensor:
+        """(..., in_dim) -> (..., out_dim)."""
         for i, layer in enumerate(self.layers):
             x = layer(x)
             if i < len(self.layers) - 1:
@@ -67,12 +69,15 @@ class EncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(d_model)
 
     def forward(self, src: Tensor, pos: Tensor, reference: Tensor, flat: FlatLevels) -> Tensor:
+        """src, pos (B, S, D) tokens and their position encoding; reference (B, S, L, 2) points -> (B, S, D)."""
         attended = self.self_attn(src + pos, reference, src, flat.level_shapes, flat.padding_mask)
         src = self.norm1(src + attended)
         return self.norm2(src + self.linear2(F.relu(self.linear1(src))))
 
 
 class Encoder(nn.Module):
+    """A stack of :class:`EncoderLayer` over the flattened levels, each token referencing its own centre."""
+
     def __init__(self, num_layers: int, **layer_args: int) -> None:
         super().__init__()
         self.layers = nn.ModuleList(EncoderLayer(**layer_args) for _ in range(num_layers))
@@ -101,6 +106,7 @@ class SelfAttention(nn.Module):
         nn.init.xavier_uniform_(self.in_proj_weight)
 
     def forward(self, query_key: Tensor, value: Tensor) -> Tensor:
+        """query_key (B, N, D) for queries and keys, value (B, N, D) -> (B, N, D)."""
         b, n, d = value.shape
         w_qk, w_v = self.in_proj_weight.split([2 * d, d])
         b_qk, b_v = self.in_proj_bias.split([2 * d, d])
@@ -128,6 +134,7 @@ class DecoderLayer(nn.Module):
         self.norm3 = nn.LayerNorm(d_model)
 
     def forward(self, tgt: Tensor, query_pos: Tensor, reference: Tensor, memory: Tensor, flat: FlatLevels) -> Tensor:
+        """tgt, query_pos (B, Q, D); reference (B, Q, L, 4) boxes; memory (B, S, D) -> updated queries (B, Q, D)."""
         tgt = self.norm2(tgt + self.self_attn(tgt + query_pos, tgt))
         tgt = self.norm1(
             tgt + self.cross_attn(tgt + query_pos, reference, memory, flat.level_shapes, flat.padding_mask)
@@ -184,6 +191,7 @@ class BoxUpdate(nn.Module):
     """
 
     def forward(self, box_mlp: nn.Module, features: Tensor, reference: Tensor) -> Tensor:
+        """Refine reference (B, Q, 4) sigmoid boxes with features (B, Q, D); returns (B, Q, 4) float32 boxes."""
         with torch.autocast(features.device.type, enabled=False):
             return (box_mlp(features.float()) + inverse_sigmoid(reference.float())).sigmoid()
 
@@ -196,6 +204,7 @@ class OutputHead(nn.Module):
         self.box_update = BoxUpdate()
 
     def forward(self, box_mlp: nn.Module, hs: Tensor, reference: Tensor, prompt_vec: Tensor) -> tuple[Tensor, Tensor]:
+        """From hs (B, Q, D), its reference (B, Q, 4), prompt_vec (1, D): float32 boxes (B, Q, 4), logits (B, Q, 1)."""
         with torch.autocast(hs.device.type, enabled=False):
             return self.box_update(box_mlp, hs, reference), hs.float() @ prompt_vec.float().t()
 
@@ -252,6 +261,7 @@ class QuerySelection(nn.Module):
         norm: nn.Module,
         box_mlp: nn.Module,
     ) -> Selection:
+        """Keep the top ``num_queries`` tokens of memory (B, S, D) by prompt score; centres (B, S, 2) normalised."""
         with torch.autocast(memory.device.type, enabled=False):
             masked_memory, proposal_unsig, valid = self.proposals(memory, flat, centres)
             selection_memory = norm(project(masked_memory))
