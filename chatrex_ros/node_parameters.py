@@ -16,8 +16,15 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from chatrex_ros.core.grasp_pairing import SELECTIONS
+from chatrex_ros.core.proposals import (
+    DEFAULT_MIN_SCORE,
+    DEFAULT_NMS_IOU,
+    MAX_COUNT_RANGE,
+    MIN_SCORE_RANGE,
+    NMS_IOU_RANGE,
+)
 from chatrex_ros.core.types import MAX_PROPOSALS
-from chatrex_ros.models.registry import LANGUAGE_BACKENDS, PROPOSAL_BACKENDS
+from chatrex_ros.models.registry import LANGUAGE_BACKENDS, NO_LANGUAGE_BACKEND, PROPOSAL_BACKENDS
 from chatrex_ros.parameters import ParamSpec, resolve, sensor_qos_specs
 
 P = TypeVar("P")
@@ -89,6 +96,10 @@ class GraspNodeParams:
     percentile: float
     foreground: bool
     depth_scale: float
+    min_depth_m: float
+    max_depth_m: float
+    min_focal_px: float
+    max_focal_px: float
     color_width: int
     color_height: int
     depth_buffer_size: int
@@ -109,7 +120,21 @@ class GraspNodeParams:
             return "selection 'index' needs `proposal_index` >= 0"
         if (self.color_width == 0) != (self.color_height == 0):
             return "color_width and color_height must both be 0 (boxes in depth pixels) or both set"
+        if not self.min_depth_m < self.max_depth_m:
+            return f"min_depth_m ({self.min_depth_m}) must be below max_depth_m ({self.max_depth_m})"
+        if not self.min_focal_px < self.max_focal_px:
+            return f"min_focal_px ({self.min_focal_px}) must be below max_focal_px ({self.max_focal_px})"
         return None
+
+    @property
+    def depth_range(self) -> tuple[float, float]:
+        """(min_depth_m, max_depth_m): the depths a target may have."""
+        return (self.min_depth_m, self.max_depth_m)
+
+    @property
+    def focal_range(self) -> tuple[float, float]:
+        """(min_focal_px, max_focal_px): the focal lengths a camera_info may have."""
+        return (self.min_focal_px, self.max_focal_px)
 
 
 IMAGE_TRANSPORT = ParamSpec(
@@ -163,9 +188,28 @@ PROPOSAL_NODE: list[ParamSpec] = [
         maximum=4096,
         read_only=True,
     ),
-    ParamSpec("min_score", 0.3, "Drop proposals scoring below this.", minimum=0.0, maximum=1.0),
-    ParamSpec("nms_iou", 0.8, "Greedy NMS IoU threshold (<= 0 disables NMS).", minimum=-1.0, maximum=1.0),
-    ParamSpec("max_proposals", 100, "Keep at most this many (ChatRex has 100 index tokens).", minimum=1, maximum=100),
+    ParamSpec(
+        "min_score",
+        DEFAULT_MIN_SCORE,
+        "Drop proposals scoring below this.",
+        minimum=MIN_SCORE_RANGE[0],
+        maximum=MIN_SCORE_RANGE[1],
+    ),
+    ParamSpec(
+        "nms_iou",
+        DEFAULT_NMS_IOU,
+        "Greedy NMS IoU threshold (<= 0 disables NMS).",
+        minimum=NMS_IOU_RANGE[0],
+        maximum=NMS_IOU_RANGE[1],
+    ),
+    # The core selects zero boxes if asked; a proposal node that keeps none answers nothing, so it needs one.
+    ParamSpec(
+        "max_proposals",
+        MAX_PROPOSALS,
+        "Keep at most this many (ChatRex has 100 index tokens).",
+        minimum=max(1, MAX_COUNT_RANGE[0]),
+        maximum=MAX_COUNT_RANGE[1],
+    ),
     IMAGE_TRANSPORT,
     ParamSpec("warmup", True, "Run the backend once on a blank frame before serving.", read_only=True),
     ParamSpec(
@@ -177,8 +221,8 @@ PROPOSAL_NODE: list[ParamSpec] = [
 LANGUAGE_NODE: list[ParamSpec] = [
     ParamSpec(
         "language_backend",
-        "none",
-        "Language model backend ('none' answers MODEL_ERROR).",
+        NO_LANGUAGE_BACKEND,
+        f"Language model backend ('{NO_LANGUAGE_BACKEND}' answers MODEL_ERROR).",
         tuple(LANGUAGE_BACKENDS),
         read_only=True,
         allow_plugin=True,
@@ -221,7 +265,8 @@ LANGUAGE_NODE: list[ParamSpec] = [
     ParamSpec(
         "recent_images",
         4,
-        "Newest images kept until the proposer claims them on `proposals/pending`; a proposer that does not announce its frames needs rate x latency.",
+        "Newest images kept until the proposer claims them on `proposals/pending`; "
+        "a proposer that does not announce its frames needs rate x latency.",
         minimum=1,
         maximum=256,
         read_only=True,
@@ -298,6 +343,36 @@ GRASP_NODE: list[ParamSpec] = [
         "Metres per depth unit; 0 = REP 118 (16UC1 millimetres, 32FC1 metres).",
         minimum=0.0,
         maximum=1.0,
+    ),
+    # Plausibility: a target at the lens (1e-30 m), kilometres away or kilometres sideways (fx = 1e-3) is a
+    # sensor or publisher fault. Defaults are chatrex_ros.core.grasp's DEFAULT_DEPTH_RANGE_M / _FOCAL_RANGE_PX.
+    ParamSpec(
+        "min_depth_m",
+        0.05,
+        "Nearest plausible depth; nearer pixels are not valid depth (must be below max_depth_m).",
+        minimum=0.001,
+        maximum=100.0,
+    ),
+    ParamSpec(
+        "max_depth_m",
+        20.0,
+        "Farthest plausible depth; farther pixels are not valid depth.",
+        minimum=0.01,
+        maximum=1000.0,
+    ),
+    ParamSpec(
+        "min_focal_px",
+        10.0,
+        "Smallest plausible fx/fy of a camera_info; outside min..max every target is refused with why.",
+        minimum=0.1,
+        maximum=1.0e6,
+    ),
+    ParamSpec(
+        "max_focal_px",
+        100000.0,
+        "Largest plausible fx/fy of a camera_info (must be above min_focal_px).",
+        minimum=1.0,
+        maximum=1.0e7,
     ),
     ParamSpec(
         "color_width",

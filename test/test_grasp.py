@@ -15,7 +15,10 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from chatrex_ros.core.grasp import (
+    DEFAULT_DEPTH_RANGE_M,
+    DEFAULT_FOCAL_RANGE_PX,
     REASON_BAD_INTRINSICS,
+    REASON_DEPTH_RANGE,
     REASON_FRAME_MISMATCH,
     REASON_NO_CAMERA_INFO,
     REASON_NO_DEPTH,
@@ -27,6 +30,7 @@ from chatrex_ros.core.grasp import (
     approach_quaternion,
     back_project,
     foreground_interval,
+    intrinsics_problem,
     intrinsics_valid,
     scale_box,
     scale_box_with_intrinsics,
@@ -326,8 +330,10 @@ def test_box_outside_or_degenerate(scene_m: np.ndarray, box: tuple[float, ...]) 
 )
 def test_bad_intrinsics(scene_m: np.ndarray, k: np.ndarray) -> None:
     assert not intrinsics_valid(k)
+    problem = intrinsics_problem(k, (WIDTH, HEIGHT))
+    assert problem is not None
     target = target_from_box(encode(scene_m, "32FC1"), k, TIGHT_BOX)
-    assert not target.valid and target.reason == REASON_BAD_INTRINSICS
+    assert not target.valid and target.reason == f"{REASON_BAD_INTRINSICS}: {problem}"
 
 
 def test_node_level_refusals(scene_m: np.ndarray) -> None:
@@ -345,11 +351,113 @@ def test_node_level_refusals(scene_m: np.ndarray) -> None:
     uncalibrated_colour = CameraGeometry(np.zeros(9), WIDTH, HEIGHT)
     assert (
         target_from_colour_box(depth, TIGHT_BOX, depth_camera=camera, colour_camera=uncalibrated_colour).reason
-        == REASON_BAD_INTRINSICS
+        == f"{REASON_BAD_INTRINSICS}: colour camera: K is all zero (an uncalibrated camera)"
     )
     # A ROS 1 style leading slash names the same frame; with everything right the target is valid.
     ok = target_from_colour_box(depth, TIGHT_BOX, depth_camera=camera, depth_frame_id="/camera_depth_optical_frame")
     assert ok.valid and error_m(ok) < TOLERANCE_M
+
+
+# ------------------------------------------------------------------------------------------
+# Physically absurd input: refused with the reason, never a valid target far from the truth
+# ------------------------------------------------------------------------------------------
+
+F32_MAX = float(np.finfo(np.float32).max)
+ABSURD_DEPTHS_M = [1e-30, 1e-6, 0.01, 0.049, 20.01, 1e4, 3.4e38, F32_MAX, math.inf, -math.inf, math.nan, -0.8]
+
+
+@pytest.mark.parametrize("value", ABSURD_DEPTHS_M, ids=repr)
+def test_absurd_depth_everywhere_is_refused(value: float) -> None:
+    depth = np.full((HEIGHT, WIDTH), value, np.float32)
+    target = target_from_box(depth, K_COLOUR, TIGHT_BOX)
+    assert not target.valid and target.valid_fraction == 0.0
+    assert all(math.isnan(c) for c in target.point)
+    if math.isfinite(value) and value > 0.0:  # depth was there, but not where an object can be
+        assert target.reason.startswith(f"{REASON_DEPTH_RANGE} (0.05..20 m)"), target.reason
+        assert f"{value:.3g}" in target.reason or "3.4e+38" in target.reason
+    else:
+        assert target.reason == REASON_NO_DEPTH
+
+
+@pytest.mark.parametrize("value", ABSURD_DEPTHS_M, ids=repr)
+@pytest.mark.parametrize("foreground", [True, False])
+def test_absurd_depth_pixels_are_not_used(scene_m: np.ndarray, value: float, foreground: bool) -> None:
+    # A third of the object's pixels absurd (e.g. 1e-30 m would be "nearest" for the foreground mode).
+    depth = encode(scene_m, "32FC1")
+    rows, cols = np.indices(depth.shape)
+    depth[(rows + cols) % 3 == 0] = value
+    target = target_from_box(depth, K_COLOUR, TIGHT_BOX, foreground=foreground)
+    assert target.valid, target.reason
+    assert error_m(target) < TOLERANCE_M
+    assert target.valid_fraction == pytest.approx(2 / 3, abs=0.02)
+
+
+def test_depth_range_is_inclusive_and_configurable(scene_m: np.ndarray) -> None:
+    depth = encode(scene_m, "16UC1")  # the face at 0.8 m, the wall at 1.5 m
+    assert target_from_box(depth, K_COLOUR, TIGHT_BOX, depth_range=(0.8, 0.9)).valid
+    near_only = target_from_box(depth, K_COLOUR, TIGHT_BOX, depth_range=(0.05, 0.5))
+    assert not near_only.valid and near_only.reason.startswith(f"{REASON_DEPTH_RANGE} (0.05..0.5 m)")
+    exact = np.full((HEIGHT, WIDTH), 50, np.uint16)  # exactly min_depth: 50 mm
+    assert target_from_box(exact, K_COLOUR, TIGHT_BOX).point[2] == pytest.approx(0.05)
+
+
+def k_with(fx: float = 525.0, fy: float = 521.0, cx: float = 322.3, cy: float = 236.8) -> np.ndarray:
+    return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+
+
+@pytest.mark.parametrize(
+    ("k", "problem"),
+    [
+        (k_with(fx=1e-3), "fx = 0.001 px is outside the plausible focal length range 10..100000 px"),
+        (k_with(fy=1e-30), "fy = 1e-30 px is outside"),
+        (k_with(fx=9.99), "fx = 9.99 px is outside"),
+        (k_with(fx=1e6), "fx = 1e+06 px is outside"),
+        (k_with(fy=3.4e38), "fy = 3.4e+38 px is outside"),
+        (k_with(fx=-525.0), "fx = -525 px is outside"),
+        (k_with(fx=0.0), "fx = 0 px is outside"),
+        (k_with(fx=math.inf), "non-finite"),
+        (k_with(cy=math.nan), "non-finite"),
+        (k_with(cx=1e9), "cx = 1e+09 px is far outside the image (640 px; allowed -640..1280 px)"),
+        (k_with(cx=-700.0), "cx = -700 px is far outside"),
+        (k_with(cy=1000.0), "cy = 1000 px is far outside the image (480 px"),
+        (np.zeros((3, 3)), "all zero"),
+    ],
+)
+def test_absurd_intrinsics_are_refused_with_the_reason(scene_m: np.ndarray, k: np.ndarray, problem: str) -> None:
+    found = intrinsics_problem(k, (WIDTH, HEIGHT))
+    assert found is not None and problem in found
+    depth = encode(scene_m, "32FC1")
+    target = target_from_box(depth, k, TIGHT_BOX)
+    assert not target.valid and target.reason == f"{REASON_BAD_INTRINSICS}: {found}"
+    camera = CameraGeometry(k, WIDTH, HEIGHT, "depth")
+    refused = target_from_colour_box(depth, TIGHT_BOX, depth_camera=camera)
+    assert refused.reason == f"{REASON_BAD_INTRINSICS}: depth camera: {found}"
+    good = CameraGeometry(K_COLOUR, WIDTH, HEIGHT, "depth")
+    colour = target_from_colour_box(depth, TIGHT_BOX, depth_camera=good, colour_camera=camera)
+    assert colour.reason == f"{REASON_BAD_INTRINSICS}: colour camera: {found}"
+
+
+def test_plausible_intrinsics_pass_at_the_edges_of_the_ranges() -> None:
+    lo, hi = DEFAULT_FOCAL_RANGE_PX
+    assert intrinsics_problem(k_with(fx=lo, fy=hi), (WIDTH, HEIGHT)) is None
+    assert intrinsics_problem(k_with(cx=-WIDTH, cy=2 * HEIGHT), (WIDTH, HEIGHT)) is None, "a crop moves it out"
+    assert intrinsics_problem(k_with(cx=1e9)) is None, "without a size the principal point is not checked"
+    assert intrinsics_problem(k_with(fx=5.0, fy=6.0), focal_range=(1.0, 10.0)) is None
+    assert DEFAULT_DEPTH_RANGE_M == (0.05, 20.0)
+
+
+@pytest.mark.parametrize(
+    "bounds", [(0.0, 1.0), (-1.0, 1.0), (2.0, 1.0), (1.0, 1.0), (0.1, math.inf), (math.nan, 1.0), (1.0,), "ab"]
+)
+def test_ranges_must_be_positive_finite_and_increasing(bounds: object) -> None:
+    depth = np.ones((HEIGHT, WIDTH), np.float32)
+    with pytest.raises(ValueError, match="depth_range"):
+        target_from_box(depth, K_COLOUR, TIGHT_BOX, depth_range=bounds)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="focal_range"):
+        target_from_box(depth, K_COLOUR, TIGHT_BOX, focal_range=bounds)  # type: ignore[arg-type]
+    camera = CameraGeometry(K_COLOUR, WIDTH, HEIGHT)
+    with pytest.raises(ValueError, match="focal_range"):
+        target_from_colour_box(depth, TIGHT_BOX, depth_camera=camera, focal_range=bounds)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------------
@@ -439,7 +547,7 @@ def test_intrinsics_mapping_preserves_rays_for_a_shifted_principal_point() -> No
     k_depth = np.array([[400.0, 0.0, 150.0], [0.0, 410.0, 130.0], [0.0, 0.0, 1.0]])
     box = (200.0, 100.0, 300.0, 180.0)
     mapped = scale_box_with_intrinsics(box, K_COLOUR, k_depth)
-    for (u, v), (mu, mv) in zip([box[:2], box[2:]], [mapped[:2], mapped[2:]]):
+    for (u, v), (mu, mv) in zip([box[:2], box[2:]], [mapped[:2], mapped[2:]], strict=True):
         assert back_project(K_COLOUR, u, v, 1.0) == pytest.approx(back_project(k_depth, mu, mv, 1.0))
     with pytest.raises(ValueError, match="K_depth"):
         scale_box_with_intrinsics(box, K_COLOUR, np.zeros((3, 3)))

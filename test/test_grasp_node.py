@@ -34,6 +34,10 @@ from test_grasp import (
 from visualization_msgs.msg import Marker
 
 from chatrex_ros.core.grasp import (
+    DEFAULT_DEPTH_RANGE_M,
+    DEFAULT_FOCAL_RANGE_PX,
+    REASON_BAD_INTRINSICS,
+    REASON_DEPTH_RANGE,
     REASON_FRAME_MISMATCH,
     REASON_NO_CAMERA_INFO,
     REASON_NO_DEPTH,
@@ -146,6 +150,18 @@ def test_parameter_rules_that_span_parameters() -> None:
     assert problem(selection="phrase", phrase="cup") is None
     assert "proposal_index" in problem(selection="index")
     assert "color_width" in problem(color_width=640)
+    assert "min_depth_m" in problem(min_depth_m=2.0, max_depth_m=1.0)
+    assert "min_depth_m" in problem(min_depth_m=1.0, max_depth_m=1.0)
+    assert "min_focal_px" in problem(min_focal_px=500.0, max_focal_px=400.0)
+    with pytest.raises(ValueError, match="min_depth_m must be >="):
+        resolve(GRASP_NODE, {"min_depth_m": 0.0})
+    with pytest.raises(ValueError, match="min_focal_px must be >="):
+        resolve(GRASP_NODE, {"min_focal_px": -10.0})
+
+
+def test_plausibility_defaults_are_the_core_defaults() -> None:
+    params = typed(GraspNodeParams, resolve(GRASP_NODE, {}))
+    assert params.depth_range == DEFAULT_DEPTH_RANGE_M and params.focal_range == DEFAULT_FOCAL_RANGE_PX
 
 
 # ------------------------------------------------------------------------------------------
@@ -255,7 +271,9 @@ def graph():
         g = Graph(client, main, bare)
         for publisher in g.pub.values():
             wait_until(
-                lambda: publisher.get_subscription_count() > 0 or not (main.alive() and bare.alive()),
+                lambda publisher=publisher: (
+                    publisher.get_subscription_count() > 0 or not (main.alive() and bare.alive())
+                ),
                 30,
                 f"a subscriber on {publisher.topic_name}",
             )
@@ -298,7 +316,7 @@ def test_target_point_pose_and_marker_carry_the_answer_stamp_and_depth_frame(gra
     target = graph.ask(answer_msg(stamp, f"tight-{encoding}", [detection(label="the box", index=3)]))
     assert target.valid and target.reason == ""
     assert stamp_to_ns(target.header.stamp) == stamp and target.header.frame_id == DEPTH_FRAME
-    assert (target.phrase, target.proposal_index) == ("the box", 3)
+    assert (target.label, target.proposal_index) == ("the box", 3)
     np.testing.assert_allclose(target.box, TIGHT_BOX, rtol=1e-6)
     assert_on_the_face(target.point)
     assert abs(target.depth_median - 0.8) < 0.005 and 0.0 < target.depth_spread < 0.01
@@ -418,10 +436,10 @@ def test_selection_by_phrase_and_by_index(graph, scene_m) -> None:
 
     try:
         wall = target_for("select-score")
-        assert wall.phrase == "wall" and wall.point.z == pytest.approx(WALL_Z, abs=0.01)
+        assert wall.label == "wall" and wall.point.z == pytest.approx(WALL_Z, abs=0.01)
         assert [r.successful for r in graph.set_parameters(phrase="mug", selection="phrase")] == [True, True]
         mug = target_for("select-phrase")
-        assert (mug.phrase, mug.proposal_index) == ("the red mug", 7)
+        assert (mug.label, mug.proposal_index) == ("the red mug", 7)
         assert_on_the_face(mug.point)
         refused = graph.set_parameters(proposal_index=-1, selection="index")[1]
         assert not refused.successful and "proposal_index" in refused.reason
@@ -465,7 +483,7 @@ def test_an_answer_without_depth_expires_after_the_pairing_timeout(graph) -> Non
     target = graph.target("stale")
     waited = time.monotonic() - sent
     assert not target.valid and target.reason == REASON_STALE
-    assert target.phrase == "the box" and stamp_to_ns(target.header.stamp) == stamp
+    assert target.label == "the box" and stamp_to_ns(target.header.stamp) == stamp
     assert waited >= PAIRING_TIMEOUT_S - 0.1, f"published after {waited:.2f} s, before the timeout"
 
 
@@ -513,3 +531,59 @@ def test_missing_camera_info_then_boxes_scaled_by_colour_size(graph) -> None:
     target = graph.ask(answer_msg(stamp, "bare-ratio", [detection()]), bare=True)
     assert target.valid, target.reason  # color_width/height = 640x480: the box is halved by size ratio
     assert_on_the_face(target.point)
+
+
+ABSURD_FRAME = "camera_absurd_optical_frame"
+
+
+@ros
+def test_absurd_depth_and_camera_info_are_refused_then_a_good_target_is_served(graph, scene_m) -> None:
+    # Depth at the lens, and depth near float32's maximum: no target there, whatever the driver says.
+    for value, name in ((1e-30, "lens"), (3.4e38, "far")):
+        stamp = next_stamp()
+        graph.send_depth(np.full(scene_m.shape, value), "32FC1", stamp)
+        target = graph.ask(answer_msg(stamp, f"absurd-depth-{name}", [detection()]))
+        assert not target.valid and target.reason.startswith(f"{REASON_DEPTH_RANGE} (0.05..20 m)"), target.reason
+        assert math.isnan(target.point.z)
+
+    # fx = 1e-3 would put the box's centre kilometres sideways: the camera_info is refused, with the reason.
+    absurd = K_COLOUR.copy()
+    absurd[0, 0] = 1e-3
+    graph.pub["depth/camera_info"].publish(camera_info(ABSURD_FRAME, absurd, WIDTH, HEIGHT))
+    graph.wait_diagnostic(
+        "grasp_target_node",
+        lambda v: ABSURD_FRAME in v.get("camera_info_unusable", ""),
+        "the absurd camera_info to be reported unusable",
+    )
+    stamp = next_stamp()
+    graph.send_depth(scene_m, "16UC1", stamp, frame=ABSURD_FRAME)
+    refused = graph.ask(answer_msg(stamp, "absurd-fx", [detection()]))
+    assert not refused.valid and refused.header.frame_id == ABSURD_FRAME
+    assert refused.reason.startswith(
+        f"{REASON_BAD_INTRINSICS}: depth camera: fx = 0.001 px is outside the plausible focal length range"
+    ), refused.reason
+    graph.wait_diagnostic(
+        "grasp_target_node",
+        lambda v: int(v.get("problem.invalid:invalid camera intrinsics", 0)) >= 1,
+        "the refusal to be counted",
+    )
+    # A status message cannot put a second line into the published reason.
+    stamp = next_stamp()
+    forged = graph.ask(
+        answer_msg(stamp, "forged", [], status=Answer.STATUS_MODEL_ERROR, message="boom\n[INFO] all good\x1b[2K")
+    )
+    assert forged.reason == "answer status MODEL_ERROR: boom\\n[INFO] all good\\x1b[2K"
+    assert graph.main.alive()
+
+    # The camera is calibrated again: the same frame serves a good target.
+    graph.pub["depth/camera_info"].publish(camera_info(ABSURD_FRAME, K_COLOUR, WIDTH, HEIGHT))
+    graph.wait_diagnostic(
+        "grasp_target_node",
+        lambda v: "camera_info_unusable" in v and ABSURD_FRAME not in v["camera_info_unusable"],
+        "the calibrated camera_info to replace the absurd one",
+    )
+    stamp = next_stamp()
+    graph.send_depth(scene_m, "16UC1", stamp, frame=ABSURD_FRAME)
+    good = graph.ask(answer_msg(stamp, "after-absurd", [detection()]))
+    assert good.valid, good.reason
+    assert_on_the_face(good.point)

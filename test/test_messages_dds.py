@@ -73,7 +73,7 @@ def _grasp() -> GraspTarget:
     return GraspTarget(
         header=header(7, "depth_optical"),
         query_id="q",
-        phrase="mug",
+        label="mug",
         proposal_index=4,
         box=[1.0, 2.0, 3.0, 4.0],
         point=Point(x=0.1, y=-0.2, z=0.8),

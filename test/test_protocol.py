@@ -282,10 +282,80 @@ def test_line_breaks_survive_and_blank_runs_collapse():
     assert parsed.text == "First line.\n\nSecond line."
 
 
-def test_numbers_outside_the_vocabulary_are_text():
-    parsed = parse_answer("<ground>a</ground><objects><obj100></objects> <obj007>", 200)
-    assert parsed.groups == () and parsed.mentions == ()
+def test_numbers_outside_the_vocabulary_are_text_outside_groups():
+    parsed = parse_answer("a <obj100> b <obj007>", 200)
+    assert parsed.groups == () and parsed.mentions == () and parsed.dropped_mentions == ()
     assert "<obj100>" in parsed.text and "<obj007>" in parsed.text
+
+
+# --- parse_answer: out-of-range and malformed indices inside a group ---------------------------------
+# One bad token must not void its group: the group's valid indices are kept, the bad ones reported.
+@pytest.mark.parametrize(
+    ("objects", "indices", "dropped"),
+    [
+        ("<obj150><obj1><obj2>", (1, 2), (150,)),  # first
+        ("<obj1><obj150><obj2>", (1, 2), (150,)),  # middle
+        ("<obj1><obj2><obj150>", (1, 2), (150,)),  # last
+        ("<obj150><obj100><obj12>", (), (150, 100, 12)),  # all invalid: an empty group, not text
+        ("<obj1><obj-1><obj2>", (1, 2), (-1,)),  # negative
+        ("<obj1><obj-150><obj150><obj1>", (1,), (-150, 150)),
+        ("<obj1><obj999999999999999999>", (1,), (999_999_999_999_999_999,)),  # 18 digits: still a number
+        ("<obj9><obj10><obj11>", (9,), (10, 11)),  # just above the list given (10 boxes)
+    ],
+)
+def test_out_of_range_index_keeps_the_group(objects, indices, dropped):
+    parsed = parse_answer(f"I see <ground>a cat</ground><objects>{objects}</objects>.", 10)
+    assert parsed.groups == (AnswerGroup("a cat", indices, dropped),)
+    assert parsed.text == "I see a cat."
+    assert parsed.dropped_indices == dropped and parsed.invalid_tokens == ()
+    assert parsed.mentions == ()
+
+
+@pytest.mark.parametrize(
+    ("token", "reported"),
+    [
+        ("<obj007>", "<obj007>"),  # leading zeros: not how an index is written, so not read as 7
+        ("<obj00>", "<obj00>"),
+        ("<obj+3>", "<obj+3>"),
+        ("<obj-0>", "<obj-0>"),
+        ("<obj1234567890123456789>", "<obj1234567890123456789>"),  # 19 digits
+        ("<obj" + "9" * 5000 + ">", "<obj" + "9" * 19 + "\u2026"),  # huge: shortened, never int() of it
+    ],
+)
+def test_index_not_written_as_an_index_is_reported_as_written(token, reported):
+    parsed = parse_answer(f"<ground>a</ground><objects><obj3>{token}<obj4></objects>", 5)
+    assert parsed.groups == (AnswerGroup("a", (3, 4), (), (reported,)),)
+    assert parsed.invalid_tokens == (reported,) and len(reported) <= 24
+    assert parsed.text == "a"
+
+
+def test_spaced_and_truncated_groups_keep_valid_indices_around_bad_ones():
+    spaced = parse_answer("<ground> a </ground> <objects> <obj1> <obj150> <obj2> </objects>", 3)
+    assert spaced.groups == (AnswerGroup("a", (1, 2), (150,)),)
+    cut = parse_answer("<ground>a</ground><objects><obj1><obj150>", 3)
+    assert cut.groups == (AnswerGroup("a", (1,), (150,)),) and cut.truncated
+
+
+def test_resolution_with_bad_indices_uses_the_valid_ones():
+    boxes = np.arange(12, dtype=np.float32).reshape(3, 4)
+    parsed = parse_answer(
+        "<ground>cup</ground><objects><obj2><obj150></objects><ground>dog</ground><objects><obj-1><obj0></objects>", 3
+    )
+    detections = resolve_detections(parsed, boxes, np.array([0.1, 0.2, 0.3]))
+    assert [(d.label, d.proposal_index) for d in detections] == [("cup", 2), ("dog", 0)]
+    assert parsed.dropped_indices == (150, -1)
+
+
+def test_ignored_summary_names_every_ignored_token():
+    parsed = parse_answer("<ground>a</ground><objects><obj1><obj150><obj007></objects> and <obj9>", 3)
+    assert parsed.dropped_indices == (150, 9) and parsed.invalid_tokens == ("<obj007>",)
+    assert parsed.ignored_summary() == (
+        "ignored 3 object index tokens naming none of the 3 proposals: <obj150>, <obj9>, <obj007>"
+    )
+    assert parse_answer("<ground>a</ground><objects><obj1></objects>", 3).ignored_summary() == ""
+    many = parse_answer("<ground>a</ground><objects>" + "<obj150>" * 30 + "</objects>", 3)
+    assert many.ignored_summary(max_listed=2).endswith(": <obj150>, <obj150> and 28 more")
+    assert many.ignored_summary(max_listed=0).endswith(": 30 tokens")
 
 
 # --- parse_answer: malformed and truncated answers -----------------------------------------------
@@ -415,6 +485,10 @@ FRAGMENTS = [
     "<obj42>",
     "<obj99>",
     "<obj100>",
+    "<obj150>",
+    "<obj-1>",
+    "<obj007>",
+    "<obj+2>",
     "<obj",
     "obj3>",
     "<",
@@ -443,7 +517,8 @@ def test_parse_never_raises_and_never_invents(text, num_boxes):
         assert not contains_special_token(group.phrase)
         assert group.phrase == group.phrase.strip()
         assert all(0 <= k < num_boxes for k in group.indices)
-        assert all(k >= num_boxes for k in group.dropped)
+        assert all(k >= num_boxes or k < 0 for k in group.dropped)
+        assert all(not re.fullmatch(r"<obj(0|-?[1-9]\d{0,17})>", t[:24]) for t in group.invalid)
         assert len(set(group.indices)) == len(group.indices)
     assert all(0 <= k < num_boxes for k in parsed.mentions)
     assert all(k >= num_boxes for k in parsed.dropped_mentions)
@@ -451,14 +526,16 @@ def test_parse_never_raises_and_never_invents(text, num_boxes):
     assert set(parsed.all_indices) == {k for g in parsed.groups for k in g.indices}
 
     # No invented indices: every index reported is backed by its own <objK> token in the raw text.
-    written = {k: text.count(f"<obj{k}>") for k in range(100)}
+    written: dict[int, int] = {}
+    for digits in re.findall(r"<obj(-?\d+)>", text):
+        written[int(digits)] = written.get(int(digits), 0) + 1
     reported: dict[int, int] = {}
     for group in parsed.groups:
         for k in (*group.indices, *group.dropped):
             reported[k] = reported.get(k, 0) + 1
     for k in parsed.mentions:
         reported[k] = reported.get(k, 0) + 1
-    assert all(count <= written[k] for k, count in reported.items())
+    assert all(count <= written.get(k, 0) for k, count in reported.items())
 
 
 plain_words = st.text(alphabet=st.characters(blacklist_characters="<>", blacklist_categories=("Cs",)), max_size=12)

@@ -119,3 +119,19 @@ def test_demo_uses_the_backends_of_the_config_file(tmp_path) -> None:
         == 0
     )
     assert json.loads((out / "metrics.json").read_text())["inputs"]["selection"]["max_count"] == 3
+
+
+@pytest.mark.parametrize("backend", ["chatrex", "python:doubles.scripted_model:ScriptedModel"])
+def test_backend_options_cannot_turn_on_remote_code(backend) -> None:
+    """The trust decision comes only from trust_remote_code itself, never from the free-form options."""
+    params = resolved(
+        LanguageNodeParams,
+        {
+            "language_backend": backend,
+            "model_path": "/m/chatrex",
+            "trust_remote_code": False,
+            "backend_options": json.dumps({"trust_remote_code": True}),
+        },
+    )
+    with pytest.raises(ValueError, match="may not set trust_remote_code"):
+        language_backend(params)

@@ -7,6 +7,7 @@ same arrays, so an index can never point at a different box than the one the mod
 from __future__ import annotations
 
 import enum
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,10 +23,18 @@ from chatrex_ros.core.protocol import (
     parse_answer,
     resolve_detections,
 )
+from chatrex_ros.core.stamps import NS_PER_S
 from chatrex_ros.core.types import Detection, Proposals
 
 if TYPE_CHECKING:  # the interface only; the core never imports the model layer at run time
     from chatrex_ros.models.base import LanguageBackend
+
+
+MAX_NEW_TOKENS = 8192
+"""The largest generation budget a query (or the ``max_new_tokens`` parameter) may ask for."""
+
+MAX_QUERY_TIMEOUT_S = 3600.0
+"""The longest per-query timeout (``Query.timeout_s``, the ``query_timeout_s`` parameter), seconds."""
 
 
 class AnswerStatus(enum.IntEnum):
@@ -105,10 +114,39 @@ class QueryRequest:
         phrases = tuple(t.strip() for t in targets if t.strip())
         if not phrases and parsed_task in (Task.DETECT, Task.COUNT):
             phrases = tuple(p.strip() for p in text.split(";") if p.strip())
-        if max_new_tokens <= 0:
-            raise QueryError(AnswerStatus.BAD_QUERY, f"max_new_tokens must be positive, got {max_new_tokens}")
+        if not 0 < max_new_tokens <= MAX_NEW_TOKENS:
+            raise QueryError(
+                AnswerStatus.BAD_QUERY, f"max_new_tokens must be 1..{MAX_NEW_TOKENS}, got {max_new_tokens}"
+            )
         question = text.strip() if parsed_task is Task.CHAT else ""
         return cls(parsed_task, phrases, question, tuple(int(i) for i in indices), int(max_new_tokens))
+
+
+def query_timeout_s(requested: float, default_s: float) -> float:
+    """A query's own timeout in seconds: ``requested``, or ``default_s`` when it is 0 (the field's default).
+
+    Raises QueryError(BAD_QUERY) for NaN, infinite, negative or over-:data:`MAX_QUERY_TIMEOUT_S` values: a
+    client that wants to wait long says how long; a timeout of 1e10 s would overflow the clock arithmetic.
+    """
+    timeout = float(requested)
+    if timeout == 0.0:
+        return default_s
+    if not math.isfinite(timeout) or not 0.0 < timeout <= MAX_QUERY_TIMEOUT_S:
+        raise QueryError(
+            AnswerStatus.BAD_QUERY,
+            f"timeout_s must be 0 (the node's default) or a number of seconds in (0, {MAX_QUERY_TIMEOUT_S:g}], "
+            f"got {timeout!r}",
+        )
+    return timeout
+
+
+def check_stamp(sec: int, nanosec: int) -> None:
+    """Raise QueryError(BAD_QUERY) for a ``builtin_interfaces/Time`` that names no instant a camera stamps."""
+    if sec < 0 or not 0 <= nanosec < NS_PER_S:
+        raise QueryError(
+            AnswerStatus.BAD_QUERY,
+            f"image_stamp must have sec >= 0 and nanosec in [0, 1e9), got sec={sec} nanosec={nanosec}",
+        )
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,11 @@ implementation; the node only converts messages (Image -> array, CameraInfo -> `
 Conventions (each one is a place where a silent mismatch would move the target):
 
 * Depth units follow REP 118: ``uint16`` (16UC1) is millimetres, ``float32`` (32FC1) is metres;
-  ``depth_scale`` (metres per unit) overrides both. 0, NaN, +-inf and negative values mean "no depth".
+  ``depth_scale`` (metres per unit) overrides both. 0, NaN, +-inf and negative values mean "no depth", and
+  so does a depth outside the plausible ``depth_range`` (a target at the lens or a kilometre away is a
+  sensor or publisher fault, not an object to reach for).
+* Intrinsics must be plausible, not only well-formed: focal lengths within ``focal_range`` and the
+  principal point near the image (``intrinsics_problem``); otherwise every target is refused with why.
   Depth is the z coordinate in the optical frame (not the length of the ray), as REP 118 specifies.
 * Images are assumed rectified: K of ``sensor_msgs/CameraInfo`` is used and distortion is ignored.
 * Boxes use the continuous pixel convention of the detectors (the image spans ``[0, W] x [0, H]``;
@@ -34,6 +38,15 @@ REASON_NO_CAMERA_INFO = "no camera_info"
 REASON_FRAME_MISMATCH = "depth and camera_info frames differ"
 REASON_STALE = "no depth image within tolerance"
 REASON_SIZE_MISMATCH = "depth image size differs from camera_info"
+REASON_DEPTH_RANGE = "no depth within the plausible range"
+
+DEFAULT_DEPTH_RANGE_M = (0.05, 20.0)
+"""Depths (metres) a target may have: nearer is at the lens, farther is beyond any arm and most depth sensors."""
+DEFAULT_FOCAL_RANGE_PX = (10.0, 100_000.0)
+"""Focal lengths (pixels) a rectified camera may have: 10 px is a ~176 deg view of a 640 px image, 100000 px a
+long telephoto on a 16k sensor. Outside it, K is a fault (fx = 1e-3 puts a 1 m object kilometres sideways)."""
+PRINCIPAL_POINT_MARGIN = 1.0
+"""How far (in image widths/heights) the principal point may lie beyond the image edges (crops move it out)."""
 
 MILLIMETRE = 0.001
 """Metres per unit of a 16UC1 depth image (REP 118)."""
@@ -124,6 +137,8 @@ def target_from_box(
     min_mode_fraction: float = 0.15,
     bin_width: float = 0.025,
     band: float = 0.05,
+    depth_range: tuple[float, float] = DEFAULT_DEPTH_RANGE_M,
+    focal_range: tuple[float, float] = DEFAULT_FOCAL_RANGE_PX,
 ) -> Target:
     """Robust 3-D target for ``box`` (x1, y1, x2, y2 in DEPTH-image pixels).
 
@@ -138,22 +153,27 @@ def target_from_box(
 
     ``bin_width`` and ``band`` are relative to depth (0.025 -> 2.5 cm bins at 1 m, the band is
     mode * (1 -+ band), band >= 2 * bin_width); ``min_mode_fraction`` is the share of valid pixels a
-    mode needs to count.
+    mode needs to count. Depths outside ``depth_range`` (metres, inclusive) are not valid depth; when the
+    box has depth but none in range the target is refused (``REASON_DEPTH_RANGE``). K must pass
+    ``intrinsics_problem`` with ``focal_range`` for the depth image's size (else ``REASON_BAD_INTRINSICS``).
     """
     if margin < 0.0 or margin >= 0.5 or not math.isfinite(margin):
         raise ValueError(f"margin must be in [0, 0.5) (fraction removed per side), got {margin}")
     if not 0.0 <= percentile <= 100.0:
         raise ValueError(f"percentile must be in [0, 100], got {percentile}")
     _check_foreground_params(min_mode_fraction, bin_width, band)
+    min_depth, max_depth = check_range("depth_range", depth_range)
+    check_range("focal_range", focal_range)
     depth = _as_depth_image(depth)
     scale = _depth_scale_for(depth.dtype, depth_scale)
     k = _as_matrix(K)
-    if not intrinsics_valid(k):
-        return Target.invalid(REASON_BAD_INTRINSICS)
+    height, width = depth.shape
+    problem = intrinsics_problem(k, (width, height), focal_range)
+    if problem is not None:
+        return Target.invalid(f"{REASON_BAD_INTRINSICS}: {problem}")
     x1, y1, x2, y2 = _as_box(box)
 
     # --- pre-process: clip, shrink, crop, convert ---
-    height, width = depth.shape
     cx1, cy1, cx2, cy2 = max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height))
     if cx2 <= cx1 or cy2 <= cy1:
         return Target.invalid(REASON_OUTSIDE)
@@ -164,10 +184,18 @@ def target_from_box(
     t0, t1 = _pixel_span(cy1 + my, cy2 - my)
     metres = _to_metres(depth[r0:r1, c0:c1], scale)
     inner = metres[t0 - r0 : t1 - r0, s0 - c0 : s1 - c0]
-    inner_valid = inner[np.isfinite(inner) & (inner > 0.0)]
+    with_depth = inner[np.isfinite(inner) & (inner > 0.0)]
+    if with_depth.size == 0:
+        return Target.invalid(REASON_NO_DEPTH, valid_fraction=0.0)
+    inner_valid = with_depth[(with_depth >= min_depth) & (with_depth <= max_depth)]
     valid_fraction = inner_valid.size / inner.size
     if inner_valid.size == 0:
-        return Target.invalid(REASON_NO_DEPTH, valid_fraction=0.0)
+        median_m = float(np.median(with_depth.astype(np.float64)))  # float32 overflows near its max
+        return Target.invalid(
+            f"{REASON_DEPTH_RANGE} ({min_depth:g}..{max_depth:g} m): the box's {with_depth.size} pixels with depth"
+            f" have a median of {median_m:.3g} m",
+            valid_fraction=0.0,
+        )
 
     # --- infer: foreground depth statistics ---
     if foreground:
@@ -204,6 +232,7 @@ def target_from_colour_box(
     colour_camera: CameraGeometry | None = None,
     colour_size: tuple[int, int] | None = None,
     depth_frame_id: str | None = None,
+    focal_range: tuple[float, float] = DEFAULT_FOCAL_RANGE_PX,
     **options: Any,
 ) -> Target:
     """What the grasp node calls: a box in COLOUR pixels, the depth image and its camera_info.
@@ -213,8 +242,9 @@ def target_from_colour_box(
     is given, else it is taken as already in depth pixels. The intrinsics mapping is exact for
     registered images (depth aligned to colour, or one sensor at two resolutions); unregistered
     depth adds parallax (baseline * fx / depth pixels) that only extrinsics could remove.
-    Refusals come back as invalid Targets with the REASON_* constants so the node can publish them.
-    ``options`` are ``target_from_box``'s keyword parameters.
+    Refusals come back as invalid Targets with the REASON_* constants so the node can publish them
+    (implausible intrinsics of either camera: ``REASON_BAD_INTRINSICS`` and what is wrong with them).
+    ``options`` are ``target_from_box``'s other keyword parameters (``depth_range`` among them).
     """
     if box is None:
         return Target.invalid(REASON_NO_DETECTION)
@@ -225,15 +255,18 @@ def target_from_colour_box(
     depth = _as_depth_image(depth)
     if (depth.shape[1], depth.shape[0]) != depth_camera.size:
         return Target.invalid(REASON_SIZE_MISMATCH)
-    if not intrinsics_valid(depth_camera.K):
-        return Target.invalid(REASON_BAD_INTRINSICS)
+    check_range("focal_range", focal_range)
+    problem = intrinsics_problem(depth_camera.K, depth_camera.size, focal_range)
+    if problem is not None:
+        return Target.invalid(f"{REASON_BAD_INTRINSICS}: depth camera: {problem}")
     if colour_camera is not None:
-        if not intrinsics_valid(colour_camera.K):
-            return Target.invalid(REASON_BAD_INTRINSICS)
+        problem = intrinsics_problem(colour_camera.K, colour_camera.size, focal_range)
+        if problem is not None:
+            return Target.invalid(f"{REASON_BAD_INTRINSICS}: colour camera: {problem}")
         box = scale_box_with_intrinsics(box, colour_camera.K, depth_camera.K)
     elif colour_size is not None:
         box = scale_box(box, colour_size, depth_camera.size)
-    return target_from_box(depth, depth_camera.K, box, **options)
+    return target_from_box(depth, depth_camera.K, box, focal_range=focal_range, **options)
 
 
 def foreground_interval(
@@ -361,7 +394,10 @@ def approach_quaternion(point: Sequence[float]) -> tuple[float, float, float, fl
 
 
 def intrinsics_valid(K: np.ndarray) -> bool:
-    """True when K is usable: finite, fx and fy > 0, last row (0, 0, 1). An all-zero K means uncalibrated."""
+    """True when K is well-formed: finite, fx and fy > 0, last row (0, 0, 1). An all-zero K means uncalibrated.
+
+    Well-formed is not plausible: ``intrinsics_problem`` also bounds the focal lengths and principal point.
+    """
     k = _as_matrix(K)
     return bool(
         np.all(np.isfinite(k))
@@ -370,6 +406,50 @@ def intrinsics_valid(K: np.ndarray) -> bool:
         and k[1, 0] == 0.0
         and np.allclose(k[2], (0.0, 0.0, 1.0))
     )
+
+
+def intrinsics_problem(
+    K: np.ndarray,
+    size: tuple[int, int] | None = None,
+    focal_range: tuple[float, float] = DEFAULT_FOCAL_RANGE_PX,
+) -> str | None:
+    """Why K cannot be used as the intrinsics of an image of ``size`` (width, height); None when it can.
+
+    K must be well-formed (``intrinsics_valid``), fx and fy within ``focal_range`` (pixels, inclusive) and,
+    when ``size`` is given, the principal point at most ``PRINCIPAL_POINT_MARGIN`` image sizes beyond the
+    image's edges (cx in [-W, 2W], cy in [-H, 2H]).
+    """
+    lo, hi = check_range("focal_range", focal_range)
+    k = _as_matrix(K)
+    if not np.all(np.isfinite(k)):
+        return "K has non-finite values"
+    if not np.any(k):
+        return "K is all zero (an uncalibrated camera)"
+    if k[1, 0] != 0.0 or not np.allclose(k[2], (0.0, 0.0, 1.0)):
+        return "K is not a camera matrix (its last row must be 0 0 1 and K[1][0] 0)"
+    for name, focal in (("fx", float(k[0, 0])), ("fy", float(k[1, 1]))):
+        if not lo <= focal <= hi:
+            return f"{name} = {focal:g} px is outside the plausible focal length range {lo:g}..{hi:g} px"
+    if size is not None:
+        for name, centre, extent in (("cx", float(k[0, 2]), size[0]), ("cy", float(k[1, 2]), size[1])):
+            margin = PRINCIPAL_POINT_MARGIN * extent
+            if not -margin <= centre <= extent + margin:
+                return (
+                    f"{name} = {centre:g} px is far outside the image ({extent} px; allowed "
+                    f"{-margin:g}..{extent + margin:g} px)"
+                )
+    return None
+
+
+def check_range(name: str, bounds: tuple[float, float]) -> tuple[float, float]:
+    """``bounds`` as (lo, hi) floats; ValueError unless both are finite and 0 < lo < hi."""
+    try:
+        lo, hi = (float(v) for v in bounds)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be two numbers (min, max), got {bounds!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0.0 < lo < hi):
+        raise ValueError(f"{name} must be finite with 0 < min < max, got {bounds!r}")
+    return lo, hi
 
 
 # --------------------------------------------------------------------------------------------
@@ -451,7 +531,8 @@ def _check_foreground_params(min_mode_fraction: float, bin_width: float, band: f
         raise ValueError(f"bin_width must be in (0, 1) (relative to depth), got {bin_width}")
     if not 2.0 * bin_width <= band < 1.0:
         raise ValueError(
-            f"band must be in [2 * bin_width, 1) so it covers the mode's three bins, got band={band}, bin_width={bin_width}"
+            f"band must be in [2 * bin_width, 1) so it covers the mode's three bins, "
+            f"got band={band}, bin_width={bin_width}"
         )
 
 

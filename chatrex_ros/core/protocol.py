@@ -105,7 +105,8 @@ TARGET_SEPARATOR = "; "
 
 # --- special tokens -------------------------------------------------------------------------------
 # Exactly the 104 added tokens: <obj0>..<obj99> (no leading zeros, nothing above 99) and the four tags.
-# Text such as "<obj100>" cannot come out of the tokenizer as one token, so it is ordinary text.
+# Text such as "<obj100>" cannot come out of the tokenizer as one token, so outside a group it is ordinary
+# text (inside an objects block it is an index that names no proposal: see _INDEX_LIKE).
 _SPECIAL_BODY = r"(?:/?ground|/?objects|obj(?:[1-9]?\d))"
 SPECIAL_TOKEN_RE = re.compile(rf"<{_SPECIAL_BODY}>")
 """Matches any of the model's 104 special tokens."""
@@ -123,11 +124,18 @@ _RESERVED_INPUT_RE = re.compile(r"</?(?:ground|objects)>|<obj\d+>|<image>|<roi>"
 # One well-formed group. The phrase may hold anything but a special token (unrolled loop, possessive
 # quantifiers: linear time on adversarial input). The objects block may be cut by the end of the text
 # (the generation budget ran out): the indices already written are real, so they are kept.
+# Inside an objects block any index-looking token counts (``<obj150>``, ``<obj-1>``, ``<obj007>``): it
+# cannot be a model token, but treating it as text would void the group's valid indices. Such tokens are
+# dropped and reported (``AnswerGroup.dropped`` / ``.invalid``); outside groups they stay ordinary text.
+_INDEX_LIKE = r"<obj[-+]?+\d++>"
 _GROUP_RE = re.compile(
     r"<ground>(?P<phrase>[^<]*+(?:<(?!" + _SPECIAL_BODY + r">)[^<]*+)*+)</ground>"
-    r"\s*+<objects>(?P<objects>(?:\s*+<obj(?:[1-9]?\d)>)*+)\s*+(?:</objects>|\Z)"
+    r"\s*+<objects>(?P<objects>(?:\s*+" + _INDEX_LIKE + r")*+)\s*+(?:</objects>|\Z)"
 )
-_DIGITS_RE = re.compile(r"\d+")
+_INDEX_LIKE_RE = re.compile(r"<obj([-+]?+\d++)>")
+_CANONICAL_INDEX_RE = re.compile(r"0|-?[1-9]\d{0,17}")  # no sign but "-", no leading zeros, fits int64
+MAX_TOKEN_CHARS = 24
+"""An invalid token longer than this is reported shortened (``<obj1234567…``): the report stays bounded."""
 _HSPACE_RE = re.compile(r"[^\S\n]+")
 _BLANK_LINES_RE = re.compile(r"\n{3,}")
 
@@ -260,12 +268,17 @@ class AnswerGroup:
     """One ``<ground>phrase</ground><objects>...</objects>`` group, in the order the model wrote it.
 
     ``indices``: valid indices (< num_boxes), duplicates removed, first occurrence first.
-    ``dropped``: indices the model wrote that are not in the list it was given, in order.
+    ``dropped``: index numbers the group names that are not in the list the model was given, in order:
+    at or above num_boxes (``<obj9>`` with 3 boxes, ``<obj150>``) or negative (``<obj-1>``).
+    ``invalid``: index-looking tokens whose number is not written as an index (``<obj007>``, ``<obj+1>``,
+    ``<obj-0>``, more than 18 digits), as written, shortened to :data:`MAX_TOKEN_CHARS`. Neither kind
+    voids the group: its valid indices are kept.
     """
 
     phrase: str
     indices: tuple[int, ...]
     dropped: tuple[int, ...] = ()
+    invalid: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -291,6 +304,32 @@ class ParsedAnswer:
     def all_indices(self) -> tuple[int, ...]:
         """Every valid index named by any group, in order of appearance, without duplicates."""
         return tuple(dict.fromkeys(index for group in self.groups for index in group.indices))
+
+    @property
+    def dropped_indices(self) -> tuple[int, ...]:
+        """Every out-of-range index number: the groups' ``dropped`` in group order, then ``dropped_mentions``."""
+        return (*(index for group in self.groups for index in group.dropped), *self.dropped_mentions)
+
+    @property
+    def invalid_tokens(self) -> tuple[str, ...]:
+        """Every group's ``invalid`` tokens, in group order."""
+        return tuple(token for group in self.groups for token in group.invalid)
+
+    def ignored_summary(self, max_listed: int = 10) -> str:
+        """One sentence for an Answer's status message naming the ignored index tokens; ``""`` when none.
+
+        ``"ignored 2 object index tokens naming none of the 12 proposals: <obj150>, <obj007>"``; at most
+        ``max_listed`` tokens are listed, then how many more there were.
+        """
+        tokens = [f"<obj{index}>" for index in self.dropped_indices] + list(self.invalid_tokens)
+        if not tokens:
+            return ""
+        listed = ", ".join(tokens[: max(max_listed, 0)])
+        more = len(tokens) - max(max_listed, 0)
+        if more > 0:
+            listed = f"{listed} and {more} more" if listed else f"{more} tokens"
+        noun = "token" if len(tokens) == 1 else "tokens"
+        return f"ignored {len(tokens)} object index {noun} naming none of the {self.num_boxes} proposals: {listed}"
 
 
 def parse_answer(text: str, num_boxes: int) -> ParsedAnswer:
@@ -319,8 +358,8 @@ def parse_answer(text: str, num_boxes: int) -> ParsedAnswer:
         elif start == previous_group_end:
             pieces.append(TARGET_SEPARATOR)
         raw_phrase, objects_block = match.groups()
-        valid, dropped = _split_indices(objects_block, num_boxes)
-        groups.append(AnswerGroup(" ".join(raw_phrase.split()), valid, dropped))
+        valid, dropped, invalid = _split_indices(objects_block, num_boxes)
+        groups.append(AnswerGroup(" ".join(raw_phrase.split()), valid, dropped, invalid))
         pieces.append(raw_phrase.rstrip())
         position = previous_group_end = end
     if position < len(text):
@@ -336,14 +375,22 @@ def parse_answer(text: str, num_boxes: int) -> ParsedAnswer:
     )
 
 
-def _split_indices(objects_block: str, num_boxes: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    indices = [*map(int, _DIGITS_RE.findall(objects_block))]
-    if not indices:
-        return (), ()
-    if max(indices) < num_boxes:  # the usual case: nothing to drop
-        return tuple(dict.fromkeys(indices)), ()
-    valid = tuple(dict.fromkeys(index for index in indices if index < num_boxes))
-    return valid, tuple(index for index in indices if index >= num_boxes)
+def _split_indices(objects_block: str, num_boxes: int) -> tuple[tuple[int, ...], tuple[int, ...], tuple[str, ...]]:
+    """(valid indices deduplicated, out-of-range numbers, tokens not written as an index) of one objects block."""
+    valid: dict[int, None] = {}
+    dropped: list[int] = []
+    invalid: list[str] = []
+    for written in _INDEX_LIKE_RE.findall(objects_block):
+        if not _CANONICAL_INDEX_RE.fullmatch(written):
+            token = f"<obj{written}>"
+            invalid.append(token if len(token) <= MAX_TOKEN_CHARS else token[: MAX_TOKEN_CHARS - 1] + "\u2026")
+            continue
+        index = int(written)  # at most 18 digits: cheap, exact
+        if 0 <= index < num_boxes:
+            valid[index] = None
+        else:
+            dropped.append(index)
+    return tuple(valid), tuple(dropped), tuple(invalid)
 
 
 def _free_text(segment: str, num_boxes: int, mentions: dict[int, None], dropped: list[int]) -> str:
@@ -360,7 +407,8 @@ def _free_text(segment: str, num_boxes: int, mentions: dict[int, None], dropped:
 
 
 def _remove_special_tokens(text: str) -> str:
-    """Remove every special token, including ones that removal itself creates (``<obj<obj1>1>``):
+    """Remove every special token, including ones that removal itself creates (``<obj<obj1>1>``).
+
     ``.text`` must never show the model's control tokens to a human.
     """
     cleaned = SPECIAL_TOKEN_RE.sub("", text)
@@ -389,8 +437,9 @@ def _normalise_whitespace(text: str) -> str:
 
 
 def _ends_inside_element(text: str) -> bool:
-    """True when the text stops inside an open ``<ground>``/``<objects>`` element, or right after a
-    ``</ground>`` whose objects block never started (only whitespace follows it).
+    """True when the text stops inside an open ``<ground>``/``<objects>`` element or right after a ``</ground>``.
+
+    Right after a ``</ground>`` means its objects block never started (only whitespace follows it).
     """
     position, tag = max((text.rfind(tag), tag) for tag in _STRUCTURE_TAGS)
     if position < 0:

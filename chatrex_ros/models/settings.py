@@ -52,14 +52,24 @@ def proposal_pipeline(params: ProposalNodeParams) -> ProposalPipeline:
     return ProposalPipeline(backend, selection_policy(params))
 
 
+SECURITY_OPTIONS = frozenset({"trust_remote_code"})
+"""Keys ``backend_options`` may never set: running a checkpoint's code is decided by its own explicit parameter."""
+
+
 def backend_options(text: str) -> dict[str, Any]:
-    """A ``backend_options`` parameter's JSON object (ValueError when it is not one)."""
+    """A ``backend_options`` parameter's JSON object (ValueError when it is not one, or sets a security option)."""
     try:
         options = json.loads(text) if text.strip() else {}
     except json.JSONDecodeError as error:
         raise ValueError(f"backend_options is not valid JSON: {error}") from None
     if not isinstance(options, dict):
         raise ValueError("backend_options must be a JSON object")
+    refused = sorted(SECURITY_OPTIONS & options.keys())
+    if refused:
+        raise ValueError(
+            f"backend_options may not set {', '.join(refused)}: use the {refused[0]} parameter itself "
+            "(read-only at runtime), so the decision to run a checkpoint's code is always explicit"
+        )
     return options
 
 

@@ -6,8 +6,9 @@ the robot or the object may have moved since. Depth frames are kept in a small r
 that proposals were computed for (topic ``proposals``, the only frames an answer can refer to) are pinned in a
 second small store so they survive the model's latency: pinned when the proposer announces it started on
 them (``proposals/pending``), which is while they are still in the ring, or at the latest when their proposals
-arrive. A stamp that jumps back (a bag replayed again) empties the store. An answer whose depth frame is not there waits up to
-``pairing_timeout_s`` and is then published as not valid (``REASON_STALE``): every answer gets a GraspTarget.
+arrive. A stamp that jumps back (a bag replayed again) empties the store. An answer whose depth frame is not there
+waits up to ``pairing_timeout_s`` and is then published as not valid (``REASON_STALE``): every answer gets a
+GraspTarget.
 
 The geometry is ``chatrex_ros.core.grasp`` (numpy only); this module converts messages, pairs, publishes.
 Outputs carry the answer's image stamp and the depth image's optical frame.
@@ -29,17 +30,20 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 from visualization_msgs.msg import Marker
 
-from chatrex_ros.core.answering import AnswerStatus
+from chatrex_ros.core.answering import AnswerStatus, status_name
 from chatrex_ros.core.grasp import (
+    REASON_BAD_INTRINSICS,
     REASON_NO_CAMERA_INFO,
     REASON_STALE,
     CameraGeometry,
     Target,
+    intrinsics_problem,
     target_from_colour_box,
 )
 from chatrex_ros.core.grasp_pairing import DepthStore, choose_detection
 from chatrex_ros.core.images import ImageFormatError, image_to_array
 from chatrex_ros.core.stamps import stamp_to_ns
+from chatrex_ros.core.text import printable
 from chatrex_ros.core.types import Detection
 from chatrex_ros.msg import Answer, GraspTarget, ProposalArray
 from chatrex_ros.node_parameters import GRASP_NODE, GraspNodeParams
@@ -141,6 +145,7 @@ class GraspTargetNode(ChatrexNode[GraspNodeParams]):
         self._store_info(msg, self.colour_infos, "bad_color_camera_info")
 
     def _store_info(self, msg: CameraInfo, into: dict[str, CameraGeometry], cause: str) -> None:
+        frame = _quoted(msg.header.frame_id)
         try:
             geometry = CameraGeometry(
                 K=np.asarray(msg.k, np.float64),
@@ -149,11 +154,20 @@ class GraspTargetNode(ChatrexNode[GraspNodeParams]):
                 frame_id=msg.header.frame_id,
             )
         except ValueError as error:
-            self.problems.report(cause, f"dropped CameraInfo from {msg.header.frame_id!r}: {error}")
+            self.problems.report(cause, f"dropped CameraInfo from {frame}: {error}")
             return
         with self._lock:
             into.pop(msg.header.frame_id, None)  # re-inserted last: "the latest" is the dict's last entry
             into[msg.header.frame_id] = geometry
+            # Kept even when implausible: it is what the camera says now, so targets in its frame are refused
+            # (with this reason) until a usable one arrives, rather than computed with an older calibration.
+            problem = intrinsics_problem(geometry.K, geometry.size, self.params.focal_range)
+        if problem is not None:
+            self.problems.report(
+                cause,
+                f"CameraInfo from {frame} is not usable ({REASON_BAD_INTRINSICS}: {problem}); targets with it are"
+                " refused until a usable one arrives",
+            )
 
     def _on_proposals(self, msg: ProposalArray) -> None:
         self._on_claim(msg.header)
@@ -178,9 +192,10 @@ class GraspTargetNode(ChatrexNode[GraspNodeParams]):
         received = time.monotonic()
         with self._lock:
             if msg.status != AnswerStatus.OK:
-                name = _status_name(msg.status)
-                reason = f"answer status {name}: {msg.status_message}"
-                self.problems.report(f"answer_{name.lower()}", f"query {msg.query_id!r}: {reason}")
+                name = status_name(msg.status)
+                # The publisher's text, echoed into a published reason: one line, bounded.
+                reason = f"answer status {name}: {printable(msg.status_message)}"
+                self.problems.report(f"answer_{name.lower()}", f"query {_quoted(msg.query_id)}: {reason}")
                 self._publish(msg, None, Target.invalid(reason), self._frame_hint(msg), received)
                 return
             try:
@@ -233,7 +248,9 @@ class GraspTargetNode(ChatrexNode[GraspNodeParams]):
 
     def _expire_one(self, pending: _Pending, why: str) -> None:
         stamp = stamp_to_ns(pending.answer.header.stamp)
-        self.problems.report("stale", f"answer {pending.answer.query_id!r} at stamp {stamp} ns: {REASON_STALE} ({why})")
+        self.problems.report(
+            "stale", f"answer {_quoted(pending.answer.query_id)} at stamp {stamp} ns: {REASON_STALE} ({why})"
+        )
         self._publish(
             pending.answer,
             pending.detection,
@@ -251,7 +268,7 @@ class GraspTargetNode(ChatrexNode[GraspNodeParams]):
             target = Target.invalid(f"internal error: {type(error).__name__}: {error}")
         if not target.valid:
             self.problems.report(
-                f"invalid:{_cause(target.reason)}", f"query {pending.answer.query_id!r}: {target.reason}"
+                f"invalid:{_cause(target.reason)}", f"query {_quoted(pending.answer.query_id)}: {target.reason}"
             )
         self._publish(pending.answer, pending.detection, target, frame, pending.received)
 
@@ -282,6 +299,8 @@ class GraspTargetNode(ChatrexNode[GraspNodeParams]):
                 colour_size=colour_size,
                 depth_frame_id=depth_msg.header.frame_id,
                 depth_scale=scale,
+                depth_range=params.depth_range,
+                focal_range=params.focal_range,
                 margin=params.margin,
                 percentile=params.percentile,
                 foreground=params.foreground,
@@ -300,9 +319,21 @@ class GraspTargetNode(ChatrexNode[GraspNodeParams]):
             return self.colour_infos[frame_id]
         return next(reversed(self.colour_infos.values()), None)
 
+    def _unusable_frames(self) -> set[str]:
+        """Frames whose latest camera_info (depth or colour) fails the plausibility checks (under the lock)."""
+        focal_range = self.params.focal_range
+        return {
+            frame
+            for infos in (self.depth_infos, self.colour_infos)
+            for frame, geometry in infos.items()
+            if intrinsics_problem(geometry.K, geometry.size, focal_range) is not None
+        }
+
     def _frame_hint(self, answer: Answer) -> str:
-        """Frame for a target refused without depth: the paired frame's if here, else the depth stream's latest,
-        else a depth camera_info's, else (nothing known yet) the answer's own frame.
+        """The frame_id for a target refused without depth.
+
+        The paired frame's if here, else the depth stream's latest, else a depth camera_info's, else (nothing known
+        yet) the answer's own frame.
         """
         found = self.depth.find(stamp_to_ns(answer.header.stamp), self.params.stamp_tolerance_ns)
         if found is not None:
@@ -316,7 +347,7 @@ class GraspTargetNode(ChatrexNode[GraspNodeParams]):
         header = Header(stamp=answer.header.stamp, frame_id=frame_id)
         msg = GraspTarget(header=header, query_id=answer.query_id, valid=target.valid, reason=target.reason)
         if detection is not None:
-            msg.phrase = detection.label
+            msg.label = detection.label
             msg.proposal_index = int(detection.proposal_index)
             msg.box = np.asarray(detection.box, np.float32)
         else:
@@ -353,21 +384,20 @@ class GraspTargetNode(ChatrexNode[GraspNodeParams]):
                 "depth.pinned": self.depth.pinned_count,
                 "depth_camera_info_frames": ",".join(sorted(self.depth_infos)),
                 "color_camera_info_frames": ",".join(sorted(self.colour_infos)),
+                "camera_info_unusable": ",".join(sorted(self._unusable_frames())),
                 "last_latency_ms": self.last_latency_ms,
                 **{f"targets.{name}": count for name, count in sorted(self.outcomes.items())},
             }
 
 
+def _quoted(text: str) -> str:
+    """A publisher's string (query id, frame id) for a log line: quoted, escaped, at most 100 characters."""
+    return f"'{printable(text, 100)}'"
+
+
 def _cause(reason: str) -> str:
-    """The fixed part of a reason ("unsupported depth encoding 'x' (...)" -> "unsupported depth encoding"), for counting."""
+    """The fixed part of a reason, for counting ("unsupported depth encoding 'x' (...)" -> its first three words)."""
     return re.split(r"[:('0-9]", reason, maxsplit=1)[0].strip()
-
-
-def _status_name(status: int) -> str:
-    try:
-        return AnswerStatus(status).name
-    except ValueError:
-        return f"UNKNOWN({status})"
 
 
 def _marker(header: Header, target: Target) -> Marker:
@@ -390,6 +420,7 @@ def _marker(header: Header, target: Target) -> Marker:
 
 
 def main(args: list[str] | None = None) -> None:
+    """The ``grasp_target_node`` executable: answers, depth and camera_info are served on their own threads."""
     raise SystemExit(run_node(GraspTargetNode, args, threads=3))
 
 

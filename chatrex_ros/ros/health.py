@@ -4,7 +4,9 @@ A node never dies on a bad message: it logs the first occurrence of each cause (
 ``log_every_s``), counts every occurrence, and reports the counts on /diagnostics so nothing is lost silently.
 Silence is reported too: an input that delivers nothing (:class:`InputWatch`), or a setup that cannot answer,
 is a *condition* with a level and a message naming the topic and the likely fix; conditions are logged when
-they start (then throttled) and when they clear.
+they start (then throttled) and when they clear. Messages quote what publishers sent (query ids, phrases, frame
+ids, status messages), so every line :class:`ProblemLog` writes passes :func:`~chatrex_ros.core.text.printable`:
+one line, control characters escaped, at most :data:`LOG_LINE_LIMIT` characters.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.event_handler import QoSMessageLostInfo, SubscriptionEventCallbacks
 from rclpy.node import Node
 
+from chatrex_ros.core.text import printable
+
 OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
 PROBLEM_WARN_S = 30.0
 """How long after its last new problem a node still reports WARN."""
@@ -29,8 +33,12 @@ FASTDDS_PROFILE_HINT = (
 )
 
 
+LOG_LINE_LIMIT = 500
+"""Longest line :class:`ProblemLog` writes, in characters; a longer message is cut, saying by how much."""
+
+
 class ProblemLog:
-    """Counts problems by cause and logs each cause once (then throttled)."""
+    """Counts problems by cause and logs each cause once (then throttled); every line is made safe to log."""
 
     def __init__(self, logger, log_every_s: float = 30.0) -> None:
         self._logger = logger
@@ -40,28 +48,33 @@ class ProblemLog:
         self._lock = threading.Lock()
 
     def report(self, cause: str, message: str, count: int = 1) -> None:
+        """Count ``count`` occurrences of ``cause``; log ``message`` if the cause was not logged lately."""
         with self._lock:
             self._counts[cause] += count
             if not self._due(cause):
                 return
             total = self._counts[cause]
         suffix = "" if total == 1 else f" ({total} times so far)"
-        self._logger.warning(f"[{cause}] {message}{suffix}")
+        # The count stays readable however long the message: the message is cut, not the suffix.
+        self._logger.warning(printable(f"[{cause}] {message}", LOG_LINE_LIMIT - len(suffix)) + suffix)
 
     def log_condition(self, cause: str, level: bytes, message: str) -> None:
         """Log a lasting condition when it starts, then at most every ``log_every_s``."""
         with self._lock:
             if not self._due(cause):
                 return
-        (self._logger.error if level >= ERROR else self._logger.warning)(f"[{cause}] {message}")
+        log = self._logger.error if level >= ERROR else self._logger.warning
+        log(printable(f"[{cause}] {message}", LOG_LINE_LIMIT))
 
     def clear_condition(self, cause: str, message: str) -> None:
+        """Log ``message`` once when a logged condition ends, so the next start of it logs again at once."""
         with self._lock:
             if self._last_logged.pop(cause, None) is None:
                 return
-        self._logger.info(f"[{cause}] {message}")
+        self._logger.info(printable(f"[{cause}] {message}", LOG_LINE_LIMIT))
 
     def counts(self) -> dict[str, int]:
+        """Occurrences per cause since start (a copy)."""
         with self._lock:
             return dict(self._counts)
 
@@ -106,12 +119,15 @@ class InputWatch:
         self._lock = threading.Lock()
 
     def event_callbacks(self) -> SubscriptionEventCallbacks:
+        """The callbacks to pass to ``create_subscription`` so lost samples are counted."""
         return SubscriptionEventCallbacks(message_lost=self._on_lost)
 
     def attach(self, topic: str) -> None:
+        """Record the subscription's resolved topic name, for messages and publisher counts."""
         self.topic = topic
 
     def note(self) -> None:
+        """Call from the subscription callback: one message arrived now."""
         with self._lock:
             self._last = time.monotonic()
             if self.first is None:
@@ -130,8 +146,10 @@ class InputWatch:
         )
 
     def condition(self, expected_since: float | None = None) -> Condition | None:
-        """A WARN when nothing arrived for ``silence_s`` since the last message, or since ``expected_since``
-        (a monotonic time, e.g. the first image for proposals computed from images) or the start.
+        """A WARN when nothing arrived for ``silence_s``.
+
+        Counted from the last message, or else from ``expected_since`` (a monotonic time, e.g. the first image
+        for proposals computed from images) or the start.
         """
         with self._lock:
             last = self._last
@@ -144,7 +162,10 @@ class InputWatch:
         if publishers == 0:
             detail = f"no publisher on {self.topic}: {self.fix}"
         else:
-            detail = f"{publishers} publisher(s) on {self.topic} but nothing arrives (QoS mismatch, or {FASTDDS_PROFILE_HINT})"
+            detail = (
+                f"{publishers} publisher(s) on {self.topic} but nothing arrives "
+                f"(QoS mismatch, or {FASTDDS_PROFILE_HINT})"
+            )
         return Condition(
             WARN, f"no_{self.what.replace(' ', '_')}", f"no {self.what} {since} {silent_for:.0f} s: {detail}"
         )
@@ -173,6 +194,7 @@ class Diagnostics:
         self._timer = node.create_timer(period_s, self.publish)
 
     def publish(self) -> None:
+        """Publish the node's status now (the timer calls this every ``period_s``)."""
         values = self._values()
         problems = self._problems.counts()
         conditions = sorted(self._conditions(), key=lambda c: c.level, reverse=True)  # worst first

@@ -3,19 +3,19 @@
 Images and proposals are paired by exact stamp in a bounded cache that holds the frames the proposer announced
 on ``proposals/pending`` until their proposals arrive (:mod:`chatrex_ros.core.frame_cache`). Queries (topic
 ``query`` or service ``ask``) go into a bounded FIFO queue served by one worker; the model runs one generation at a
-time on its own thread so a per-query timeout can be reported on time. A full queue answers BUSY at once, every
-failure has a status: a query never goes unanswered. Silent inputs, lost frames and a missing model show on
-/diagnostics.
+time on its own thread so a per-query timeout can be reported on time, and a query's deadline runs from its
+arrival, also while it waits. A full queue answers BUSY at once, every failure has a status: each query gets
+exactly one answer. The ``ask`` service answers from the worker, so waiting calls hold no executor thread.
+Silent inputs, lost frames and a missing model show on /diagnostics.
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,10 +32,14 @@ from chatrex_ros.core.answering import (
     QueryOutcome,
     QueryRequest,
     answer_query,
+    check_stamp,
+    query_timeout_s,
     status_name,
 )
+from chatrex_ros.core.call_thread import CallThread
 from chatrex_ros.core.frame_cache import Frame, FrameCache
 from chatrex_ros.core.images import ImageFormatError, decode_rgb
+from chatrex_ros.core.query_queue import QueryQueue
 from chatrex_ros.core.stamps import format_stamp, stamp_to_ns
 from chatrex_ros.core.types import Proposals
 from chatrex_ros.models.settings import language_backend
@@ -43,10 +47,11 @@ from chatrex_ros.msg import Answer, ProposalArray, Query
 from chatrex_ros.node_parameters import LANGUAGE_NODE, LanguageNodeParams
 from chatrex_ros.ros.annotate import draw_detections
 from chatrex_ros.ros.conversions import answer_msg, image_msg, msg_to_proposals
+from chatrex_ros.ros.deferred_service import DeferredService, Reply
 from chatrex_ros.ros.health import FASTDDS_PROFILE_HINT, WARN, Condition
 from chatrex_ros.ros.node_base import ChatrexNode
 from chatrex_ros.ros.node_runtime import StartupError, publish_from_worker, run_node
-from chatrex_ros.ros.qos import reliable_qos, sensor_qos
+from chatrex_ros.ros.qos import query_qos, reliable_qos, sensor_qos
 from chatrex_ros.srv import Ask
 
 NO_MODEL = (
@@ -73,12 +78,23 @@ class _StoredProposals:
 
 @dataclass
 class _Job:
+    """One accepted query; :meth:`LanguageNode._finish` answers it exactly once, whoever gets there first."""
+
     query: Query
     request: QueryRequest
     received: float
     deadline: float
     reply: Callable[[Answer], None] | None = None
-    done: threading.Event = field(default_factory=threading.Event)
+    answered: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def claim(self) -> bool:
+        """True for the one caller that may answer this job (the worker, or the queue's deadline sweep)."""
+        with self.lock:
+            if self.answered:
+                return False
+            self.answered = True
+            return True
 
 
 class LanguageNode(ChatrexNode[LanguageNodeParams]):
@@ -94,17 +110,17 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
         self.cache: FrameCache[_StoredImage, _StoredProposals] = FrameCache(
             params.frame_cache_size, params.recent_images
         )
-        self.jobs: queue.Queue[_Job] = queue.Queue(maxsize=params.queue_size)
+        self.jobs: QueryQueue[_Job] = QueryQueue(params.queue_size)
         self.status_counts = {status.name: 0 for status in AnswerStatus}
         self._counts_lock = threading.Lock()  # answers are finished on the worker and on intake threads
         self.last_latency_ms = 0.0
-        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="language_model")
+        self._model_thread = CallThread("language_model")
         self._pending_generation: Future[AnswerResult] | None = None
-        self._draw_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="annotate")
+        self._draw_thread = CallThread("annotate")
         self._drawing: Future[None] | None = None
-        self._running = True
 
-        self.answer_pub = self.create_publisher(Answer, "answer", reliable_qos())
+        # Answers and queries keep a deep history: a burst of BUSY answers must reach a slow reader too.
+        self.answer_pub = self.create_publisher(Answer, "answer", query_qos())
         self.annotated_pub = (
             self.create_publisher(Image, "answer_image", reliable_qos(2)) if params.publish_annotated else None
         )
@@ -143,11 +159,11 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
             Header, "proposals/pending", self._on_claim, reliable_qos(), callback_group=MutuallyExclusiveCallbackGroup()
         )
         self.create_subscription(
-            Query, "query", self._on_query, reliable_qos(), callback_group=MutuallyExclusiveCallbackGroup()
+            Query, "query", self._on_query, query_qos(), callback_group=MutuallyExclusiveCallbackGroup()
         )
-        self.create_service(Ask, "ask", self._on_ask, callback_group=ReentrantCallbackGroup())
-        self._worker = threading.Thread(target=self._serve, name="query_worker", daemon=True)
-        self._worker.start()
+        self.ask = DeferredService(self, Ask, "ask", self._on_ask, callback_group=ReentrantCallbackGroup())
+        self.create_timer(0.05, self._expire_queued, callback_group=MutuallyExclusiveCallbackGroup())
+        self._worker = self.start_worker("query_worker", self._serve)
         model = self.backend.name if self.backend is not None else "none"
         self.start_serving(
             f"language backend '{model}' ready; queue {params.queue_size}; images on "
@@ -198,23 +214,17 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
     def _on_query(self, msg: Query) -> None:
         self._submit(msg, reply=None)
 
-    def _on_ask(self, request: Ask.Request, response: Ask.Response) -> Ask.Response:
-        answers: list[Answer] = []
-        job = self._submit(request.query, reply=answers.append)
-        if job is not None:
-            job.done.wait(timeout=max(0.0, job.deadline - time.monotonic()) + 5.0)
-        response.answer = (
-            answers[0]
-            if answers
-            else self._answer(request.query, AnswerStatus.TIMEOUT, "no answer in time", time.monotonic())
-        )
-        return response
+    def _on_ask(self, request: Ask.Request, reply: Reply) -> None:
+        """Returns at once: the answer is sent from whichever thread finishes the query."""
+        self._submit(request.query, reply=lambda answer: reply.send(Ask.Response(answer=answer)))
 
-    def _submit(self, msg: Query, reply: Callable[[Answer], None] | None) -> _Job | None:
+    def _submit(self, msg: Query, reply: Callable[[Answer], None] | None) -> None:
         received = time.monotonic()
         if not msg.id:
             msg.id = uuid.uuid4().hex[:12]
         try:
+            check_stamp(int(msg.image_stamp.sec), int(msg.image_stamp.nanosec))
+            timeout = query_timeout_s(msg.timeout_s, self.params.query_timeout_s)
             request = QueryRequest.create(
                 msg.task,
                 list(msg.targets),
@@ -224,34 +234,40 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
             )
         except QueryError as error:
             self.problems.report("bad_query", f"query {msg.id!r}: {error}")
-            self._finish(self._answer(msg, error.status, str(error), received), reply)
-            return None
-        timeout = float(msg.timeout_s) if msg.timeout_s > 0 else self.params.query_timeout_s
+            self._finish(None, self._answer(msg, error.status, str(error), received), reply)
+            return
         job = _Job(msg, request, received, received + timeout, reply)
-        try:
-            self.jobs.put_nowait(job)
-        except queue.Full:
+        if not self.jobs.put(job, job.deadline):
             self.problems.report("busy", f"query queue full ({self.jobs.maxsize}); answered BUSY")
-            self._finish(
-                self._answer(msg, AnswerStatus.BUSY, f"query queue full ({self.jobs.maxsize} waiting)", received), reply
+            busy = self._answer(msg, AnswerStatus.BUSY, f"query queue full ({self.jobs.maxsize} waiting)", received)
+            self._finish(None, busy, reply)
+
+    def _expire_queued(self) -> None:
+        """A queued query's deadline runs while it waits: answer TIMEOUT when it passes, not when its turn comes."""
+        for job in self.jobs.expire(time.monotonic()):
+            waited = time.monotonic() - job.received
+            answer = self._answer(
+                job.query, AnswerStatus.TIMEOUT, f"timed out after {waited:.1f} s waiting in the queue", job.received
             )
-            return None
-        return job
+            self._finish(job, answer, job.reply)
 
     # ---- the worker: one query at a time, in arrival order ----
     def _serve(self) -> None:
-        while self._running:
-            try:
-                job = self.jobs.get(timeout=0.2)
-            except queue.Empty:
+        while self.running:
+            job = self.jobs.get(timeout=0.2)
+            if job is None:
                 continue
             try:
                 answer = self._run(job)
-            except Exception as error:  # last line of defence: the worker must survive anything
+            except BaseException as error:  # last line of defence: the worker must survive anything
                 self.problems.report("internal_error", f"{type(error).__name__}: {error}")
-                answer = self._answer(job.query, AnswerStatus.MODEL_ERROR, f"internal error: {error}", job.received)
-            self._finish(answer, job.reply)
-            job.done.set()
+                answer = self._answer(
+                    job.query,
+                    AnswerStatus.MODEL_ERROR,
+                    f"internal error: {type(error).__name__}: {error}",
+                    job.received,
+                )
+            self._finish(job, answer, job.reply)
 
     def _run(self, job: _Job) -> Answer:
         started = time.monotonic()
@@ -286,6 +302,10 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
             if error.status == AnswerStatus.MODEL_ERROR:
                 self.problems.report("model_error", f"query {job.query.id!r}: {error}")
             return self._answer(job.query, error.status, str(error), job.received, frame, queue_ms=queue_ms)
+        except BaseException as error:  # SystemExit, KeyboardInterrupt raised inside a model: its failure
+            message = f"{type(error).__name__} from the language backend: {error}"
+            self.problems.report("model_error", f"query {job.query.id!r}: {message}")
+            return self._answer(job.query, AnswerStatus.MODEL_ERROR, message, job.received, frame, queue_ms=queue_ms)
         self.cache.keep(frame.stamp_ns)  # a follow-up about this frame is likely
         answer = self._answer(job.query, AnswerStatus.OK, "", job.received, frame, result, queue_ms)
         self._annotate(image, result, answer.header)
@@ -390,7 +410,10 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
         )
         return answer_msg(header, outcome)
 
-    def _finish(self, answer: Answer, reply: Callable[[Answer], None] | None) -> None:
+    def _finish(self, job: _Job | None, answer: Answer, reply: Callable[[Answer], None] | None) -> None:
+        """Publish ``answer`` (and send it to an ``ask`` caller) unless ``job`` was answered already."""
+        if job is not None and not job.claim():
+            return
         with self._counts_lock:
             self.status_counts[status_name(answer.status)] += 1
             self.last_latency_ms = answer.total_ms
@@ -412,7 +435,7 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
     def _diagnostic_values(self) -> dict[str, object]:
         return {
             "model": self.backend.name if self.backend is not None else "none (not configured)",
-            "queue_depth": self.jobs.qsize(),
+            "queue_depth": len(self.jobs),
             "last_latency_ms": self.last_latency_ms,
             **{f"frames.{kind}": count for kind, count in self.cache.sizes().items()},
             "images_received": self.cache.stats.images,
@@ -425,11 +448,14 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
         }
 
     def close(self) -> None:
-        """Stop the worker and the model and drawing threads (a generation in progress is abandoned)."""
-        self._running = False
-        self._worker.join(timeout=5.0)
-        self._model_thread.shutdown(wait=False, cancel_futures=True)
-        self._draw_thread.shutdown(wait=False, cancel_futures=True)
+        """Stop the worker and the model and drawing threads; a generation in progress is abandoned.
+
+        The threads are daemons: a generation stuck in the model cannot delay the exit.
+        """
+        self.running = False
+        self._worker.join(timeout=1.0)
+        self._model_thread.stop()
+        self._draw_thread.stop()
 
 
 def main(args: list[str] | None = None) -> None:

@@ -5,10 +5,16 @@
 3. the problem log, and a validator for runtime changes that goes through the same two checks;
 4. (the node builds its model, publishers and subscriptions);
 5. :meth:`ChatrexNode.start_serving`: /diagnostics and the one "ready" line.
+
+Worker threads start through :meth:`ChatrexNode.start_worker`: one that dies turns /diagnostics ERROR and stops
+the node with a non-zero exit code, so a supervisor restarts it instead of a live process that stopped working.
 """
 
 from __future__ import annotations
 
+import threading
+import time
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -18,8 +24,8 @@ from chatrex_ros.core.stamps import NS_PER_S, format_stamp
 from chatrex_ros.core.time_jumps import StampEvent, StampVerdict
 from chatrex_ros.node_parameters import typed, with_changes
 from chatrex_ros.parameters import ParamSpec
-from chatrex_ros.ros.health import Condition, Diagnostics, InputWatch, ProblemLog
-from chatrex_ros.ros.node_runtime import StartupError
+from chatrex_ros.ros.health import ERROR, Condition, Diagnostics, InputWatch, ProblemLog
+from chatrex_ros.ros.node_runtime import EXIT_WORKER_DIED, StartupError
 from chatrex_ros.ros.params import declare_parameters, install_validator
 
 P = TypeVar("P")
@@ -35,6 +41,9 @@ class ChatrexNode(Node, Generic[P]):
         if problem:
             raise StartupError(problem)
         self.problems = ProblemLog(self.get_logger())
+        self.running = True  # False once close() began: worker loops end, their ending is no failure
+        self.exit_code = 0
+        self._failure: Condition | None = None
         install_validator(self, specs, self._on_parameters)
 
     def check_parameters(self, params: P) -> str | None:
@@ -57,8 +66,48 @@ class ChatrexNode(Node, Generic[P]):
         conditions: Callable[[], list[Condition]] | None = None,
     ) -> None:
         """Publish /diagnostics from now on and log the node's one "ready" line."""
-        self.diagnostics = Diagnostics(self, values, self.problems, conditions)
+
+        def all_conditions() -> list[Condition]:
+            found = conditions() if conditions is not None else []
+            return [self._failure, *found] if self._failure is not None else found
+
+        self.diagnostics = Diagnostics(self, values, self.problems, all_conditions)
         self.get_logger().info(ready)
+
+    def start_worker(self, name: str, loop: Callable[[], None]) -> threading.Thread:
+        """Run ``loop`` on a daemon thread (abandoned at exit, so a stuck model never delays shutdown).
+
+        ``loop`` must catch what its work raises; if it raises anyway, or returns while the node still runs,
+        the node fails: see :meth:`fail`.
+        """
+
+        def run() -> None:
+            try:
+                loop()
+            except BaseException as error:
+                if self.running:
+                    self.fail(f"worker thread {name!r} died: {type(error).__name__}: {error}", traceback.format_exc())
+                return
+            if self.running:
+                self.fail(f"worker thread {name!r} stopped while the node was running")
+
+        thread = threading.Thread(target=run, name=name, daemon=True)
+        thread.start()
+        return thread
+
+    def fail(self, reason: str, details: str = "") -> None:
+        """A part of the node stopped working: ERROR on /diagnostics, then stop with exit code EXIT_WORKER_DIED."""
+        self.get_logger().fatal(f"{reason}; stopping with exit code {EXIT_WORKER_DIED} so a supervisor restarts")
+        if details:
+            self.get_logger().error(details)
+        self._failure = Condition(ERROR, "worker_died", reason)
+        self.exit_code = EXIT_WORKER_DIED
+        diagnostics = getattr(self, "diagnostics", None)
+        if diagnostics is not None:
+            diagnostics.publish()
+        time.sleep(0.5)  # let the ERROR status reach subscribers before the participant goes
+        if self.context.ok():
+            self.context.try_shutdown()
 
     def report_stamp_event(self, stream: str, verdict: StampVerdict, cleared: str) -> None:
         """Report a time jump (a bag replayed again, a clock reset) or a mis-stamped frame of ``stream``."""

@@ -27,14 +27,22 @@ def publish_from_worker(node: Node, publisher, msg) -> bool:
     return True
 
 
+EXIT_WORKER_DIED = 70  # sysexits' EX_SOFTWARE: an internal failure, worth a restart by a supervisor
+
+
 class StartupError(RuntimeError):
     """A configuration problem found before spinning (missing file, dependency, bad parameter)."""
 
 
 def run_node(factory: Callable[[], Node], args: list[str] | None = None, threads: int = 1) -> int:
-    """rclpy.init, build the node, spin until shutdown; exit code 1 with one readable line on a start-up error."""
+    """rclpy.init, build the node, spin until shutdown: the exit code.
+
+    0 after a normal stop, 1 with one readable line on a start-up error, the node's ``exit_code`` when a
+    part of it failed while running (:data:`EXIT_WORKER_DIED`).
+    """
     rclpy.init(args=args if args is not None else sys.argv)
     node: Node | None = None
+    exit_code = 0
     try:
         try:
             node = factory()
@@ -57,10 +65,11 @@ def run_node(factory: Callable[[], Node], args: list[str] | None = None, threads
         pass
     finally:
         if node is not None:
+            exit_code = int(getattr(node, "exit_code", 0))
             close = getattr(node, "close", None)
             if close is not None:
                 close()
             node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
-    return 0
+    return exit_code

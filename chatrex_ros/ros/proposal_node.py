@@ -68,11 +68,9 @@ class ProposalNode(ChatrexNode[ProposalNodeParams]):
 
         self._mailbox: _Pending | None = None
         self._wakeup = threading.Condition()
-        self._running = True
         self._stats = {"frames": 0, "skipped": 0, "last_latency_ms": 0.0, "last_inference_ms": 0.0}
         self._rate_window: list[float] = []
-        self._worker = threading.Thread(target=self._work, name="proposal_worker", daemon=True)
-        self._worker.start()
+        self._worker = self.start_worker("proposal_worker", self._work)
         backend, policy = self.pipeline.backend, self.pipeline.policy
         provider = getattr(backend, "provider", "")
         self.start_serving(
@@ -104,8 +102,8 @@ class ProposalNode(ChatrexNode[ProposalNodeParams]):
     def _work(self) -> None:
         while True:
             with self._wakeup:
-                self._wakeup.wait_for(lambda: self._mailbox is not None or not self._running)
-                if not self._running:
+                self._wakeup.wait_for(lambda: self._mailbox is not None or not self.running)
+                if not self.running:
                     return
                 pending, self._mailbox = self._mailbox, None
             if pending is not None:
@@ -122,7 +120,7 @@ class ProposalNode(ChatrexNode[ProposalNodeParams]):
             return
         try:
             proposals = self.pipeline.run(image)
-        except Exception as error:  # a backend failure must not kill the node
+        except BaseException as error:  # a backend failure, SystemExit included, must not stop the node
             self.problems.report("backend_error", f"proposal backend failed: {type(error).__name__}: {error}")
             return
         out = proposals_to_msg(proposals, msg.header, image.shape[1], image.shape[0], self.params.granularity)
@@ -142,9 +140,9 @@ class ProposalNode(ChatrexNode[ProposalNodeParams]):
     def close(self) -> None:
         """Stop the worker (called by run_node before the node is destroyed)."""
         with self._wakeup:
-            self._running = False
+            self.running = False
             self._wakeup.notify()
-        self._worker.join(timeout=5.0)
+        self._worker.join(timeout=2.0)
 
 
 def main(args: list[str] | None = None) -> None:

@@ -23,3 +23,16 @@ def reliable_qos(depth: int = 10) -> QoSProfile:
         reliability=ReliabilityPolicy.RELIABLE,
         durability=DurabilityPolicy.VOLATILE,
     )
+
+
+QUERY_HISTORY_DEPTH = 1000
+"""Queries and answers a reader or writer holds before the middleware drops one.
+
+Why so deep: a query burst (200 in a second) must reach the node's callback, which decides (queued or BUSY);
+a KEEP_LAST(10) reader dropped queries before the node saw them. Both messages are small.
+"""
+
+
+def query_qos() -> QoSProfile:
+    """Queries and answers: reliable, and deep enough that a burst is decided by the node, not lost before."""
+    return reliable_qos(QUERY_HISTORY_DEPTH)

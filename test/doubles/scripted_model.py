@@ -20,6 +20,7 @@ class ScriptedModel:
     answers_by_word: {word: answer}; the first word found in the prompt picks the answer.
     sleep_s: simulated generation time; sleep_by_word: {word: seconds} for prompts containing word.
     fail_word: a prompt containing it raises RuntimeError.
+    raise_by_word: {word: "SystemExit" | "KeyboardInterrupt" | "MemoryError"} for prompts containing word.
     record_path: append one JSON line per call (prompt, boxes) for cross-process checks.
     """
 
@@ -33,7 +34,9 @@ class ScriptedModel:
         sleep_by_word: dict[str, float] | None = None,
         fail_word: str = "",
         record_path: str = "",
+        raise_by_word: dict[str, str] | None = None,
     ) -> None:
+        self.raise_by_word = raise_by_word or {}
         self.answer = answer
         self.answers_by_word = answers_by_word or {}
         self.sleep_s = sleep_s
@@ -57,6 +60,11 @@ class ScriptedModel:
                     )
                     + "\n"
                 )
+        for word, name in self.raise_by_word.items():
+            if word in prompt:
+                raise {"SystemExit": SystemExit, "KeyboardInterrupt": KeyboardInterrupt, "MemoryError": MemoryError}[
+                    name
+                ](f"scripted {name}")
         if self.fail_word and self.fail_word in prompt:
             raise RuntimeError(f"scripted failure for prompt containing {self.fail_word!r}")
         delay = next((t for word, t in self.sleep_by_word.items() if word in prompt), self.sleep_s)

@@ -1,0 +1,254 @@
+"""Hostile input, bursts and faults over real DDS: the node stays alive and every query gets exactly one answer.
+
+language_node runs in its own process with the scripted TEST DOUBLE of the language model (test/doubles);
+the node's queue, deadlines, validation and the deferred ``ask`` service run for real.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import struct
+import time
+import zlib
+from collections import Counter
+
+import numpy as np
+import pytest
+from ros_harness import NodeProcess, RosClient, header, textured_image, wait_until
+from sensor_msgs.msg import CompressedImage, Image
+
+from chatrex_ros.core.types import Proposals
+from chatrex_ros.msg import Answer, ProposalArray, Query
+from chatrex_ros.ros.conversions import compressed_image_msg, image_msg, proposals_to_msg
+from chatrex_ros.srv import Ask
+
+pytestmark = pytest.mark.ros
+
+BOXES = np.array([[10, 10, 50, 60], [100, 20, 180, 90], [30, 100, 90, 170]], np.float32)
+SCORES = np.array([0.9, 0.8, 0.6], np.float32)
+SCRIPT = {
+    "answers_by_word": {"cup": "<ground>cup</ground><objects><obj2><obj150><obj0></objects>"},
+    "sleep_by_word": {"slow": 1.5, "stuck": 120.0},
+    "raise_by_word": {"exiting": "SystemExit", "interrupting": "KeyboardInterrupt", "hungry": "MemoryError"},
+}
+STAMP = 1_700_000_200_000_000_000
+
+
+def start_node(**params):
+    return NodeProcess(
+        "chatrex_ros.ros.language_node",
+        "language_node",
+        params={
+            "language_backend": "python:doubles.scripted_model:ScriptedModel",
+            "backend_options": json.dumps(SCRIPT),
+            "queue_size": 2,
+            "pairing_wait_s": 0.5,
+            "image_qos.reliability": "reliable",
+            "image_qos.depth": 10,
+            **params,
+        },
+    )
+
+
+@pytest.fixture(scope="module")
+def graph():
+    node = start_node()
+    client = RosClient("hostile_client")
+    try:
+        pubs = {
+            "image": client.publisher(Image, "image"),
+            "proposals": client.publisher(ProposalArray, "proposals"),
+            "query": client.publisher(Query, "query", depth=1000),
+        }
+        answers = client.subscribe(Answer, "answer", depth=1000)
+        for publisher in pubs.values():
+            wait_until(lambda p=publisher: p.get_subscription_count() > 0 or not node.alive(), 30, "language_node")
+        client.wait_for_publishers("answer")
+        pubs["image"].publish(image_msg(textured_image(240, 320), "rgb8", header(STAMP)))
+        proposals = Proposals(boxes=BOXES, scores=SCORES, backend="test")
+        pubs["proposals"].publish(proposals_to_msg(proposals, header(STAMP), 320, 240, "fine"))
+        yield client, pubs, answers, node
+    finally:
+        client.close()
+        assert node.stop() == 0, node.output()
+
+
+def answers_to(answers, query_id: str) -> list[Answer]:
+    return [a for a in list(answers) if a.query_id == query_id]
+
+
+def ask_topic(graph, query: Query, timeout: float = 20.0) -> Answer:
+    _, pubs, answers, node = graph
+    pubs["query"].publish(query)
+    wait_until(lambda: answers_to(answers, query.id), timeout, f"answer to {query.id}")
+    time.sleep(0.1)  # a second answer would have arrived by now
+    matching = answers_to(answers, query.id)
+    assert len(matching) == 1, f"exactly one answer per query, got {len(matching)}"
+    assert node.alive(), node.output()
+    return matching[0]
+
+
+def ask_service(graph, query: Query, timeout: float = 20.0) -> Answer:
+    client, _, _, node = graph
+    service = client.node.create_client(Ask, "ask")
+    try:
+        assert service.wait_for_service(timeout_sec=10)
+        future = service.call_async(Ask.Request(query=query))
+        wait_until(future.done, timeout, f"Ask response to {query.id}")
+        assert node.alive(), node.output()
+        return future.result().answer
+    finally:
+        client.node.destroy_client(service)
+
+
+BAD_NUMBERS = [
+    ("timeout_inf", {"timeout_s": math.inf}),
+    ("timeout_nan", {"timeout_s": math.nan}),
+    ("timeout_huge", {"timeout_s": 1e10}),
+    ("timeout_negative", {"timeout_s": -1.0}),
+    ("tokens_huge", {"max_new_tokens": 4294967295}),
+    ("tokens_over_cap", {"max_new_tokens": 8193}),
+]
+
+
+@pytest.mark.parametrize("how", ["topic", "service"])
+@pytest.mark.parametrize(("name", "fields"), BAD_NUMBERS, ids=[name for name, _ in BAD_NUMBERS])
+def test_out_of_range_numbers_are_bad_queries_and_the_node_lives(graph, how, name, fields) -> None:
+    query = Query(id=f"{name}-{how}", task="detect", text="cup", **fields)
+    answer = (ask_topic if how == "topic" else ask_service)(graph, query)
+    assert answer.status == Answer.STATUS_BAD_QUERY, answer.status_message
+    assert ask_topic(graph, Query(id=f"after-{name}-{how}", task="detect", text="cup")).status == Answer.STATUS_OK
+
+
+def test_an_invalid_stamp_is_a_bad_query(graph) -> None:
+    query = Query(id="bad-stamp", task="detect", text="cup")
+    query.image_stamp.nanosec = 2_000_000_000
+    answer = ask_topic(graph, query)
+    assert answer.status == Answer.STATUS_BAD_QUERY and "nanosec" in answer.status_message
+
+
+@pytest.mark.parametrize("word", ["exiting", "interrupting", "hungry"])
+def test_any_exception_from_the_backend_is_a_model_error_and_the_worker_lives(graph, word) -> None:
+    answer = ask_topic(graph, Query(id=f"raise-{word}", task="detect", text=word))
+    assert answer.status == Answer.STATUS_MODEL_ERROR
+    assert "scripted" in answer.status_message
+    follow_up = [ask_topic(graph, Query(id=f"{word}-then-{i}", task="detect", text="cup")) for i in range(6)]
+    assert [a.status for a in follow_up] == [Answer.STATUS_OK] * 6
+
+
+def test_one_out_of_range_index_keeps_the_groups_valid_ones(graph) -> None:
+    answer = ask_topic(graph, Query(id="obj150", task="detect", text="cup"))
+    assert answer.status == Answer.STATUS_OK
+    assert [d.proposal_index for d in answer.detections] == [2, 0]
+
+
+def test_a_burst_gets_exactly_one_answer_per_query(graph) -> None:
+    _, pubs, answers, node = graph
+    ids = [f"burst-{i}" for i in range(200)]
+    for i, query_id in enumerate(ids):
+        pubs["query"].publish(Query(id=query_id, task="detect", text="slow cup" if i < 2 else "cup"))
+    wait_until(lambda: all(answers_to(answers, q) for q in ids), 60, "an answer to every query of the burst")
+    time.sleep(0.5)
+    counts = Counter(a.query_id for a in list(answers) if a.query_id.startswith("burst-"))
+    assert set(counts) == set(ids) and set(counts.values()) == {1}
+    statuses = Counter(answers_to(answers, q)[0].status for q in ids)
+    assert statuses[Answer.STATUS_BUSY] > 0, "a full queue answers BUSY"
+    assert set(statuses) <= {Answer.STATUS_OK, Answer.STATUS_BUSY}
+    assert node.alive()
+
+
+def test_concurrent_asks_hold_no_executor_thread(graph) -> None:
+    """Ten waiting Ask calls: topic queries are still answered, BUSY comes at once."""
+    client, pubs, answers, node = graph
+    service = client.node.create_client(Ask, "ask")
+    assert service.wait_for_service(timeout_sec=10)
+    futures = [
+        service.call_async(Ask.Request(query=Query(id=f"ask-{i}", task="detect", text="slow cup"))) for i in range(10)
+    ]
+    time.sleep(0.3)
+    sent = time.monotonic()
+    ids = [f"during-asks-{i}" for i in range(20)]
+    for query_id in ids:
+        pubs["query"].publish(Query(id=query_id, task="detect", text="cup"))
+    wait_until(lambda: all(answers_to(answers, q) for q in ids), 10, "topic queries answered during the asks")
+    assert time.monotonic() - sent < 5.0
+    wait_until(lambda: all(f.done() for f in futures), 60, "every Ask answered")
+    statuses = Counter(f.result().answer.status for f in futures)
+    assert statuses[Answer.STATUS_BUSY] > 0 and set(statuses) <= {Answer.STATUS_OK, Answer.STATUS_BUSY}
+    client.node.destroy_client(service)
+    assert node.alive()
+
+
+def test_a_queued_query_times_out_on_its_own_deadline(graph) -> None:
+    _, pubs, answers, _ = graph
+    pubs["query"].publish(Query(id="long-generation", task="detect", text="slow cup"))
+    time.sleep(0.2)
+    sent = time.monotonic()
+    pubs["query"].publish(Query(id="short-deadline", task="detect", text="cup", timeout_s=0.4))
+    wait_until(lambda: answers_to(answers, "short-deadline"), 10, "the queued query's TIMEOUT")
+    took = time.monotonic() - sent
+    assert answers_to(answers, "short-deadline")[0].status == Answer.STATUS_TIMEOUT
+    assert took < 1.2, f"answered after {took:.2f} s, not when its 0.4 s deadline passed"
+    wait_until(lambda: answers_to(answers, "long-generation"), 10, "the long generation")
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("module", ["chatrex_ros.ros.language_node", "chatrex_ros.ros.proposal_node"])
+def test_a_decompression_bomb_header_is_dropped_and_the_node_serves_on(module) -> None:
+    node = NodeProcess(module, module.rsplit(".", 1)[1], params={"image_transport": "compressed"})
+    client = RosClient("bomb_client")
+    try:
+        images = client.publisher(CompressedImage, "image/compressed")
+        wait_until(lambda: images.get_subscription_count() > 0 or not node.alive(), 30, module)
+        images.publish(compressed_image_msg("png", _png_claiming(40000, 30000), header(STAMP)))
+        wait_until(lambda: "40000x30000" in node.output() or not node.alive(), 15, "the bomb reported")
+        assert node.alive(), node.output()
+        if module.endswith("proposal_node"):
+            proposals = client.subscribe(ProposalArray, "proposals")
+            client.wait_for_publishers("proposals")
+            import cv2
+
+            ok, png = cv2.imencode(".png", textured_image(120, 160))
+            assert ok
+            images.publish(compressed_image_msg("rgb8; png compressed bgr8", png.tobytes(), header(STAMP + 1)))
+            wait_until(lambda: proposals, 30, "proposals for a good frame after the bomb")
+    finally:
+        client.close()
+        assert node.stop() == 0, node.output()
+
+
+def test_sigterm_during_a_stuck_generation_exits_fast_and_clean() -> None:
+    node = start_node()
+    client = RosClient("stuck_client")
+    try:
+        pubs = {
+            "image": client.publisher(Image, "image"),
+            "proposals": client.publisher(ProposalArray, "proposals"),
+            "query": client.publisher(Query, "query"),
+        }
+        for publisher in pubs.values():
+            wait_until(lambda p=publisher: p.get_subscription_count() > 0, 30, "language_node")
+        pubs["image"].publish(image_msg(textured_image(240, 320), "rgb8", header(STAMP)))
+        pubs["proposals"].publish(
+            proposals_to_msg(Proposals(boxes=BOXES, scores=SCORES, backend="t"), header(STAMP), 320, 240, "fine")
+        )
+        pubs["query"].publish(Query(id="stuck", task="detect", text="stuck cup", timeout_s=600.0))
+        time.sleep(1.5)
+        start = time.monotonic()
+        node.process.send_signal(signal.SIGTERM)
+        node.process.wait(timeout=10)
+        assert time.monotonic() - start < 5.0
+        assert node.process.returncode == 0, node.output()
+        assert "Traceback" not in node.output(), node.output()
+    finally:
+        client.close()
+        node.stop()
