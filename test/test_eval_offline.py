@@ -327,7 +327,7 @@ def test_log_time_rate_counts_intervals():
 
 
 def test_per_class_plot_draws_zero_and_not_measured_distinctly():
-    pytest.importorskip("matplotlib")
+    pytest.importorskip("matplotlib", reason="plots need the [sample] extra (matplotlib)")
     names = ["cup", "tower", "bird"]
     figure = per_class_figure(names, {"precision": [0.5, None, 0.0], "recall": [1.0, 0.0, None]}, "P/R")
     axes = figure.axes[0]
