@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from chatrex_ros.core.grasp_pairing import SELECTIONS
+from chatrex_ros.core.images import MAX_IMAGE_PIXELS
 from chatrex_ros.core.proposals import (
     DEFAULT_MIN_SCORE,
     DEFAULT_NMS_IOU,
@@ -56,6 +57,7 @@ class ProposalNodeParams:
     nms_iou: float
     max_proposals: int
     image_transport: str
+    max_image_pixels: int
     warmup: bool
     input_silence_s: float
     image_qos: SensorQos
@@ -76,10 +78,12 @@ class LanguageNodeParams:
     queue_size: int
     frame_cache_size: int
     recent_images: int
+    frame_cache_mb: int
     pairing_wait_s: float
     input_silence_s: float
     publish_annotated: bool
     image_transport: str
+    max_image_pixels: int
     image_qos: SensorQos
 
 
@@ -104,6 +108,7 @@ class GraspNodeParams:
     color_height: int
     depth_buffer_size: int
     pinned_frames: int
+    depth_buffer_mb: int
     input_silence_s: float
     depth_qos: SensorQos
 
@@ -145,6 +150,15 @@ IMAGE_TRANSPORT = ParamSpec(
     read_only=True,
 )
 """The camera subscription both image-reading nodes share."""
+
+MAX_IMAGE_PIXELS_SPEC = ParamSpec(
+    "max_image_pixels",
+    MAX_IMAGE_PIXELS,
+    "Images declaring more pixels are dropped with a reason, before any decoding (decompression bombs).",
+    minimum=1,
+    maximum=2**30,
+)
+"""Both image-reading nodes' limit on one image's size."""
 
 PROPOSAL_NODE: list[ParamSpec] = [
     ParamSpec(
@@ -211,6 +225,7 @@ PROPOSAL_NODE: list[ParamSpec] = [
         maximum=MAX_COUNT_RANGE[1],
     ),
     IMAGE_TRANSPORT,
+    MAX_IMAGE_PIXELS_SPEC,
     ParamSpec("warmup", True, "Run the backend once on a blank frame before serving.", read_only=True),
     ParamSpec(
         "input_silence_s", 5.0, "Warn on /diagnostics when no image arrives for this long.", minimum=0.5, maximum=3600.0
@@ -272,6 +287,14 @@ LANGUAGE_NODE: list[ParamSpec] = [
         read_only=True,
     ),
     ParamSpec(
+        "frame_cache_mb",
+        1024,
+        "Byte budget of all cached images, MiB: beyond it the least useful go first; a larger image is dropped.",
+        minimum=16,
+        maximum=1 << 20,
+        read_only=True,
+    ),
+    ParamSpec(
         "pairing_wait_s",
         5.0,
         "How long a query waits for proposals when its frame has none yet.",
@@ -289,6 +312,7 @@ LANGUAGE_NODE: list[ParamSpec] = [
         "publish_annotated", False, "Publish the answered frame with boxes drawn on `answer_image`.", read_only=True
     ),
     IMAGE_TRANSPORT,
+    MAX_IMAGE_PIXELS_SPEC,
     *sensor_qos_specs(),
 ]
 
@@ -397,6 +421,14 @@ GRASP_NODE: list[ParamSpec] = [
         "Depth frames kept because proposals were computed for them (0 = do not subscribe `proposals`).",
         minimum=0,
         maximum=64,
+        read_only=True,
+    ),
+    ParamSpec(
+        "depth_buffer_mb",
+        512,
+        "Byte budget of all buffered depth frames, MiB: beyond it the oldest go first; a larger frame is dropped.",
+        minimum=16,
+        maximum=1 << 20,
         read_only=True,
     ),
     ParamSpec(

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chatrex_ros.core.frame_cache import CLAIMED_CAPACITY, FrameCache
+from chatrex_ros.core.frame_cache import CLAIMED_CAPACITY, FrameCache, FrameTooLarge
 from chatrex_ros.core.time_jumps import StampEvent, StampTimeline
 
 MS = 1_000_000
@@ -174,6 +174,35 @@ def test_wait_for_wakes_up_when_the_proposals_arrive() -> None:
     timer.join()
 
 
+def test_a_refused_list_ends_the_wait_for_its_frame_and_keeps_the_image_for_a_valid_one() -> None:
+    cache: FrameCache[str, str] = FrameCache()
+    cache.add_image(1, "i")
+    cache.claim(1)
+    timer = threading.Timer(0.1, cache.refuse, args=(1, "box 0 is inverted"))
+    timer.start()
+    assert cache.wait_for(1, 5.0) is None  # woken by the refusal, not by the 5 s timeout
+    timer.join()
+    assert cache.refusal(1) == (1, "box 0 is inverted") and cache.refusal() == (1, "box 0 is inverted")
+    assert cache.last_list_refused and cache.stats.proposals_refused == 1
+    assert cache.sizes()["claimed"] == 0 and cache.sizes()["recent"] == 1
+    cache.add_proposals(1, "p")  # a second proposer's valid list still pairs with the kept image
+    frame = cache.wait_for(1, 0.0)
+    assert frame is not None and frame.image == "i"
+    assert cache.refusal(1) is None and not cache.last_list_refused
+
+
+def test_refusals_are_bounded_and_forgotten_on_a_time_jump() -> None:
+    cache: FrameCache[str, str] = FrameCache()
+    for stamp in range(1, 21):
+        cache.add_image(stamp * 33 * MS, "i")
+        cache.refuse(stamp * 33 * MS, f"reason {stamp}")
+    assert cache.sizes()["refused"] < 20 and cache.refusal() == (20 * 33 * MS, "reason 20")
+    assert cache.refusal(33 * MS) is None  # the oldest reason made room
+    for stamp in (1, 2, 3):  # the bag starts again: a jump back clears everything
+        cache.add_image(stamp * MS, "replayed")
+    assert cache.refusal() is None
+
+
 @pytest.mark.parametrize("rate_hz, latency_s", [(10, 0.1), (10, 1.0), (10, 3.0), (30, 0.1), (30, 1.0), (30, 3.0)])
 def test_every_frame_a_slow_proposer_works_on_is_paired(rate_hz, latency_s) -> None:
     """A simulated camera and a newest-frame-wins proposer: every proposal list finds its image."""
@@ -235,3 +264,75 @@ def test_a_claim_for_a_depth_frame_that_was_already_lost_is_told_apart() -> None
     store.add(3, "d3")  # frame 2 was lost by the reader
     store.pin(2)
     assert store.never_arrived(2)
+
+
+# --- byte budgets ----------------------------------------------------------------------------------
+def _budget_cache(max_bytes: int) -> FrameCache[bytes, str]:
+    return FrameCache(answerable=8, recent=4, max_bytes=max_bytes, size_of=len)
+
+
+def test_an_image_larger_than_the_whole_budget_is_refused_and_nothing_is_evicted_for_it() -> None:
+    cache = _budget_cache(100)
+    cache.add_image(1 * MS, b"x" * 60)
+    with pytest.raises(FrameTooLarge, match="exceeds the frame cache's whole budget"):
+        cache.add_image(2 * MS, b"x" * 101)
+    assert cache.held_bytes() == 60 and cache.stats.too_large == 1 and cache.knows(1 * MS)
+
+
+def test_the_budget_drops_recent_images_before_answerable_ones_and_keeps_the_newest_answer() -> None:
+    cache = _budget_cache(100)
+    for stamp in (1, 2):  # two answerable frames of 30 bytes
+        cache.add_image(stamp * MS, b"a" * 30)
+        cache.add_proposals(stamp * MS, "p")
+    cache.add_image(3 * MS, b"r" * 30)  # a recent, unclaimed image: 90 bytes held, within the budget
+    assert cache.held_bytes() == 90 and cache.stats.evicted_for_bytes == 0
+    cache.add_image(4 * MS, b"r" * 30)  # 120 > 100: the older recent image goes first
+    assert not cache.knows(3 * MS) and cache.held_bytes() == 90
+    cache.add_image(5 * MS, b"r" * 60)  # then the recent 4, then the older answerable frame 1
+    assert cache.held_bytes() <= 100
+    assert cache.wait_for(2 * MS, 0.0) is not None, "the newest answerable frame is the last to go"
+    assert cache.was_evicted(1 * MS)
+    assert cache.stats.evicted_for_bytes == 3
+
+
+def test_late_proposals_of_an_image_dropped_for_bytes_are_not_counted_as_a_lost_image() -> None:
+    cache = _budget_cache(100)
+    cache.add_image(1 * MS, b"a" * 60)
+    cache.claim(1 * MS)
+    cache.add_image(2 * MS, b"b" * 60)  # the claimed image goes: the newest one stays
+    cache.add_proposals(1 * MS, "p")
+    assert cache.stats.proposals_without_image == 0 and cache.was_evicted(1 * MS)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 100), st.sampled_from(["image", "claim", "proposals", "keep"])), max_size=60))
+def test_the_held_images_never_exceed_the_budget(steps) -> None:
+    cache = _budget_cache(200)
+    stamp = 0
+    for size, action in steps:
+        if action == "image":
+            stamp += 33 * MS
+            cache.add_image(stamp, b"x" * size)
+        elif action == "claim":
+            cache.claim(stamp)
+        elif action == "proposals":
+            cache.add_proposals(stamp, "p")
+        else:
+            cache.keep(stamp)
+        assert cache.held_bytes() <= 200
+
+
+def test_the_depth_store_keeps_within_its_budget_oldest_unpinned_first() -> None:
+    from chatrex_ros.core.grasp_pairing import DepthStore
+
+    store: DepthStore[bytes] = DepthStore(recent=10, pinned=2, max_bytes=100, size_of=len)
+    store.add(1 * MS, b"a" * 30)
+    store.pin(1 * MS)
+    for stamp in (2, 3, 4):
+        store.add(stamp * MS, b"b" * 30)
+    assert store.held_bytes() <= 100
+    assert store.find(1 * MS) is not None, "a pinned frame outlives unpinned older ones"
+    assert store.find(2 * MS) is None and store.evicted_for_bytes == 1
+    with pytest.raises(FrameTooLarge, match="depth buffer's whole budget"):
+        store.add(5 * MS, b"c" * 101)
+    assert store.find(4 * MS) is not None

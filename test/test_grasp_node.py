@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -587,3 +588,28 @@ def test_absurd_depth_and_camera_info_are_refused_then_a_good_target_is_served(g
     good = graph.ask(answer_msg(stamp, "after-absurd", [detection()]))
     assert good.valid, good.reason
     assert_on_the_face(good.point)
+
+
+@ros
+def test_a_burst_of_answers_gets_exactly_one_target_each(graph, scene_m) -> None:
+    """200 answers at once (a language node answering a query burst): none is lost before the node decides."""
+    stamp = next_stamp()
+    graph.send_depth(scene_m, "32FC1", stamp)
+    assert graph.ask(answer_msg(stamp, "before-burst", [detection()])).valid  # the depth frame is in
+    burst = RosClient("grasp_burst_client")
+    try:
+        answers = burst.publisher(Answer, "answer", depth=1000)
+        targets = burst.subscribe(GraspTarget, "grasp_target", depth=1000)
+        wait_until(lambda: answers.get_subscription_count() > 0, 30, "the grasp node on answer")
+        burst.wait_for_publishers("grasp_target")
+        ids = [f"burst-{i}" for i in range(200)]
+        for query_id in ids:
+            answers.publish(answer_msg(stamp, query_id, [detection()]))
+        wait_until(lambda: {t.query_id for t in list(targets)} >= set(ids), 60, "a target for every answer")
+        time.sleep(0.5)  # a duplicate would have arrived by now
+        counts = Counter(t.query_id for t in list(targets) if t.query_id.startswith("burst-"))
+        assert set(counts.values()) == {1}
+        assert all(t.valid for t in list(targets) if t.query_id in counts)
+    finally:
+        burst.close()
+    assert graph.main.alive()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from chatrex_ros.core.proposals import box_iou, cxcywh_to_xyxy, select_proposals
+from chatrex_ros.core.proposals import BOX_REACH, box_iou, check_proposal_list, cxcywh_to_xyxy, select_proposals
 
 
 # --- reference: the textbook algorithm, one pair at a time ------------------------------------------
@@ -299,3 +301,48 @@ def test_output_properties(boxes, nms_iou, max_count, seed):
                 continue
             higher_kept = [k for k in eligible[:rank] if k in kept_set]
             assert higher_kept and box_iou(boxes[[index]], boxes[higher_kept]).max() > nms_iou
+
+
+# --- check_proposal_list: lists received from another process --------------------------------------
+W, H = 640, 480
+
+
+def _check(boxes, scores, width=W, height=H) -> None:
+    check_proposal_list(np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(scores, np.float32), width, height)
+
+
+@pytest.mark.parametrize(
+    ("boxes", "scores", "message"),
+    [
+        ([[50, 10, 10, 60]], [0.9], "box 0 is inverted"),
+        ([[0, 0, 1, 1], [10, 60, 50, 10]], [0.9, 0.8], "box 1 is inverted"),
+        ([[0, 0, 1e30, 1e30]], [0.9], "far outside"),
+        ([[0, 0, (1 + BOX_REACH) * W + 1, 10]], [0.9], "far outside"),
+        ([[-BOX_REACH * W - 1, 0, 10, 10]], [0.9], "far outside"),
+        ([[0, 0, 1, 1]] * 3, [0.5, 0.6, 0.1], "score 1 = 0.6 > score 0 = 0.5"),
+        ([[0, 0, 1, 1]], [np.nan], "score 0 is not finite"),
+        ([[0, np.inf, 1, 1]], [0.5], "box 0 has a non-finite"),
+        ([[0, 0, 1, 1]] * 2, [0.5], "2 proposal boxes but 1 scores"),
+        ([[0, 0, 1, 1]] * 101, [0.5] * 101, "101 proposals exceed"),
+    ],
+)
+def test_a_received_list_that_no_backend_makes_is_refused_with_the_reason(boxes, scores, message) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        _check(boxes, scores)
+
+
+def test_an_image_size_of_zero_is_refused() -> None:
+    with pytest.raises(ValueError, match="image size must be positive"):
+        _check([[0, 0, 1, 1]], [0.5], width=0)
+
+
+def test_every_list_select_proposals_makes_from_upn_like_boxes_is_accepted() -> None:
+    """UPN's centre/size boxes reach up to half an image past the edges; ties in score are fine."""
+    rng = np.random.default_rng(3)
+    centres = rng.uniform(0, 1, (500, 2))
+    sizes = rng.uniform(0, 1, (500, 2))
+    boxes = np.concatenate([centres - sizes / 2, centres + sizes / 2], axis=1) * [W, H, W, H]
+    scores = np.round(rng.uniform(0, 1, 500), 1)  # many ties
+    kept = select_proposals(boxes, scores, min_score=0.0, nms_iou=0.5)
+    _check(boxes[kept], scores[kept])
+    _check(np.zeros((0, 4)), np.zeros(0))  # an empty list is a valid answer of a proposer

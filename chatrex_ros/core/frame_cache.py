@@ -1,4 +1,4 @@
-"""Pairs camera frames with their proposals by exact stamp, in memory bounded by frame counts (ROS-free).
+"""Pairs camera frames with their proposals by exact stamp, in memory bounded by frame counts and bytes (ROS-free).
 
 Images and proposals arrive on different topics and threads; the proposal node copies the image header, so
 pairing is by exact stamp and a pair can never mix two frames.
@@ -15,10 +15,17 @@ starts on it (:meth:`FrameCache.claim`), and the cache keeps four kinds of entri
   so a single mis-stamped frame never wins by its stamp;
 * ``orphans``: proposals whose image has not arrived (a fast proposer can beat a large image);
 * ``kept``: the last frames a query was answered about (:meth:`FrameCache.keep`), so a follow-up question
-  about the frame just seen finds it even after many newer frames got proposals.
+  about the frame just seen finds it even after many newer frames got proposals;
+* ``refused``: why the last proposal lists another node sent were refused (:meth:`FrameCache.refuse`), so a
+  query about such a frame is told what was wrong instead of "no proposals came".
 
 A stamp that jumps back (a bag replayed again, a simulator reset) clears the cache; one outlier stamp only
 drops its own frame (:mod:`chatrex_ros.core.time_jumps`).
+
+Counts alone do not bound memory: twenty 4K frames are 500 MB, and a camera may send larger ones. With a byte
+budget (``max_bytes``), an image larger than the whole budget is refused (:class:`FrameTooLarge`), and when the
+images held exceed it the least useful go first: unclaimed recent images, then older answerable frames, claimed
+frames, frames kept for follow-ups, and the newest answerable frame last.
 """
 
 from __future__ import annotations
@@ -40,6 +47,8 @@ CLAIMED_CAPACITY = 4
 ORPHAN_CAPACITY = 4
 KEPT_CAPACITY = 4
 """Answered frames kept for follow-up questions."""
+REFUSED_CAPACITY = 8
+"""Refused proposal lists whose reasons are kept for the queries about their frames."""
 
 
 @dataclass
@@ -58,27 +67,49 @@ class PairingStats:
     images: int = 0
     claims: int = 0
     proposals: int = 0
+    proposals_refused: int = 0  # lists another node sent that failed validation (its fault, said on /diagnostics)
     paired: int = 0
     proposals_without_image: int = 0  # the image of a frame the proposer saw never reached us: lost frames
     claims_abandoned: int = 0  # claimed frames whose proposals never came (the proposer failed on them)
+    evicted_for_bytes: int = 0  # images dropped to stay within the byte budget
+    too_large: int = 0  # images refused for being larger than the whole budget
     time_jumps: int = 0
     outliers: int = 0
     events: list[StampVerdict] = field(default_factory=list)  # jumps and outliers since the last take_events()
 
 
-class FrameCache(Generic[ImageT, ProposalsT]):
-    """Thread-safe pairing of images and proposals (see the module docstring)."""
+class FrameTooLarge(ValueError):
+    """An image larger than the cache's whole byte budget: refused, and nothing held is evicted for it."""
 
-    def __init__(self, answerable: int = 8, recent: int = 4) -> None:
+
+class FrameCache(Generic[ImageT, ProposalsT]):
+    """Thread-safe pairing of images and proposals (see the module docstring).
+
+    ``size_of`` gives an image's bytes for the ``max_bytes`` budget (both or neither).
+    """
+
+    def __init__(
+        self,
+        answerable: int = 8,
+        recent: int = 4,
+        max_bytes: int | None = None,
+        size_of: Callable[[ImageT], int] | None = None,
+    ) -> None:
         if answerable < 1 or recent < 1:
             raise ValueError(f"frame cache sizes must be >= 1, got answerable={answerable} recent={recent}")
+        if (max_bytes is None) != (size_of is None) or (max_bytes is not None and max_bytes < 1):
+            raise ValueError("a byte budget needs max_bytes >= 1 and size_of, together")
         self.answerable_capacity = answerable
         self.recent_capacity = recent
+        self.max_bytes = max_bytes
+        self._size_of = size_of
         self._recent: OrderedDict[int, ImageT] = OrderedDict()
         self._claimed: OrderedDict[int, ImageT | None] = OrderedDict()
         self._orphans: OrderedDict[int, ProposalsT] = OrderedDict()
         self._answerable: OrderedDict[int, Frame[ImageT, ProposalsT]] = OrderedDict()
         self._kept: OrderedDict[int, Frame[ImageT, ProposalsT]] = OrderedDict()
+        self._refused: OrderedDict[int, str] = OrderedDict()
+        self.last_list_refused = False  # the newest proposal list received was refused
         self._evicted: deque[int] = deque(maxlen=256)  # answerable stamps evicted: "no longer cached", not "never"
         self._timeline: HeldTimeline[ImageT] = HeldTimeline()
         self._newest_image_ns: int | None = None
@@ -96,6 +127,13 @@ class FrameCache(Generic[ImageT, ProposalsT]):
         """
         with self._changed:
             self.stats.images += 1
+            size = self._size_of(image) if self._size_of is not None else 0
+            if self.max_bytes is not None and size > self.max_bytes:
+                self.stats.too_large += 1
+                raise FrameTooLarge(
+                    f"a {size / 2**20:.1f} MiB image exceeds the frame cache's whole budget of "
+                    f"{self.max_bytes / 2**20:.1f} MiB"
+                )
             verdict, store = self._timeline.observe(stamp_ns, image)
             if verdict.event is StampEvent.JUMP:
                 self._forget(lambda stamp: True)
@@ -111,6 +149,7 @@ class FrameCache(Generic[ImageT, ProposalsT]):
                 self._newest_image_ns = stamp
                 self._place_image(stamp, held_or_new)
             self._drop_hopeless_orphans()
+            self._keep_within_budget()
             self._changed.notify_all()
             return verdict
 
@@ -131,6 +170,8 @@ class FrameCache(Generic[ImageT, ProposalsT]):
         """Store a frame's proposals (newest list wins): paired with its image if here, else held or counted missed."""
         with self._changed:
             self.stats.proposals += 1
+            self.last_list_refused = False
+            self._refused.pop(stamp_ns, None)
             if stamp_ns in self._answerable:  # a second proposer or a re-publication: the newest list wins
                 self._answerable[stamp_ns].proposals = proposals
             elif self._claimed.get(stamp_ns) is not None:
@@ -146,6 +187,31 @@ class FrameCache(Generic[ImageT, ProposalsT]):
                 self._claimed.pop(stamp_ns, None)
                 self._count_missed(stamp_ns)
             self._changed.notify_all()
+
+    def refuse(self, stamp_ns: int, reason: str) -> None:
+        """The proposal list for this frame was refused: remember why, and stop holding the frame for it.
+
+        The frame's image stays, as a recent one: another proposer may still send a valid list.
+        """
+        with self._changed:
+            self.stats.proposals_refused += 1
+            self.last_list_refused = True
+            image = self._claimed.pop(stamp_ns, None)
+            if image is not None:
+                self._recent[stamp_ns] = image
+                _cap(self._recent, self.recent_capacity)
+            self._refused[stamp_ns] = reason
+            self._refused.move_to_end(stamp_ns)
+            _cap(self._refused, REFUSED_CAPACITY)
+            self._changed.notify_all()
+
+    def refusal(self, stamp_ns: int | None = None) -> tuple[int, str] | None:
+        """(stamp, reason) of the refused list for this frame; for None, of the newest refused list if any."""
+        with self._lock:
+            if stamp_ns is None:
+                return next(reversed(self._refused.items()), None)
+            reason = self._refused.get(stamp_ns)
+            return None if reason is None else (stamp_ns, reason)
 
     def keep(self, stamp_ns: int) -> None:
         """A query was answered about this frame: keep it for follow-ups (the last KEPT_CAPACITY)."""
@@ -164,9 +230,16 @@ class FrameCache(Generic[ImageT, ProposalsT]):
 
     # ---- queries ----
     def wait_for(self, stamp_ns: int | None, timeout_s: float) -> Frame[ImageT, ProposalsT] | None:
-        """The answerable frame at ``stamp_ns`` (None: the newest), waiting up to ``timeout_s`` for it."""
+        """The answerable frame at ``stamp_ns`` (None: the newest), waiting up to ``timeout_s`` for it.
+
+        A named frame whose proposal list was refused ends the wait at once (None): nothing is coming for it.
+        """
+
+        def settled() -> bool:
+            return self._lookup(stamp_ns) is not None or (stamp_ns is not None and stamp_ns in self._refused)
+
         with self._changed:
-            self._changed.wait_for(lambda: self._lookup(stamp_ns) is not None, timeout=max(0.0, timeout_s))
+            self._changed.wait_for(settled, timeout=max(0.0, timeout_s))
             return self._lookup(stamp_ns)
 
     def knows(self, stamp_ns: int | None = None) -> bool:
@@ -193,8 +266,13 @@ class FrameCache(Generic[ImageT, ProposalsT]):
         with self._lock:
             return self._image_may_still_arrive(stamp_ns)
 
+    def held_bytes(self) -> int:
+        """Bytes of the images held (0 without a budget), for /diagnostics."""
+        with self._lock:
+            return self._held_bytes()
+
     def sizes(self) -> dict[str, int]:
-        """Entries held per kind (answerable, claimed, recent, orphans, kept), for /diagnostics."""
+        """Entries held per kind (answerable, claimed, recent, orphans, kept, refused), for /diagnostics."""
         with self._lock:
             return {
                 "answerable": len(self._answerable),
@@ -202,6 +280,7 @@ class FrameCache(Generic[ImageT, ProposalsT]):
                 "recent": len(self._recent),
                 "orphans": len(self._orphans),
                 "kept": len(self._kept),
+                "refused": len(self._refused),
             }
 
     def take_events(self) -> list[StampVerdict]:
@@ -229,6 +308,45 @@ class FrameCache(Generic[ImageT, ProposalsT]):
             self._evicted.append(self._answerable.popitem(last=False)[0])
         self.stats.paired += 1
 
+    def _held_images(self) -> dict[int, ImageT]:
+        """Every image held, once per stamp (a kept frame is usually also answerable)."""
+        images: dict[int, ImageT] = {s: f.image for s, f in self._kept.items()}
+        images.update({s: f.image for s, f in self._answerable.items()})
+        images.update({s: i for s, i in self._claimed.items() if i is not None})
+        images.update(self._recent)
+        return images
+
+    def _held_bytes(self) -> int:
+        if self._size_of is None:
+            return 0
+        return sum(self._size_of(image) for image in self._held_images().values())
+
+    def _keep_within_budget(self) -> None:
+        """Drop the least useful images until the held ones fit ``max_bytes`` (the module docstring's order)."""
+        if self.max_bytes is None or self._size_of is None:
+            return
+        size_of = self._size_of
+        sizes = {stamp: size_of(image) for stamp, image in self._held_images().items()}
+        total = sum(sizes.values())
+        newest_answerable = next(reversed(self._answerable), None)
+        victims = [
+            *self._recent,
+            *(s for s in self._answerable if s != newest_answerable and s not in self._kept),
+            *(s for s, image in self._claimed.items() if image is not None),
+            *(s for s in self._kept if s != newest_answerable),
+            *([newest_answerable] if newest_answerable is not None else []),
+        ]
+        for stamp in victims:
+            if total <= self.max_bytes:
+                return
+            if stamp not in sizes or stamp == self._newest_image_ns:  # the image just received stays: it fits
+                continue
+            total -= sizes.pop(stamp)
+            self.stats.evicted_for_bytes += 1
+            for store in (self._recent, self._claimed, self._answerable, self._kept):
+                store.pop(stamp, None)
+            self._evicted.append(stamp)  # "no longer cached", and its late proposals are no lost image
+
     def _lookup(self, stamp_ns: int | None) -> Frame[ImageT, ProposalsT] | None:
         if stamp_ns is None:
             return next(reversed(self._answerable.values()), None)
@@ -249,11 +367,13 @@ class FrameCache(Generic[ImageT, ProposalsT]):
         Frames from before this node's first image (it was still starting, its subscription not yet matched) do
         not count.
         """
+        if stamp_ns in self._evicted:
+            return
         if self._first_image_ns is not None and stamp_ns >= self._first_image_ns:
             self.stats.proposals_without_image += 1
 
     def _stores(self) -> tuple[OrderedDict[int, Any], ...]:
-        return (self._recent, self._claimed, self._answerable, self._orphans, self._kept)
+        return (self._recent, self._claimed, self._answerable, self._orphans, self._kept, self._refused)
 
     def _forget(self, doomed: Callable[[int], bool]) -> None:
         for store in self._stores():

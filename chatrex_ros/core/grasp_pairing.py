@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
+from chatrex_ros.core.frame_cache import FrameTooLarge
 from chatrex_ros.core.grasp import REASON_NO_DETECTION
 from chatrex_ros.core.time_jumps import HeldTimeline, StampEvent, StampVerdict
 from chatrex_ros.core.types import Detection
@@ -69,13 +70,24 @@ class DepthStore(Generic[T]):
     Frames from one publisher arrive in stamp order, which ``may_still_arrive`` relies on; a stamp that jumps
     back (a bag replayed again) empties the store, one mis-stamped frame is dropped
     (:mod:`chatrex_ros.core.time_jumps`).
+
+    With a byte budget (``max_bytes``, ``size_of`` giving a frame's bytes), a frame larger than the whole
+    budget is refused (:class:`~chatrex_ros.core.frame_cache.FrameTooLarge`), and while the frames held exceed
+    it the oldest recent ones go first, then the oldest pinned ones; the newest frame always stays.
     """
 
-    def __init__(self, recent: int, pinned: int) -> None:
+    def __init__(
+        self, recent: int, pinned: int, max_bytes: int | None = None, size_of: Callable[[T], int] | None = None
+    ) -> None:
         if recent < 1:
             raise ValueError(f"the depth ring must hold at least 1 frame, got {recent}")
         if pinned < 0:
             raise ValueError(f"pinned frames must be >= 0, got {pinned}")
+        if (max_bytes is None) != (size_of is None) or (max_bytes is not None and max_bytes < 1):
+            raise ValueError("a byte budget needs max_bytes >= 1 and size_of, together")
+        self.max_bytes = max_bytes
+        self._size_of = size_of
+        self.evicted_for_bytes = 0
         self._recent: deque[tuple[int, T]] = deque(maxlen=recent)
         self._pinned: dict[int, T] = {}
         self._pinned_capacity = pinned
@@ -92,6 +104,11 @@ class DepthStore(Generic[T]):
         empties) or that frame was mis-stamped (it is dropped).
         """
         self.received += 1
+        if self.max_bytes is not None and self._size_of is not None and self._size_of(item) > self.max_bytes:
+            raise FrameTooLarge(
+                f"a {self._size_of(item) / 2**20:.1f} MiB depth frame exceeds the depth buffer's whole budget of "
+                f"{self.max_bytes / 2**20:.1f} MiB"
+            )
         verdict, store = self._timeline.observe(stamp_ns, item)
         if verdict.event is StampEvent.JUMP:
             self._recent.clear()
@@ -104,7 +121,38 @@ class DepthStore(Generic[T]):
             self.newest_ns = max((s for s, _ in self._recent), default=None)
         for stamp, held_or_new in store:
             self._store(stamp, held_or_new)
+        self._keep_within_budget()
         return verdict
+
+    def held_bytes(self) -> int:
+        """Bytes of the frames held (0 without a budget), for /diagnostics."""
+        if self._size_of is None:
+            return 0
+        size_of = self._size_of
+        return sum(size_of(item) for item in self._held().values())
+
+    def _held(self) -> dict[int, T]:
+        held = dict(self._pinned)
+        held.update(self._recent)
+        return held
+
+    def _keep_within_budget(self) -> None:
+        if self.max_bytes is None or self._size_of is None:
+            return
+        size_of = self._size_of
+        total = self.held_bytes()
+        newest = self._recent[-1][0] if self._recent else None
+        while total > self.max_bytes:
+            victim = next((s for s, _ in self._recent if s != newest and s not in self._pinned), None)
+            if victim is None:
+                victim = min((s for s in self._pinned if s != newest), default=None)
+            if victim is None:
+                return
+            item = self._held()[victim]
+            self._recent = deque(((s, i) for s, i in self._recent if s != victim), maxlen=self._recent.maxlen)
+            self._pinned.pop(victim, None)
+            total -= size_of(item)
+            self.evicted_for_bytes += 1
 
     def _store(self, stamp_ns: int, item: T) -> None:
         self._recent.append((stamp_ns, item))

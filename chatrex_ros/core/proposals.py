@@ -26,6 +26,10 @@ NMS_IOU_RANGE = (-1.0, 1.0)
 MAX_COUNT_RANGE = (0, MAX_PROPOSALS)
 """At most :data:`~chatrex_ros.core.types.MAX_PROPOSALS` boxes: the model's index tokens."""
 
+BOX_REACH = 1.0
+"""How far past the image a received box may reach, in image sizes. UPN's centre/size boxes can stick out
+by half an image; a box farther out (1e30, a wrong unit, another camera's frame) is a publisher's fault."""
+
 _NMS_BLOCK = 64
 """Candidates examined per NMS step. Greedy NMS stops once ``max_count`` boxes are kept, so blocks
 avoid computing IoUs for low-score candidates that are never reached, while each block is still one
@@ -238,3 +242,53 @@ def _greedy_nms(sorted_boxes: np.ndarray, threshold: float, max_count: int, orde
         return np.zeros(0, dtype=np.int64)
     kept: np.ndarray = order[np.concatenate(kept_positions)].astype(np.int64, copy=False)
     return kept
+
+
+def check_proposal_list(boxes: np.ndarray, scores: np.ndarray, width: int, height: int) -> None:
+    """ValueError saying what is wrong with a proposal list another process sent for a ``width`` x ``height`` image.
+
+    A list is index-stable (row K is ``<objK>``), so one bad box refuses the whole list rather than being
+    dropped. What every backend's list satisfies, through :func:`select_proposals`: at most
+    :data:`~chatrex_ros.core.types.MAX_PROPOSALS` finite boxes with ``x1 <= x2`` and ``y1 <= y2``, within
+    :data:`BOX_REACH` image sizes of the image, scores finite and in descending order.
+    """
+    if width < 1 or height < 1:
+        raise ValueError(f"the image size must be positive, got {width}x{height}")
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes must have shape (N, 4), got {boxes.shape}")
+    if scores.shape != (boxes.shape[0],):
+        raise ValueError(f"{boxes.shape[0]} proposal boxes but {scores.size} scores")
+    if scores.size > MAX_PROPOSALS:
+        raise ValueError(f"{scores.size} proposals exceed the model's {MAX_PROPOSALS} index tokens")
+    if not np.isfinite(scores).all():
+        raise ValueError(f"score {_first(~np.isfinite(scores))} is not finite")
+    if not np.isfinite(boxes).all():
+        raise ValueError(f"box {_first(~np.isfinite(boxes).all(axis=1))} has a non-finite coordinate")
+    inverted = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+    if inverted.any():
+        index = _first(inverted)
+        raise ValueError(f"box {index} is inverted (x1 > x2 or y1 > y2): {_box_text(boxes[index])}")
+    size = np.array([width, height, width, height], dtype=np.float64)
+    far = ((boxes < -BOX_REACH * size) | (boxes > (1.0 + BOX_REACH) * size)).any(axis=1)
+    if far.any():
+        index = _first(far)
+        raise ValueError(
+            f"box {index} {_box_text(boxes[index])} lies far outside the {width}x{height} image "
+            f"(more than {BOX_REACH:g} image size past an edge)"
+        )
+    rising = np.diff(scores) > 0
+    if rising.any():
+        index = _first(rising) + 1
+        raise ValueError(
+            f"scores are not in descending order (score {index} = {scores[index]:.3g} > "
+            f"score {index - 1} = {scores[index - 1]:.3g}); the list must be best first"
+        )
+
+
+def _first(mask: object) -> int:
+    """Index of the first True of a boolean array."""
+    return int(np.flatnonzero(np.asarray(mask))[0])
+
+
+def _box_text(box: np.ndarray) -> str:
+    return "[" + ", ".join(f"{value:.4g}" for value in box) + "]"

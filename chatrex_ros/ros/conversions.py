@@ -13,8 +13,9 @@ from std_msgs.msg import Header
 from chatrex_ros.core import types as core
 from chatrex_ros.core.answering import QueryOutcome
 from chatrex_ros.core.images import array_to_image
+from chatrex_ros.core.proposals import check_proposal_list
 from chatrex_ros.core.stamps import ns_to_sec_nanosec
-from chatrex_ros.core.types import MAX_PROPOSALS, Proposals
+from chatrex_ros.core.types import Proposals
 from chatrex_ros.msg import Answer, Detection, Group, ProposalArray
 
 
@@ -51,12 +52,7 @@ def msg_to_proposals(msg: ProposalArray) -> Proposals:
     scores = np.frombuffer(msg.scores, dtype=np.float32) if len(msg.scores) else np.zeros(0, np.float32)
     if boxes.size % 4:
         raise ValueError(f"proposal boxes hold {boxes.size} values, not a multiple of 4")
-    if boxes.size // 4 != scores.size:
-        raise ValueError(f"{boxes.size // 4} proposal boxes but {scores.size} scores")
-    if scores.size > MAX_PROPOSALS:
-        raise ValueError(f"{scores.size} proposals exceed the model's {MAX_PROPOSALS} index tokens")
-    if not (np.isfinite(boxes).all() and np.isfinite(scores).all()):
-        raise ValueError("proposals contain NaN or infinite values")
+    check_proposal_list(boxes.reshape(-1, 4), scores, int(msg.image_width), int(msg.image_height))
     return Proposals(boxes=boxes.reshape(-1, 4), scores=scores, backend=msg.backend, inference_ms=msg.inference_ms)
 
 

@@ -31,6 +31,7 @@ from std_msgs.msg import Header
 from visualization_msgs.msg import Marker
 
 from chatrex_ros.core.answering import AnswerStatus, status_name
+from chatrex_ros.core.frame_cache import FrameTooLarge
 from chatrex_ros.core.grasp import (
     REASON_BAD_INTRINSICS,
     REASON_NO_CAMERA_INFO,
@@ -48,9 +49,10 @@ from chatrex_ros.core.types import Detection
 from chatrex_ros.msg import Answer, GraspTarget, ProposalArray
 from chatrex_ros.node_parameters import GRASP_NODE, GraspNodeParams
 from chatrex_ros.ros.conversions import msg_to_detection
+from chatrex_ros.ros.health import LossCounter
 from chatrex_ros.ros.node_base import ChatrexNode
 from chatrex_ros.ros.node_runtime import run_node
-from chatrex_ros.ros.qos import reliable_qos, sensor_qos
+from chatrex_ros.ros.qos import query_qos, reliable_qos, sensor_qos
 
 DEPTH_ENCODINGS = ("16UC1", "32FC1")  # REP 118: millimetres, metres
 
@@ -74,15 +76,22 @@ class GraspTargetNode(ChatrexNode[GraspNodeParams]):
         super().__init__("grasp_target_node", GRASP_NODE, GraspNodeParams, **kwargs)
         params = self.params
         self._lock = threading.Lock()  # the diagnostics timer runs beside the intake callbacks
-        self.depth: DepthStore[Image] = DepthStore(params.depth_buffer_size, params.pinned_frames)
+        self.depth: DepthStore[Image] = DepthStore(
+            params.depth_buffer_size,
+            params.pinned_frames,
+            max_bytes=params.depth_buffer_mb * 2**20,
+            size_of=lambda image: len(image.data),
+        )
         self.depth_infos: dict[str, CameraGeometry] = {}  # latest per frame_id
         self.colour_infos: dict[str, CameraGeometry] = {}
         self.pending: list[_Pending] = []
+        self.answers_received = 0
         self.last_depth_frame = ""
         self.outcomes: Counter[str] = Counter()
         self.last_latency_ms = 0.0
 
-        self.target_pub = self.create_publisher(GraspTarget, "grasp_target", reliable_qos())
+        # One target per answer: as deep a history as the answers (a burst of them must not lose targets).
+        self.target_pub = self.create_publisher(GraspTarget, "grasp_target", query_qos())
         self.point_pub = self.create_publisher(PointStamped, "grasp_point", reliable_qos())
         self.pose_pub = self.create_publisher(PoseStamped, "grasp_pose", reliable_qos())
         self.marker_pub = self.create_publisher(Marker, "grasp_marker", reliable_qos(2))
@@ -108,7 +117,18 @@ class GraspTargetNode(ChatrexNode[GraspNodeParams]):
         )
         self.info_watch.attach(info_sub.topic_name)
         self.create_subscription(CameraInfo, "color/camera_info", self._on_colour_info, qos, callback_group=group)
-        answer_sub = self.create_subscription(Answer, "answer", self._on_answer, reliable_qos(), callback_group=group)
+        self.answer_losses = LossCounter(
+            "answers", "those answers get no target: a burst outran this node's reader (CPU load?)", self.problems
+        )
+        answer_sub = self.create_subscription(
+            Answer,
+            "answer",
+            self._on_answer,
+            query_qos(),
+            callback_group=group,
+            event_callbacks=self.answer_losses.event_callbacks(),
+        )
+        self.answer_losses.attach(answer_sub.topic_name, lambda: self.answers_received)
         if params.pinned_frames > 0:
             # Pins are urgent: a claim handled after its depth frame left the ring pins nothing.
             pins = MutuallyExclusiveCallbackGroup()
@@ -180,7 +200,11 @@ class GraspTargetNode(ChatrexNode[GraspNodeParams]):
         # Decoded only when an answer needs it: most frames are never asked about.
         self.depth_watch.note()
         with self._lock:
-            verdict = self.depth.add(stamp_to_ns(msg.header.stamp), msg)
+            try:
+                verdict = self.depth.add(stamp_to_ns(msg.header.stamp), msg)
+            except FrameTooLarge as error:
+                self.problems.report("depth_too_large", f"dropped depth frame: {error} (depth_buffer_mb)")
+                return
             self.report_stamp_event("depth", verdict, "the buffered depth frames")
             self.last_depth_frame = msg.header.frame_id
             waiting, self.pending = self.pending, []
@@ -191,6 +215,7 @@ class GraspTargetNode(ChatrexNode[GraspNodeParams]):
     def _on_answer(self, msg: Answer) -> None:
         received = time.monotonic()
         with self._lock:
+            self.answers_received += 1
             if msg.status != AnswerStatus.OK:
                 name = status_name(msg.status)
                 # The publisher's text, echoed into a published reason: one line, bounded.
@@ -379,9 +404,13 @@ class GraspTargetNode(ChatrexNode[GraspNodeParams]):
             return {
                 "selection": self.params.selection,
                 "pending_answers": len(self.pending),
+                "answers_received": self.answers_received,
+                "answers_lost_in_transport": self.answer_losses.lost,
                 "depth.received": self.depth.received,
                 "depth.buffered": len(self.depth),
                 "depth.pinned": self.depth.pinned_count,
+                "depth.held_mib": round(self.depth.held_bytes() / 2**20, 1),
+                "depth.evicted_for_bytes": self.depth.evicted_for_bytes,
                 "depth_camera_info_frames": ",".join(sorted(self.depth_infos)),
                 "color_camera_info_frames": ",".join(sorted(self.colour_infos)),
                 "camera_info_unusable": ",".join(sorted(self._unusable_frames())),

@@ -96,6 +96,44 @@ class Condition:
     message: str
 
 
+class LossCounter:
+    """Counts the samples the middleware reports lost on one subscription (where the RMW reports them).
+
+    A reliable KEEP_LAST reader can still lose samples under load; when Fast DDS reports it, the count goes to
+    /diagnostics (through the problem counts) and the log, with ``why`` as the likely cause and fix.
+    """
+
+    def __init__(self, what: str, why: str, problems: ProblemLog) -> None:
+        self.what = what
+        self.why = why
+        self.topic = ""  # resolved name, set by attach()
+        self.lost = 0
+        self._problems = problems
+        self._received = lambda: 0
+        self._lock = threading.Lock()
+
+    def event_callbacks(self) -> SubscriptionEventCallbacks:
+        """The callbacks to pass to ``create_subscription`` so lost samples are counted."""
+        return SubscriptionEventCallbacks(message_lost=self._on_lost)
+
+    def attach(self, topic: str, received: Callable[[], int] | None = None) -> None:
+        """Record the resolved topic name (and how to read the received count) for the report."""
+        self.topic = topic
+        if received is not None:
+            self._received = received
+
+    def _on_lost(self, info: QoSMessageLostInfo) -> None:
+        change = int(info.total_count_change)
+        with self._lock:
+            self.lost += change
+            lost = self.lost
+        self._problems.report(
+            f"lost_{self.what.replace(' ', '_')}",
+            f"the middleware lost {lost} sample(s) on {self.topic} ({self._received()} received): {self.why}",
+            count=change,
+        )
+
+
 class InputWatch:
     """Notices when a subscription stays silent, and frames the middleware reports lost.
 
@@ -115,16 +153,22 @@ class InputWatch:
         self._last: float | None = None
         self.first: float | None = None  # monotonic time of the first message
         self.received = 0
-        self.lost = 0
+        self._losses = LossCounter(what, FASTDDS_PROFILE_HINT, problems)
         self._lock = threading.Lock()
+
+    @property
+    def lost(self) -> int:
+        """Samples the middleware reported lost on this input."""
+        return self._losses.lost
 
     def event_callbacks(self) -> SubscriptionEventCallbacks:
         """The callbacks to pass to ``create_subscription`` so lost samples are counted."""
-        return SubscriptionEventCallbacks(message_lost=self._on_lost)
+        return self._losses.event_callbacks()
 
     def attach(self, topic: str) -> None:
         """Record the subscription's resolved topic name, for messages and publisher counts."""
         self.topic = topic
+        self._losses.attach(topic, lambda: self.received)
 
     def note(self) -> None:
         """Call from the subscription callback: one message arrived now."""
@@ -133,17 +177,6 @@ class InputWatch:
             if self.first is None:
                 self.first = self._last
             self.received += 1
-
-    def _on_lost(self, info: QoSMessageLostInfo) -> None:
-        change = int(info.total_count_change)
-        with self._lock:
-            self.lost += change
-            received, lost = self.received, self.lost
-        self._problems.report(
-            f"lost_{self.what.replace(' ', '_')}",
-            f"the middleware lost {lost} sample(s) on {self.topic} ({received} received): {FASTDDS_PROFILE_HINT}",
-            count=change,
-        )
 
     def condition(self, expected_since: float | None = None) -> Condition | None:
         """A WARN when nothing arrived for ``silence_s``.

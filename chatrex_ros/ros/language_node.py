@@ -37,7 +37,7 @@ from chatrex_ros.core.answering import (
     status_name,
 )
 from chatrex_ros.core.call_thread import CallThread
-from chatrex_ros.core.frame_cache import Frame, FrameCache
+from chatrex_ros.core.frame_cache import Frame, FrameCache, FrameTooLarge
 from chatrex_ros.core.images import ImageFormatError, decode_rgb
 from chatrex_ros.core.query_queue import QueryQueue
 from chatrex_ros.core.stamps import format_stamp, stamp_to_ns
@@ -48,7 +48,7 @@ from chatrex_ros.node_parameters import LANGUAGE_NODE, LanguageNodeParams
 from chatrex_ros.ros.annotate import draw_detections
 from chatrex_ros.ros.conversions import answer_msg, image_msg, msg_to_proposals
 from chatrex_ros.ros.deferred_service import DeferredService, Reply
-from chatrex_ros.ros.health import FASTDDS_PROFILE_HINT, WARN, Condition
+from chatrex_ros.ros.health import FASTDDS_PROFILE_HINT, WARN, Condition, LossCounter
 from chatrex_ros.ros.node_base import ChatrexNode
 from chatrex_ros.ros.node_runtime import StartupError, publish_from_worker, run_node
 from chatrex_ros.ros.qos import query_qos, reliable_qos, sensor_qos
@@ -108,7 +108,10 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
         except (ValueError, TypeError) as error:
             raise StartupError(str(error)) from error
         self.cache: FrameCache[_StoredImage, _StoredProposals] = FrameCache(
-            params.frame_cache_size, params.recent_images
+            params.frame_cache_size,
+            params.recent_images,
+            max_bytes=params.frame_cache_mb * 2**20,
+            size_of=lambda image: image.rgb.nbytes,
         )
         self.jobs: QueryQueue[_Job] = QueryQueue(params.queue_size)
         self.status_counts = {status.name: 0 for status in AnswerStatus}
@@ -158,9 +161,21 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
         self.create_subscription(
             Header, "proposals/pending", self._on_claim, reliable_qos(), callback_group=MutuallyExclusiveCallbackGroup()
         )
-        self.create_subscription(
-            Query, "query", self._on_query, query_qos(), callback_group=MutuallyExclusiveCallbackGroup()
+        self.queries_received = 0
+        self.query_losses = LossCounter(
+            "queries",
+            "those queries get no answer: a burst outran this node's reader (CPU load?); send it slower",
+            self.problems,
         )
+        query_sub = self.create_subscription(
+            Query,
+            "query",
+            self._on_query,
+            query_qos(),
+            callback_group=MutuallyExclusiveCallbackGroup(),
+            event_callbacks=self.query_losses.event_callbacks(),
+        )
+        self.query_losses.attach(query_sub.topic_name, lambda: self.queries_received)
         self.ask = DeferredService(self, Ask, "ask", self._on_ask, callback_group=ReentrantCallbackGroup())
         self.create_timer(0.05, self._expire_queued, callback_group=MutuallyExclusiveCallbackGroup())
         self._worker = self.start_worker("query_worker", self._serve)
@@ -178,11 +193,15 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
     def _on_image(self, msg: Image | CompressedImage) -> None:
         self.image_watch.note()
         try:
-            rgb = decode_rgb(msg)
+            rgb = decode_rgb(msg, max_pixels=self.params.max_image_pixels)
         except ImageFormatError as error:
             self.problems.report("bad_image", f"dropped image: {error}")
             return
-        self.cache.add_image(stamp_to_ns(msg.header.stamp), _StoredImage(msg.header, rgb))
+        try:
+            self.cache.add_image(stamp_to_ns(msg.header.stamp), _StoredImage(msg.header, rgb))
+        except FrameTooLarge as error:
+            self.problems.report("image_too_large", f"dropped image: {error} (frame_cache_mb)")
+            return
         for event in self.cache.take_events():
             self.report_stamp_event("image", event, "the cached frames")
 
@@ -194,7 +213,13 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
         try:
             proposals = msg_to_proposals(msg)
         except ValueError as error:
-            self.problems.report("bad_proposals", f"dropped ProposalArray: {error}")
+            stamp = stamp_to_ns(msg.header.stamp)
+            self.cache.refuse(stamp, str(error))
+            self.problems.report(
+                "bad_proposals",
+                f"refused the ProposalArray for the frame {format_stamp(stamp)} on {self.proposal_watch.topic} "
+                f"(its publisher's fault; queries about that frame are told why): {error}",
+            )
             return
         stored = _StoredProposals(msg.header, proposals, int(msg.image_width), int(msg.image_height))
         missed = self.cache.stats.proposals_without_image
@@ -220,6 +245,8 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
 
     def _submit(self, msg: Query, reply: Callable[[Answer], None] | None) -> None:
         received = time.monotonic()
+        with self._counts_lock:  # topic and service callbacks run on different threads
+            self.queries_received += 1
         if not msg.id:
             msg.id = uuid.uuid4().hex[:12]
         try:
@@ -307,7 +334,10 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
             self.problems.report("model_error", f"query {job.query.id!r}: {message}")
             return self._answer(job.query, AnswerStatus.MODEL_ERROR, message, job.received, frame, queue_ms=queue_ms)
         self.cache.keep(frame.stamp_ns)  # a follow-up about this frame is likely
-        answer = self._answer(job.query, AnswerStatus.OK, "", job.received, frame, result, queue_ms)
+        ignored = result.parsed.ignored_summary()  # OK with the valid indices; the bad ones named, not hidden
+        if ignored:
+            self.problems.report("ignored_indices", f"query {job.query.id!r}: the model's answer {ignored}")
+        answer = self._answer(job.query, AnswerStatus.OK, ignored, job.received, frame, result, queue_ms)
         self._annotate(image, result, answer.header)
         return answer
 
@@ -317,6 +347,7 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
         wait = min(self.params.pairing_wait_s, max(0.0, job.deadline - time.monotonic()))
         frame = self.cache.wait_for(stamp, 0.0)
         if frame is None:
+            self._raise_if_refused(stamp)
             self._raise_unless_coming(stamp)
             frame = self.cache.wait_for(stamp, wait)
         if frame is None:
@@ -325,6 +356,7 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
                     AnswerStatus.NO_IMAGE,
                     f"no image received on {self.image_watch.topic} within {wait:.1f} s (pairing_wait_s)",
                 )
+            self._raise_if_refused(stamp)
             if stamp is None:
                 raise QueryError(
                     AnswerStatus.NO_PROPOSALS,
@@ -347,6 +379,17 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
             )
         return frame
 
+    def _raise_if_refused(self, stamp: int | None) -> None:
+        """Say what was wrong when the frame's proposal list was refused (for "newest": the newest list was)."""
+        refused = self.cache.refusal(stamp)
+        if refused is None or (stamp is None and not self.cache.last_list_refused):
+            return
+        refused_stamp, reason = refused
+        raise QueryError(
+            AnswerStatus.NO_PROPOSALS,
+            f"the proposals for the frame {format_stamp(refused_stamp)} were refused: {reason}",
+        )
+
     def _raise_unless_coming(self, stamp: int | None) -> None:
         """Fail at once when waiting cannot help: a named frame that is gone or was skipped.
 
@@ -358,7 +401,8 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
             raise QueryError(
                 AnswerStatus.NO_IMAGE,
                 f"the frame {format_stamp(stamp)} is no longer cached: newer "
-                f"frames took its place (frame_cache_size={self.params.frame_cache_size}; frames "
+                f"frames took its place (frame_cache_size={self.params.frame_cache_size}, "
+                f"frame_cache_mb={self.params.frame_cache_mb}; frames "
                 "answered about are kept longer for follow-ups)",
             )
         if self.cache.skipped(stamp):
@@ -379,6 +423,10 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
         # Proposals are computed from images: without images, their silence says nothing new.
         proposals = self.proposal_watch.condition(self.image_watch.first) if images is None else None
         conditions = [c for c in (images, proposals) if c is not None]
+        refused = self.cache.refusal() if self.cache.last_list_refused else None
+        if refused is not None:
+            message = f"the newest ProposalArray on {self.proposal_watch.topic} was refused: {refused[1]}"
+            conditions.append(Condition(WARN, "refused_proposals", message))
         if self.backend is None:
             conditions.append(Condition(WARN, "no_model", NO_MODEL))
         return conditions
@@ -440,9 +488,14 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
             **{f"frames.{kind}": count for kind, count in self.cache.sizes().items()},
             "images_received": self.cache.stats.images,
             "images_lost_in_transport": self.image_watch.lost,
+            "queries_received": self.queries_received,
+            "queries_lost_in_transport": self.query_losses.lost,
             "proposals_received": self.cache.stats.proposals,
+            "proposals_refused": self.cache.stats.proposals_refused,
             "frames_paired": self.cache.stats.paired,
             "proposals_without_image": self.cache.stats.proposals_without_image,
+            "frames.held_mib": round(self.cache.held_bytes() / 2**20, 1),
+            "frames.evicted_for_bytes": self.cache.stats.evicted_for_bytes,
             "time_jumps": self.cache.stats.time_jumps,
             **{f"answers.{name}": count for name, count in self.status_counts.items()},
         }

@@ -114,7 +114,7 @@ class ProposalNode(ChatrexNode[ProposalNodeParams]):
         if not publish_from_worker(self, self.claims, msg.header):
             return
         try:
-            image = decode_rgb(msg)
+            image = decode_rgb(msg, max_pixels=self.params.max_image_pixels)
         except ImageFormatError as error:
             self.problems.report("bad_image", f"dropped image: {error}")
             return
