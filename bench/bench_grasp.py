@@ -1,4 +1,4 @@
-"""Cost of the grasp geometry per detection, measured side by side against a plain median.
+"""Cost of the grasp geometry per detection (point, surface normal, extent), side by side against a plain median.
 
 Run: python bench/bench_grasp.py [--repeats N]
 Prints a table and writes bench/results/grasp.json. The question it answers: what does the
@@ -23,6 +23,7 @@ K = np.array([[525.0, 0.0, 319.5], [0.0, 525.0, 239.5], [0.0, 0.0, 1.0]])
 OBJECT_DEPTH, WALL_DEPTH = 0.8, 1.5
 OBJECT = (270, 190, 370, 290)  # 100x100 px object
 BOX = (220, 140, 420, 340)  # 200x200 px detection box: the object fills 25 % of it
+FULL_FRAME = (0, 0, 640, 480)  # the worst case: a box over the whole image
 
 
 def make_scene(encoding: str) -> np.ndarray:
@@ -63,7 +64,7 @@ def time_ms(fn, repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=300)
     args = parser.parse_args()
 
     truth = np.array(back_project(K, 320.0, 240.0, OBJECT_DEPTH))
@@ -76,6 +77,13 @@ def main() -> None:
                 target_from_box(depth, K, BOX, foreground=False).point
             ),
             "target_from_box (foreground)": lambda depth=depth: target_from_box(depth, K, BOX).point,
+            "target_from_box, approach=surface_normal": lambda depth=depth: (
+                target_from_box(depth, K, BOX, approach="surface_normal").point
+            ),
+            "full 640x480 box (foreground)": lambda depth=depth: target_from_box(depth, K, FULL_FRAME).point,
+            "full 640x480 box, surface_normal": lambda depth=depth: (
+                target_from_box(depth, K, FULL_FRAME, approach="surface_normal").point
+            ),
         }
         baseline_ms = None
         for name, fn in methods.items():
@@ -86,9 +94,9 @@ def main() -> None:
                 {"encoding": encoding, "method": name, "ms": ms, "ratio": ms / baseline_ms, "error_cm": error_cm}
             )
 
-    print(f"{'encoding':8} {'method':36} {'ms':>8} {'x naive':>8} {'error cm':>9}")
+    print(f"{'encoding':8} {'method':42} {'ms':>8} {'x naive':>8} {'error cm':>9}")
     for r in rows:
-        print(f"{r['encoding']:8} {r['method']:36} {r['ms']:8.3f} {r['ratio']:8.2f} {r['error_cm']:9.2f}")
+        print(f"{r['encoding']:8} {r['method']:42} {r['ms']:8.3f} {r['ratio']:8.2f} {r['error_cm']:9.2f}")
 
     out = Path(__file__).resolve().parent / "results" / "grasp.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,12 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from chatrex_ros.core.grasp_pairing import SELECTIONS
+from chatrex_ros.core.grasp_surface import (
+    APPROACHES,
+    DEFAULT_MIN_SURFACE_POINTS,
+    DEFAULT_PLANE_TOLERANCE,
+    DEFAULT_SURFACE_RADIUS_M,
+)
 from chatrex_ros.core.images import MAX_IMAGE_PIXELS
 from chatrex_ros.core.proposals import (
     DEFAULT_MIN_SCORE,
@@ -99,6 +105,14 @@ class GraspNodeParams:
     margin: float
     percentile: float
     foreground: bool
+    approach: str
+    surface_radius_m: float
+    min_surface_points: int
+    plane_tolerance: float
+    publish_points: bool
+    publish_mask: bool
+    points_voxel_m: float
+    max_points: int
     depth_scale: float
     min_depth_m: float
     max_depth_m: float
@@ -360,6 +374,60 @@ GRASP_NODE: list[ParamSpec] = [
     ),
     ParamSpec(
         "foreground", True, "Use only the nearest dense depth mode in the box (the object, not the wall behind it)."
+    ),
+    ParamSpec(
+        "approach",
+        "camera_ray",
+        "grasp_pose +X: along the camera ray to the point, or into the fitted surface (-normal; the ray when no "
+        "plane fits, said in `note`).",
+        APPROACHES,
+    ),
+    ParamSpec(
+        "surface_radius_m",
+        DEFAULT_SURFACE_RADIUS_M,
+        "The surface normal is fitted to the object's points within this distance of the target.",
+        minimum=0.005,
+        maximum=0.5,
+    ),
+    ParamSpec(
+        "min_surface_points",
+        DEFAULT_MIN_SURFACE_POINTS,
+        "Fewer points within surface_radius_m: no normal.",
+        minimum=3,
+        maximum=100_000,
+    ),
+    ParamSpec(
+        "plane_tolerance",
+        DEFAULT_PLANE_TOLERANCE,
+        "A point is on a fitted plane within this share of its depth (0.01: 1 cm at 1 m).",
+        minimum=0.001,
+        maximum=0.2,
+    ),
+    ParamSpec(
+        "publish_points",
+        False,
+        "Publish the object's points on `grasp_points` (PointCloud2, float32 xyz, depth frame).",
+        read_only=True,
+    ),
+    ParamSpec(
+        "publish_mask",
+        False,
+        "Publish the depth-aligned mask of the object's pixels on `grasp_mask` (mono8, 255 = used).",
+        read_only=True,
+    ),
+    ParamSpec(
+        "points_voxel_m",
+        0.005,
+        "Voxel size the published points are thinned to (one centroid per voxel), metres.",
+        minimum=0.0005,
+        maximum=0.1,
+    ),
+    ParamSpec(
+        "max_points",
+        5000,
+        "At most this many published points (the voxel grows until they fit).",
+        minimum=1,
+        maximum=1_000_000,
     ),
     ParamSpec(
         "depth_scale",

@@ -19,6 +19,8 @@ def main() -> None:
     node.create_subscription(msg_type, "relay_in", publisher.publish, 10)
     with contextlib.suppress(KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
         rclpy.spin(node)
+    node.destroy_node()
+    rclpy.try_shutdown()
 
 
 if __name__ == "__main__":

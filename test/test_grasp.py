@@ -211,7 +211,13 @@ def test_box_partly_outside_is_clipped(scene_m: np.ndarray) -> None:
     assert target.valid
     assert error_m(target, truth) < TOLERANCE_M
     assert 0.0 <= target.pixel[0] <= box[2]
-    assert abs(target.width_m - (obj_max[0] - left_edge_x)) < TOLERANCE_M  # visible width only
+    # The width across the approach: along the ray, the visible face is seen foreshortened; along the face's
+    # normal (surface_normal), it is the visible width itself.
+    ray = np.array(target.point) / np.linalg.norm(target.point)
+    visible = obj_max[0] - left_edge_x
+    assert abs(target.width_m - visible * math.sqrt(1.0 - ray[0] ** 2)) < TOLERANCE_M
+    facing = target_from_box(depth.astype(np.float32), K_COLOUR, box, approach="surface_normal")
+    assert abs(facing.width_m - visible) < TOLERANCE_M
 
 
 def test_off_axis_object_with_visible_side_face(scene_m: np.ndarray) -> None:

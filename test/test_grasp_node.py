@@ -19,7 +19,8 @@ import pytest
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PointStamped, PoseStamped
 from ros_harness import NodeProcess, RosClient, header, set_parameters, wait_until
-from sensor_msgs.msg import CameraInfo, Image
+from scenes import Plane, angle_deg, render, rotation
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from test_grasp import (
     FACE_CENTRE,
     HEIGHT,
@@ -64,6 +65,7 @@ WALL_BOX = (20.0, 20.0, 120.0, 120.0)  # only the wall: a decoy detection
 TOLERANCE_S = 0.02
 PAIRING_TIMEOUT_S = 0.6
 DEPTH_RING = 3
+MAX_POINTS = 1500
 _stamps = itertools.count()
 
 
@@ -211,6 +213,9 @@ class Graph:
         self.points = client.subscribe(PointStamped, "grasp_point")
         self.poses = client.subscribe(PoseStamped, "grasp_pose")
         self.markers = client.subscribe(Marker, "grasp_marker")
+        self.extent_markers = client.subscribe(Marker, "grasp_extent_marker")
+        self.clouds = client.subscribe(PointCloud2, "grasp_points")
+        self.masks = client.subscribe(Image, "grasp_mask")
         self.diagnostics = client.subscribe(DiagnosticArray, "/diagnostics")
         self.depth_sent = 0  # to the main node, all reliable: the node's depth.received must reach it
         self.last_depth_frame = ""
@@ -259,7 +264,15 @@ def graph():
     main = NodeProcess(
         "chatrex_ros.ros.grasp_target_node",
         "grasp_target_node",
-        params={**qos, "stamp_tolerance_s": TOLERANCE_S, "depth_buffer_size": DEPTH_RING, "pinned_frames": 2},
+        params={
+            **qos,
+            "stamp_tolerance_s": TOLERANCE_S,
+            "depth_buffer_size": DEPTH_RING,
+            "pinned_frames": 2,
+            "publish_points": True,
+            "publish_mask": True,
+            "max_points": MAX_POINTS,
+        },
     )
     bare = NodeProcess(
         "chatrex_ros.ros.grasp_target_node",
@@ -278,7 +291,16 @@ def graph():
                 30,
                 f"a subscriber on {publisher.topic_name}",
             )
-        for topic in ("grasp_target", "grasp_point", "grasp_pose", "grasp_marker", "bare/grasp_target"):
+        for topic in (
+            "grasp_target",
+            "grasp_point",
+            "grasp_pose",
+            "grasp_marker",
+            "grasp_extent_marker",
+            "grasp_points",
+            "grasp_mask",
+            "bare/grasp_target",
+        ):
             client.wait_for_publishers(topic)
         assert main.alive() and bare.alive(), main.output() + bare.output()
         g.pub["depth/camera_info"].publish(camera_info(DEPTH_FRAME, K_COLOUR, WIDTH, HEIGHT))
@@ -613,3 +635,43 @@ def test_a_burst_of_answers_gets_exactly_one_target_each(graph, scene_m) -> None
     finally:
         burst.close()
     assert graph.main.alive()
+
+
+@ros
+def test_the_surface_normal_extent_points_and_mask_are_published(graph) -> None:
+    """approach:=surface_normal on a tilted plane: normal, pose, extent box, PointCloud2 and mask, all consistent."""
+    plane_normal = rotation((0, 1, 0), 30.0) @ np.array([0.0, 0.0, -1.0])
+    depth = render([Plane((0.0, 0.0, 0.9), tuple(plane_normal))], K_COLOUR, WIDTH, HEIGHT)
+    stamp = next_stamp()
+    box = (220.0, 140.0, 420.0, 340.0)
+    assert graph.set_parameters(approach="surface_normal")[0].successful
+    try:
+        graph.send_depth(depth, "32FC1", stamp)
+        target = graph.ask(answer_msg(stamp, "surface", [detection(box=box)]))
+    finally:
+        assert graph.set_parameters(approach="camera_ray")[0].successful
+    assert target.valid and target.approach_source == "surface_normal" and target.note == ""
+    normal = np.array([target.normal.x, target.normal.y, target.normal.z])
+    approach = np.array([target.approach.x, target.approach.y, target.approach.z])
+    assert angle_deg(normal, plane_normal) < 3.0 and angle_deg(approach, -plane_normal) < 3.0
+    assert target.fit_points >= 30 and target.fit_inlier_fraction > 0.9 and target.fit_rms_m < 0.002
+    q = graph.stamped(graph.poses, stamp).pose.orientation
+    assert angle_deg(rotate((q.x, q.y, q.z, q.w), np.array([1.0, 0.0, 0.0])), approach) < 1e-3
+
+    extent = graph.stamped(graph.extent_markers, stamp)
+    assert extent.type == Marker.CUBE and extent.header.frame_id == DEPTH_FRAME
+    assert extent.pose == target.extent_pose
+    assert (target.width_m, target.height_m) == pytest.approx((target.extent_size.y, target.extent_size.z))
+
+    cloud = graph.stamped(graph.clouds, stamp)
+    assert cloud.header.frame_id == DEPTH_FRAME and [f.name for f in cloud.fields] == ["x", "y", "z"]
+    points = np.frombuffer(bytes(cloud.data), np.float32).reshape(-1, 3)
+    assert 0 < points.shape[0] == cloud.width <= MAX_POINTS
+    assert np.abs(points @ plane_normal - 0.9 * plane_normal[2]).max() < 0.005, "every point is on the plane"
+
+    mask_msg = graph.stamped(graph.masks, stamp)
+    assert (mask_msg.encoding, mask_msg.width, mask_msg.height) == ("mono8", WIDTH, HEIGHT)
+    mask = np.frombuffer(bytes(mask_msg.data), np.uint8).reshape(HEIGHT, WIDTH)
+    rows, cols = np.nonzero(mask == 255)
+    assert cols.min() >= box[0] and cols.max() < box[2] and rows.min() >= box[1] and rows.max() < box[3]
+    assert rows.size > 0.5 * (box[2] - box[0]) * (box[3] - box[1])

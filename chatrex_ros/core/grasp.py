@@ -19,16 +19,32 @@ Conventions (each one is a place where a silent mismatch would move the target):
   when mapping boxes between cameras; ``Target.pixel`` is reported in the box convention.
 * The point is on the visible surface of the object (what the depth camera sees), in metres, in the
   depth image's optical frame (REP 103: x right, y down, z forward).
+* The grasp frame (``Target.approach_orientation``, the extent's axes): +X is the approach direction (the camera
+  ray to the point, or into the fitted surface: ``approach``), +Z as close to the camera's up (optical -Y) as
+  +X allows. The surface normal points towards the camera. See :mod:`chatrex_ros.core.grasp_surface`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from chatrex_ros.core.grasp_surface import (
+    APPROACHES,
+    DEFAULT_MIN_SURFACE_POINTS,
+    DEFAULT_PLANE_TOLERANCE,
+    DEFAULT_SURFACE_RADIUS_M,
+    Extent,
+    fit_surface,
+    foreground_points,
+    object_extent,
+    without_support,
+)
+from chatrex_ros.core.rotations import quaternion_from_matrix
 
 REASON_NO_DETECTION = "no detection"
 REASON_NO_DEPTH = "no valid depth"
@@ -51,6 +67,9 @@ PRINCIPAL_POINT_MARGIN = 1.0
 MILLIMETRE = 0.001
 """Metres per unit of a 16UC1 depth image (REP 118)."""
 
+_MIN_EXTENT_POINTS = 10
+"""Fewer foreground points give no extent: width_m / height_m are then the box back-projected."""
+
 _NAN = float("nan")
 
 Box = Sequence[float]
@@ -66,9 +85,17 @@ class Target:
         i.e. the foreground pixels of the shrunk box. The IQR is robust to the flying pixels at object
         edges that would dominate a standard deviation; a large spread means a slanted or mixed surface.
     valid_fraction: share of the shrunk box's pixels with valid depth (0..1).
-    width_m / height_m: the (clipped) box's size back-projected at the target depth: an approximation
-        for a roughly fronto-parallel object.
+    width_m / height_m: the object's visible extent across the approach axis, horizontal-ish (the grasp
+        frame's y) and vertical-ish (z), from its points: what a gripper's opening is checked against. With
+        too few points, the box's size back-projected at the target depth.
     pixel: (u, v) back-projected, in the depth image, box pixel convention (see module docstring).
+    normal: unit normal of the surface around the point, towards the camera; NaN when no plane fitted.
+    approach: unit +X of the grasp frame (``approach_source`` says which: camera_ray or surface_normal).
+    note: a remark on a valid target, e.g. why ``surface_normal`` fell back to the camera ray ('' if none).
+    fit_inlier_fraction / fit_rms_m / fit_points: the plane fit's quality (see ``SurfaceFit``).
+    extent: the object's visible extent as an oriented box (None when not valid).
+    points / mask / mask_origin: the foreground points (N, 3) and their mask in the depth image crop whose
+        top-left pixel is ``mask_origin`` (col, row); only kept when asked for (``keep_points``).
     Fields that could not be computed are NaN.
     """
 
@@ -81,6 +108,17 @@ class Target:
     width_m: float = _NAN
     height_m: float = _NAN
     pixel: tuple[float, float] = (_NAN, _NAN)
+    normal: tuple[float, float, float] = (_NAN, _NAN, _NAN)
+    approach: tuple[float, float, float] = (_NAN, _NAN, _NAN)
+    approach_source: str = ""
+    note: str = ""
+    fit_inlier_fraction: float = _NAN
+    fit_rms_m: float = _NAN
+    fit_points: int = 0
+    extent: Extent | None = None
+    points: np.ndarray | None = field(default=None, compare=False, repr=False)
+    mask: np.ndarray | None = field(default=None, compare=False, repr=False)
+    mask_origin: tuple[int, int] = (0, 0)
 
     @classmethod
     def invalid(cls, reason: str, **stats: float) -> Target:
@@ -91,10 +129,10 @@ class Target:
 
     @property
     def approach_orientation(self) -> tuple[float, float, float, float]:
-        """``approach_quaternion(point)`` for the PoseStamped; NaN quaternion when not valid."""
+        """The grasp frame as a quaternion for the PoseStamped (+X along ``approach``); NaN when not valid."""
         if not self.valid:
             return (_NAN, _NAN, _NAN, _NAN)
-        return approach_quaternion(self.point)
+        return approach_quaternion(self.approach)
 
 
 @dataclass(frozen=True, eq=False)
@@ -139,6 +177,11 @@ def target_from_box(
     band: float = 0.05,
     depth_range: tuple[float, float] = DEFAULT_DEPTH_RANGE_M,
     focal_range: tuple[float, float] = DEFAULT_FOCAL_RANGE_PX,
+    approach: str = "camera_ray",
+    surface_radius_m: float = DEFAULT_SURFACE_RADIUS_M,
+    min_surface_points: int = DEFAULT_MIN_SURFACE_POINTS,
+    plane_tolerance: float = DEFAULT_PLANE_TOLERANCE,
+    keep_points: bool = False,
 ) -> Target:
     """Robust 3-D target for ``box`` (x1, y1, x2, y2 in DEPTH-image pixels).
 
@@ -156,7 +199,14 @@ def target_from_box(
     mode needs to count. Depths outside ``depth_range`` (metres, inclusive) are not valid depth; when the
     box has depth but none in range the target is refused (``REASON_DEPTH_RANGE``). K must pass
     ``intrinsics_problem`` with ``focal_range`` for the depth image's size (else ``REASON_BAD_INTRINSICS``).
+
+    Surface: the foreground points of the clipped box give the plane around the point (``surface_radius_m``,
+    ``min_surface_points``, ``plane_tolerance``: :func:`~chatrex_ros.core.grasp_surface.fit_surface`) and the
+    extent. ``approach`` is ``camera_ray`` or ``surface_normal`` (-normal; the camera ray, with a ``note`` saying
+    why, when no plane fits). ``keep_points`` keeps the points and their mask on the Target.
     """
+    if approach not in APPROACHES:
+        raise ValueError(f"approach must be one of {', '.join(APPROACHES)}, got {approach!r}")
     if margin < 0.0 or margin >= 0.5 or not math.isfinite(margin):
         raise ValueError(f"margin must be in [0, 0.5) (fraction removed per side), got {margin}")
     if not 0.0 <= percentile <= 100.0:
@@ -205,12 +255,34 @@ def target_from_box(
         used = inner_valid
     p25, median, p75, z = (float(v) for v in np.percentile(used, [25.0, 50.0, 75.0, percentile]))
 
-    # --- decode: pixel, back-projection, metric size ---
+    # --- decode: pixel, back-projection, surface, extent ---
     if foreground:
         u, v = _footprint_centroid(metres, lo, hi, c0, r0)
     else:
+        lo, hi = float(used.min()), float(used.max())
         u, v = 0.5 * (cx1 + cx2), 0.5 * (cy1 + cy2)
     point = back_project(k, u, v, z)
+    points, mask = foreground_points(metres, lo, hi, k, c0, r0)
+    border = metres.copy()
+    border[t0 - r0 : t1 - r0, s0 - c0 : s1 - c0] = np.nan  # the trimmed margin: what surrounds the object
+    border_points, _ = foreground_points(border, min_depth, max_depth, k, c0, r0)
+    points, mask, _ = without_support(points, mask, border_points, tolerance=plane_tolerance)
+    fit, why_no_fit = fit_surface(
+        points, np.array(point), radius_m=surface_radius_m, min_points=min_surface_points, tolerance=plane_tolerance
+    )
+    ray = np.array(point) / np.linalg.norm(point)
+    direction, source, note = ray, "camera_ray", ""
+    if approach == "surface_normal":
+        if fit is not None:
+            direction, source = -np.array(fit.normal), "surface_normal"
+        else:
+            note = f"surface_normal fell back to camera_ray: {why_no_fit}"
+    axes = approach_axes(direction)
+    width_m, height_m = (cx2 - cx1) * z / float(k[0, 0]), (cy2 - cy1) * z / float(k[1, 1])
+    extent = None
+    if points.shape[0] >= _MIN_EXTENT_POINTS:
+        extent = object_extent(points, axes, pixel_m=z / float(k[0, 0]))
+        width_m, height_m = extent.size[1], extent.size[2]
     return Target(
         point=point,
         valid=True,
@@ -218,9 +290,20 @@ def target_from_box(
         depth_median=median,
         depth_spread=p75 - p25,
         valid_fraction=valid_fraction,
-        width_m=(cx2 - cx1) * z / float(k[0, 0]),
-        height_m=(cy2 - cy1) * z / float(k[1, 1]),
+        width_m=width_m,
+        height_m=height_m,
         pixel=(u, v),
+        normal=fit.normal if fit is not None else (_NAN, _NAN, _NAN),
+        approach=(float(direction[0]), float(direction[1]), float(direction[2])),
+        approach_source=source,
+        note=note,
+        fit_inlier_fraction=fit.inlier_fraction if fit is not None else _NAN,
+        fit_rms_m=fit.rms_m if fit is not None else _NAN,
+        fit_points=fit.points if fit is not None else 0,
+        extent=extent,
+        points=points if keep_points else None,
+        mask=mask if keep_points else None,
+        mask_origin=(c0, r0),
     )
 
 
@@ -376,9 +459,18 @@ def approach_quaternion(point: Sequence[float]) -> tuple[float, float, float, fl
     x = optical z, y = -optical x, z = -optical y (the usual optical -> body rotation). For a ray
     along +-Y (no up direction left) the optical +Z (forward) is used as "up" instead.
     """
-    p = np.asarray(point, dtype=np.float64).reshape(-1)
+    return quaternion_from_matrix(approach_axes(point))
+
+
+def approach_axes(direction: Sequence[float] | np.ndarray) -> np.ndarray:
+    """The grasp frame for an approach along ``direction`` (any non-zero vector) as a 3x3 matrix of unit columns.
+
+    Columns x, y, z: x along ``direction``, z as close to the camera's up (optical -Y) as possible, y = z x x;
+    see :func:`approach_quaternion`, whose rotation this is.
+    """
+    p = np.asarray(direction, dtype=np.float64).reshape(-1)
     if p.shape != (3,) or not np.all(np.isfinite(p)):
-        raise ValueError(f"point must be 3 finite numbers, got {point!r}")
+        raise ValueError(f"point must be 3 finite numbers, got {direction!r}")
     norm = float(np.linalg.norm(p))
     if norm == 0.0:
         raise ValueError("point must not be the camera origin: the ray direction is undefined")
@@ -390,7 +482,7 @@ def approach_quaternion(point: Sequence[float]) -> tuple[float, float, float, fl
     y_axis = np.cross(z_axis, x_axis)
     y_axis /= np.linalg.norm(y_axis)
     z_axis = np.cross(x_axis, y_axis)  # re-orthogonalised: the quaternion formula needs an exact rotation
-    return _quaternion_from_matrix(np.column_stack([x_axis, y_axis, z_axis]))
+    return np.column_stack([x_axis, y_axis, z_axis])
 
 
 def intrinsics_valid(K: np.ndarray) -> bool:
@@ -549,25 +641,3 @@ def _perpendicular_toward(reference: np.ndarray, axis: np.ndarray) -> np.ndarray
         return None
     unit: np.ndarray = projected / norm
     return unit
-
-
-def _quaternion_from_matrix(r: np.ndarray) -> tuple[float, float, float, float]:
-    """(x, y, z, w) of a rotation matrix, picking the numerically largest component first."""
-    trace = float(np.trace(r))
-    if trace > 0.0:
-        s = 2.0 * math.sqrt(trace + 1.0)
-        w, x, y, z = 0.25 * s, (r[2, 1] - r[1, 2]) / s, (r[0, 2] - r[2, 0]) / s, (r[1, 0] - r[0, 1]) / s
-    elif r[0, 0] >= r[1, 1] and r[0, 0] >= r[2, 2]:
-        s = 2.0 * math.sqrt(1.0 + r[0, 0] - r[1, 1] - r[2, 2])
-        w, x, y, z = (r[2, 1] - r[1, 2]) / s, 0.25 * s, (r[0, 1] + r[1, 0]) / s, (r[0, 2] + r[2, 0]) / s
-    elif r[1, 1] >= r[2, 2]:
-        s = 2.0 * math.sqrt(1.0 + r[1, 1] - r[0, 0] - r[2, 2])
-        w, x, y, z = (r[0, 2] - r[2, 0]) / s, (r[0, 1] + r[1, 0]) / s, 0.25 * s, (r[1, 2] + r[2, 1]) / s
-    else:
-        s = 2.0 * math.sqrt(1.0 + r[2, 2] - r[0, 0] - r[1, 1])
-        w, x, y, z = (r[1, 0] - r[0, 1]) / s, (r[0, 2] + r[2, 0]) / s, (r[1, 2] + r[2, 1]) / s, 0.25 * s
-    q = np.array([x, y, z, w])
-    q /= np.linalg.norm(q)
-    if q[3] < 0.0:  # one of the two equivalent signs, deterministically
-        q = -q
-    return (float(q[0]), float(q[1]), float(q[2]), float(q[3]))

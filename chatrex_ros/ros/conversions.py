@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 from builtin_interfaces.msg import Time
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CompressedImage, Image, PointCloud2, PointField
 from std_msgs.msg import Header
 
 from chatrex_ros.core import types as core
@@ -69,6 +69,21 @@ def image_msg(array_: np.ndarray, encoding: str, header: Header) -> Image:
     )
     data = array.array("B")
     data.frombytes(fields.data)
+    msg.data = data
+    return msg
+
+
+def point_cloud_msg(points: np.ndarray, header: Header) -> PointCloud2:
+    """(N, 3) points -> an unordered ``PointCloud2`` of float32 x, y, z (what PCL, GPD and RViz read)."""
+    xyz = np.ascontiguousarray(points, dtype=np.float32).reshape(-1, 3)
+    msg = PointCloud2(header=header, height=1, width=int(xyz.shape[0]), is_bigendian=False, is_dense=True)
+    msg.fields = [
+        PointField(name=name, offset=4 * index, datatype=PointField.FLOAT32, count=1)
+        for index, name in enumerate("xyz")
+    ]
+    msg.point_step, msg.row_step = 12, 12 * int(xyz.shape[0])
+    data = array.array("B")
+    data.frombytes(xyz.tobytes())
     msg.data = data
     return msg
 

@@ -16,6 +16,7 @@ Outputs carry the answer's image stamp and the depth image's optical frame.
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 import time
@@ -24,9 +25,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from geometry_msgs.msg import Point, PointStamped, PoseStamped
+from geometry_msgs.msg import Point, PointStamped, Pose, PoseStamped, Vector3
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 from visualization_msgs.msg import Marker
 
@@ -42,13 +43,14 @@ from chatrex_ros.core.grasp import (
     target_from_colour_box,
 )
 from chatrex_ros.core.grasp_pairing import DepthStore, choose_detection
+from chatrex_ros.core.grasp_surface import voxel_downsample
 from chatrex_ros.core.images import ImageFormatError, image_to_array
 from chatrex_ros.core.stamps import stamp_to_ns
 from chatrex_ros.core.text import printable
 from chatrex_ros.core.types import Detection
 from chatrex_ros.msg import Answer, GraspTarget, ProposalArray
 from chatrex_ros.node_parameters import GRASP_NODE, GraspNodeParams
-from chatrex_ros.ros.conversions import msg_to_detection
+from chatrex_ros.ros.conversions import image_msg, msg_to_detection, point_cloud_msg
 from chatrex_ros.ros.health import LossCounter
 from chatrex_ros.ros.node_base import ChatrexNode
 from chatrex_ros.ros.node_runtime import run_node
@@ -95,6 +97,11 @@ class GraspTargetNode(ChatrexNode[GraspNodeParams]):
         self.point_pub = self.create_publisher(PointStamped, "grasp_point", reliable_qos())
         self.pose_pub = self.create_publisher(PoseStamped, "grasp_pose", reliable_qos())
         self.marker_pub = self.create_publisher(Marker, "grasp_marker", reliable_qos(2))
+        self.extent_pub = self.create_publisher(Marker, "grasp_extent_marker", reliable_qos(2))
+        self.points_pub = (
+            self.create_publisher(PointCloud2, "grasp_points", reliable_qos(2)) if params.publish_points else None
+        )
+        self.mask_pub = self.create_publisher(Image, "grasp_mask", reliable_qos(2)) if params.publish_mask else None
         group = MutuallyExclusiveCallbackGroup()
         # camera_info comes from the same driver as the depth stream, with the same QoS.
         qos = sensor_qos(params.depth_qos.reliability, params.depth_qos.depth)
@@ -296,6 +303,20 @@ class GraspTargetNode(ChatrexNode[GraspNodeParams]):
                 f"invalid:{_cause(target.reason)}", f"query {_quoted(pending.answer.query_id)}: {target.reason}"
             )
         self._publish(pending.answer, pending.detection, target, frame, pending.received)
+        if target.valid:
+            self._publish_object(target, Header(stamp=pending.answer.header.stamp, frame_id=frame), depth_msg)
+
+    def _publish_object(self, target: Target, header: Header, depth_msg: Image) -> None:
+        """The object's points and mask, when asked for (``publish_points``, ``publish_mask``)."""
+        if self.points_pub is not None and target.points is not None:
+            points = voxel_downsample(target.points, self.params.points_voxel_m, self.params.max_points)
+            self.points_pub.publish(point_cloud_msg(points, header))
+        if self.mask_pub is not None and target.mask is not None:
+            mask = np.zeros((depth_msg.height, depth_msg.width), np.uint8)
+            col, row = target.mask_origin
+            height, width = target.mask.shape
+            mask[row : row + height, col : col + width][target.mask] = 255
+            self.mask_pub.publish(image_msg(mask, "mono8", header))
 
     def _target(self, pending: _Pending, depth_msg: Image) -> Target:
         # Pre-process: decode and check the depth image, look up both cameras.
@@ -329,6 +350,11 @@ class GraspTargetNode(ChatrexNode[GraspNodeParams]):
                 margin=params.margin,
                 percentile=params.percentile,
                 foreground=params.foreground,
+                approach=params.approach,
+                surface_radius_m=params.surface_radius_m,
+                min_surface_points=params.min_surface_points,
+                plane_tolerance=params.plane_tolerance,
+                keep_points=self.points_pub is not None or self.mask_pub is not None,
             )
         except ValueError as error:  # e.g. a NaN box in the answer: refuse this one, keep serving
             return Target.invalid(f"bad input: {error}")
@@ -382,20 +408,22 @@ class GraspTargetNode(ChatrexNode[GraspNodeParams]):
         msg.depth_median, msg.depth_spread = target.depth_median, target.depth_spread
         msg.valid_fraction = target.valid_fraction
         msg.width_m, msg.height_m = target.width_m, target.height_m
+        msg.normal = _vector(target.normal)
+        msg.approach = _vector(target.approach)
+        msg.approach_source, msg.note = target.approach_source, target.note
+        msg.fit_inlier_fraction, msg.fit_rms_m = target.fit_inlier_fraction, target.fit_rms_m
+        msg.fit_points = int(target.fit_points)
+        if target.extent is not None:
+            msg.extent_pose = _pose(target.extent.centre, target.extent.orientation)
+            msg.extent_size = _vector(target.extent.size)
+        else:
+            msg.extent_pose = _pose((math.nan,) * 3, (math.nan,) * 4)
         self.target_pub.publish(msg)
         if target.valid:
             self.point_pub.publish(PointStamped(header=header, point=msg.point))
-            pose = PoseStamped(header=header)
-            pose.pose.position = msg.point
-            qx, qy, qz, qw = target.approach_orientation
-            pose.pose.orientation.x, pose.pose.orientation.y, pose.pose.orientation.z, pose.pose.orientation.w = (
-                qx,
-                qy,
-                qz,
-                qw,
-            )
-            self.pose_pub.publish(pose)
+            self.pose_pub.publish(PoseStamped(header=header, pose=_pose(target.point, target.approach_orientation)))
         self.marker_pub.publish(_marker(header, target))
+        self.extent_pub.publish(_extent_marker(header, target))
         self.outcomes["valid" if target.valid else _cause(target.reason)] += 1
         self.last_latency_ms = (time.monotonic() - received) * 1e3
 
@@ -429,15 +457,41 @@ def _cause(reason: str) -> str:
     return re.split(r"[:('0-9]", reason, maxsplit=1)[0].strip()
 
 
+def _vector(values: tuple[float, float, float]) -> Vector3:
+    return Vector3(x=float(values[0]), y=float(values[1]), z=float(values[2]))
+
+
+def _pose(position: tuple[float, float, float], orientation: tuple[float, float, float, float]) -> Pose:
+    pose = Pose()
+    pose.position.x, pose.position.y, pose.position.z = (float(v) for v in position)
+    o = pose.orientation
+    o.x, o.y, o.z, o.w = (float(v) for v in orientation)
+    return pose
+
+
+def _extent_marker(header: Header, target: Target) -> Marker:
+    """The object's extent as a translucent box; a DELETE when there is none so no old box lingers."""
+    marker = Marker(header=header, ns=MARKER_NAMESPACE, id=1)
+    if target.extent is None:
+        marker.action = Marker.DELETE
+        return marker
+    marker.type, marker.action = Marker.CUBE, Marker.ADD
+    marker.pose = _pose(target.extent.centre, target.extent.orientation)
+    # RViz does not draw a box of zero thickness (a flat face seen head-on): give it one millimetre.
+    marker.scale.x, marker.scale.y, marker.scale.z = (max(float(v), 0.001) for v in target.extent.size)
+    marker.color.r, marker.color.g, marker.color.b, marker.color.a = 0.2, 0.6, 1.0, 0.4
+    return marker
+
+
 def _marker(header: Header, target: Target) -> Marker:
-    """An arrow along the camera ray ending at the target; a DELETE when not valid so no old arrow lingers."""
+    """An arrow along the approach ending at the target; a DELETE when not valid so no old arrow lingers."""
     marker = Marker(header=header, ns=MARKER_NAMESPACE, id=0)
     if not target.valid:
         marker.action = Marker.DELETE
         return marker
     marker.type, marker.action = Marker.ARROW, Marker.ADD
     end = np.asarray(target.point, np.float64)
-    start = end - ARROW_LENGTH_M * end / np.linalg.norm(end)
+    start = end - ARROW_LENGTH_M * np.asarray(target.approach, np.float64)
     marker.points = [
         Point(x=float(start[0]), y=float(start[1]), z=float(start[2])),
         Point(x=end[0], y=end[1], z=end[2]),
