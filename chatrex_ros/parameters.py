@@ -121,8 +121,29 @@ def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def markdown_table(specs: Sequence[ParamSpec]) -> str:
     """The README's parameter table for a node (kept in sync by a test)."""
-    rows = ["| parameter | type | default | description |", "|---|---|---|---|"]
+    rows = ["| parameter | type | default | allowed | description |", "|---|---|---|---|---|"]
     for spec in specs:
         default = f"`{spec.default}`" if spec.default != "" else '`""`'
-        rows.append(f"| `{spec.name}` | {spec.type_name} | {default} | {spec.description} |")
+        rows.append(f"| `{spec.name}` | {spec.type_name} | {default} | {_allowed(spec)} | {spec.description} |")
     return "\n".join(rows)
+
+
+def _allowed(spec: ParamSpec) -> str:
+    """The values a parameter accepts, as the table shows them; ``(read-only)`` when fixed at start."""
+    if spec.choices:
+        text = ", ".join(f"`{choice}`" for choice in spec.choices)
+        text += ", `python:module:Class`" if spec.allow_plugin else ""
+    elif spec.minimum is not None and spec.maximum is not None:
+        text = f"{_number(spec.minimum)}..{_number(spec.maximum)}"
+    elif spec.minimum is not None:
+        text = f">= {_number(spec.minimum)}"
+    elif spec.maximum is not None:
+        text = f"<= {_number(spec.maximum)}"
+    else:
+        text = "any"
+    return f"{text} (read-only)" if spec.read_only else text
+
+
+def _number(value: float) -> str:
+    """A bound as people write it: 1048576, not 1.04858e+06; 0.05, not 0.050000."""
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else f"{value:g}"

@@ -438,3 +438,22 @@ def test_frame_buffers_stay_within_their_byte_budget(module, topic, budget, enco
     finally:
         client.close()
         assert node.stop() == 0, node.output()
+
+
+def test_a_query_while_every_image_is_dropped_is_told_why() -> None:
+    """Images that arrive but are all refused (here: above max_image_pixels) are NO_IMAGE with the reason."""
+    node = start_node(namespace="/dropped", max_image_pixels=1000)
+    client = RosClient("dropped_client")
+    try:
+        answers = client.subscribe(Answer, "dropped/answer", depth=10)
+        pubs = connect_with_one_frame(client, node, "/dropped")
+        client.wait_for_publishers("dropped/answer")
+        wait_until(lambda: "max_image_pixels" in node.output(), 20, "the dropped image logged")
+        pubs["query"].publish(Query(id="while-dropped", task="detect", text="cup"))
+        wait_until(lambda: answers_to(answers, "while-dropped"), 20, "the answer")
+        answer = answers_to(answers, "while-dropped")[0]
+        assert answer.status == Answer.STATUS_NO_IMAGE, answer.status_message
+        assert "dropped" in answer.status_message and "max_image_pixels" in answer.status_message
+    finally:
+        client.close()
+        assert node.stop() == 0, node.output()

@@ -76,7 +76,7 @@ def _check_pixels(width: int, height: int, max_pixels: int, what: str) -> None:
     if width * height > max_pixels:
         raise ImageFormatError(
             f"{what} declares {width}x{height} = {width * height} pixels, above the limit of {max_pixels} pixels"
-            " (max_pixels)"
+            " (max_image_pixels)"
         )
 
 

@@ -113,6 +113,8 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
             max_bytes=params.frame_cache_mb * 2**20,
             size_of=lambda image: image.rgb.nbytes,
         )
+        self.images_dropped = 0
+        self.newest_image_dropped: str | None = None  # why the newest image was dropped; None when it was kept
         self.jobs: QueryQueue[_Job] = QueryQueue(params.queue_size)
         self.status_counts = {status.name: 0 for status in AnswerStatus}
         self._counts_lock = threading.Lock()  # answers are finished on the worker and on intake threads
@@ -194,14 +196,18 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
         self.image_watch.note()
         try:
             rgb = decode_rgb(msg, max_pixels=self.params.max_image_pixels)
-        except ImageFormatError as error:
-            self.problems.report("bad_image", f"dropped image: {error}")
-            return
-        try:
             self.cache.add_image(stamp_to_ns(msg.header.stamp), _StoredImage(msg.header, rgb))
-        except FrameTooLarge as error:
-            self.problems.report("image_too_large", f"dropped image: {error} (frame_cache_mb)")
+        except (ImageFormatError, FrameTooLarge) as error:
+            cause, why = (
+                ("image_too_large", f"{error} (frame_cache_mb)")
+                if isinstance(error, FrameTooLarge)
+                else ("bad_image", str(error))
+            )
+            self.images_dropped += 1
+            self.newest_image_dropped = why
+            self.problems.report(cause, f"dropped image: {why}")
             return
+        self.newest_image_dropped = None
         for event in self.cache.take_events():
             self.report_stamp_event("image", event, "the cached frames")
 
@@ -351,6 +357,11 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
             self._raise_unless_coming(stamp)
             frame = self.cache.wait_for(stamp, wait)
         if frame is None:
+            dropped = self.newest_image_dropped
+            if stamp is None and dropped is not None:
+                raise QueryError(
+                    AnswerStatus.NO_IMAGE, f"the images on {self.image_watch.topic} are dropped: {dropped}"
+                )
             if stamp is None and not self.cache.knows():
                 raise QueryError(
                     AnswerStatus.NO_IMAGE,
@@ -423,6 +434,11 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
         # Proposals are computed from images: without images, their silence says nothing new.
         proposals = self.proposal_watch.condition(self.image_watch.first) if images is None else None
         conditions = [c for c in (images, proposals) if c is not None]
+        dropped = self.newest_image_dropped
+        if dropped is not None:
+            conditions.append(
+                Condition(WARN, "images_dropped", f"images on {self.image_watch.topic} are dropped: {dropped}")
+            )
         refused = self.cache.refusal() if self.cache.last_list_refused else None
         if refused is not None:
             message = f"the newest ProposalArray on {self.proposal_watch.topic} was refused: {refused[1]}"
@@ -487,6 +503,7 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
             "last_latency_ms": self.last_latency_ms,
             **{f"frames.{kind}": count for kind, count in self.cache.sizes().items()},
             "images_received": self.cache.stats.images,
+            "images_dropped": self.images_dropped,
             "images_lost_in_transport": self.image_watch.lost,
             "queries_received": self.queries_received,
             "queries_lost_in_transport": self.query_losses.lost,
