@@ -31,6 +31,7 @@ from chatrex_ros.core.proposals import (
     NMS_IOU_RANGE,
 )
 from chatrex_ros.core.types import MAX_PROPOSALS
+from chatrex_ros.core.vlm_protocol import BOX_FORMATS, DEFAULT_MATCH_IOU
 from chatrex_ros.models.registry import LANGUAGE_BACKENDS, NO_LANGUAGE_BACKEND, PROPOSAL_BACKENDS
 from chatrex_ros.parameters import ParamSpec, resolve, sensor_qos_specs
 
@@ -70,6 +71,19 @@ class ProposalNodeParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class VlmParams:
+    """The OpenAI-compatible VLM server of ``language_backend:=openai`` (``vlm.*``)."""
+
+    base_url: str
+    model: str
+    api_key_env: str
+    box_format: str
+    timeout_s: float
+    retries: int
+    match_iou: float
+
+
+@dataclasses.dataclass(frozen=True)
 class LanguageNodeParams:
     """language_node's parameters (:data:`LANGUAGE_NODE`)."""
 
@@ -91,6 +105,7 @@ class LanguageNodeParams:
     image_transport: str
     max_image_pixels: int
     image_qos: SensorQos
+    vlm: VlmParams
 
 
 @dataclasses.dataclass(frozen=True)
@@ -328,6 +343,43 @@ LANGUAGE_NODE: list[ParamSpec] = [
     IMAGE_TRANSPORT,
     MAX_IMAGE_PIXELS_SPEC,
     *sensor_qos_specs(),
+    ParamSpec(
+        "vlm.base_url",
+        "",
+        "language_backend:=openai: the server's OpenAI-compatible API, e.g. http://gpu-host:8000/v1.",
+        read_only=True,
+    ),
+    ParamSpec("vlm.model", "", "The model name the server serves (e.g. Qwen/Qwen2.5-VL-7B-Instruct).", read_only=True),
+    ParamSpec(
+        "vlm.api_key_env",
+        "",
+        "Name of the environment variable holding the API key ('' = none; the key itself is never a parameter).",
+        read_only=True,
+    ),
+    ParamSpec(
+        "vlm.box_format",
+        "pixel",
+        "How boxes are written to the model: pixel (Qwen2.5-VL), norm1000 (Qwen2-VL, InternVL), norm1.",
+        BOX_FORMATS,
+        read_only=True,
+    ),
+    ParamSpec("vlm.timeout_s", 30.0, "Per-request timeout, seconds.", minimum=0.1, maximum=3600.0, read_only=True),
+    ParamSpec(
+        "vlm.retries",
+        2,
+        "Retries with backoff on connection errors, timeouts, 429 and 5xx.",
+        minimum=0,
+        maximum=10,
+        read_only=True,
+    ),
+    ParamSpec(
+        "vlm.match_iou",
+        DEFAULT_MATCH_IOU,
+        "A box the model draws is the best-overlapping proposal at this IoU or above, else rejected.",
+        minimum=0.05,
+        maximum=1.0,
+        read_only=True,
+    ),
 ]
 
 GRASP_NODE: list[ParamSpec] = [

@@ -43,6 +43,15 @@ NOT_RUNNABLE = {
     "ros2 launch chatrex_ros chatrex.launch.py image_topic:=/camera/color/image_raw": (
         "needs launch/launch_ros (not on PyPI); test_launch.py checks the description"
     ),
+    # an external VLM server on a GPU machine; test_vlm_backend.py runs the node and eval against a stand-in
+    "vllm serve Qwen/Qwen2.5-VL-7B-Instruct --port 8000 --max-model-len 16384 --limit-mm-per-prompt "
+    "'{\"image\": 1}'": "serves a VLM on a GPU machine (vLLM is not installed here)",
+    "ollama pull qwen2.5vl:7b": "downloads a model for Ollama on a GPU machine (not installed here)",
+    "chatrex-ros up --image /camera/camera/color/image_raw --set language_node.language_backend=openai "
+    "--set language_node.vlm.base_url=http://gpu-host:8000/v1 "
+    "--set language_node.vlm.model=Qwen/Qwen2.5-VL-7B-Instruct": (
+        "needs a VLM server at gpu-host; test_vlm_backend.py runs the node against a stand-in server"
+    ),
 }
 
 

@@ -103,7 +103,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="proposal backend constructor keyword, e.g. checkpoint=upn_large.pth (repeatable)",
     )
-    models.add_argument("--language-backend", help="none | chatrex | python:module:Class")
+    models.add_argument("--language-backend", help="none | chatrex | openai | python:module:Class")
     models.add_argument("--model-path", help="ChatRex-7B directory (passed as model_path=)")
     models.add_argument(
         "--language-param",

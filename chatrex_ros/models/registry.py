@@ -37,7 +37,12 @@ PROPOSAL_BACKENDS: tuple[str, ...] = tuple(_PROPOSAL_CLASSES)
 NO_LANGUAGE_BACKEND = "none"
 """The language backend name for "no model": the graph only proposes, queries are answered MODEL_ERROR."""
 
-_LANGUAGE_CLASSES: Mapping[str, str] = MappingProxyType({"chatrex": "chatrex_ros.models.chatrex:ChatRexBackend"})
+_LANGUAGE_CLASSES: Mapping[str, str] = MappingProxyType(
+    {
+        "chatrex": "chatrex_ros.models.chatrex:ChatRexBackend",
+        "openai": "chatrex_ros.models.openai_vlm:OpenAIVLMBackend",
+    }
+)
 LANGUAGE_BACKENDS: tuple[str, ...] = (NO_LANGUAGE_BACKEND, *_LANGUAGE_CLASSES)
 """The built-in language backend names (the ``language_backend`` parameter's choices)."""
 

@@ -84,6 +84,18 @@ def language_backend_kwargs(params: LanguageNodeParams) -> dict[str, Any]:
             "trust_remote_code": params.trust_remote_code,
         }
         return {**base, **options}
+    if params.language_backend == "openai":
+        vlm = params.vlm
+        served: dict[str, Any] = {
+            "base_url": vlm.base_url,
+            "model": vlm.model,
+            "api_key_env": vlm.api_key_env,
+            "box_format": vlm.box_format,
+            "timeout_s": vlm.timeout_s,
+            "retries": vlm.retries,
+            "match_iou": vlm.match_iou,
+        }
+        return {**served, **options}
     return options
 
 
