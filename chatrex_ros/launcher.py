@@ -243,13 +243,36 @@ def plan_graph(
     return planned
 
 
-def dds_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The big-SHM Fast DDS profile unless the user chose one (camera frames otherwise leave shared memory)."""
+def dds_environment(
+    base: Mapping[str, str] | None = None, *, multihost: bool = False, discovery_server: str = ""
+) -> dict[str, str]:
+    """The nodes' DDS environment: the package's Fast DDS profile unless the user chose one.
+
+    ``fastdds.xml`` (one host: a 32 MB shared-memory segment, UDP on loopback only) by default;
+    ``fastdds_multihost.xml`` (UDP on every interface) with ``multihost`` or a ``discovery_server``
+    (``HOST:PORT[;HOST:PORT...]``, set as ``ROS_DISCOVERY_SERVER``: the nodes discover each other through that Fast
+    DDS discovery server instead of multicast). Across hosts, ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` would keep
+    the nodes from finding each other, so it is raised to ``SUBNET`` there.
+    """
     env = dict(base if base is not None else os.environ)
+    spanning = multihost or bool(discovery_server)
     if "FASTDDS_DEFAULT_PROFILES_FILE" not in env:
-        env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(config_file("fastdds.xml"))
+        env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(config_file("fastdds_multihost.xml" if spanning else "fastdds.xml"))
         env.setdefault("RMW_FASTRTPS_USE_QOS_FROM_XML", "0")
+    if spanning and env.get("ROS_AUTOMATIC_DISCOVERY_RANGE") == "LOCALHOST":
+        env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "SUBNET"
+    if discovery_server:
+        env["ROS_DISCOVERY_SERVER"] = check_discovery_server(discovery_server)
     return env
+
+
+def check_discovery_server(value: str) -> str:
+    """``HOST:PORT`` (several separated by ``;``) as ROS_DISCOVERY_SERVER takes it; ValueError otherwise."""
+    for server in value.split(";"):
+        host, sep, port = server.strip().rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"--discovery-server {value!r}: expected HOST:PORT (e.g. 192.168.1.10:11811)")
+    return value
 
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -293,9 +316,12 @@ class GraphProcesses:
     A second signal while stopping kills the nodes that are still running.
     """
 
-    def __init__(self, planned: Sequence[PlannedNode], out: TextIO = sys.stdout) -> None:
+    def __init__(
+        self, planned: Sequence[PlannedNode], out: TextIO = sys.stdout, environment: Mapping[str, str] | None = None
+    ) -> None:
         self.planned = list(planned)
         self.out = out
+        self._environment = environment  # None: dds_environment() of this process's environment
         self.processes: list[tuple[str, subprocess.Popen[str]]] = []
         self._forwarders: list[threading.Thread] = []
         self._tmp = tempfile.TemporaryDirectory(prefix="chatrex_up_")
@@ -320,7 +346,7 @@ class GraphProcesses:
 
     def start(self) -> None:
         """Write each node's params file and start its process, then the threads that forward their output."""
-        env = dds_environment()
+        env = dict(self._environment) if self._environment is not None else dds_environment()
         preexec = die_with_parent()
         for node in self.planned:
             params_file = Path(self._tmp.name) / f"{node.spec.name}.yaml"

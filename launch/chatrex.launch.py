@@ -23,7 +23,7 @@ from chatrex_ros.names import NAMESPACE
 # (launch argument, node, parameter, description): applied over the params file only when not empty.
 PARAMETER_ARGUMENTS = (
     ("proposal_backend", "proposal_node", "backend", "selective_search | torch | onnxruntime | tensorrt"),
-    ("language_backend", "language_node", "language_backend", "none | chatrex"),
+    ("language_backend", "language_node", "language_backend", "none | chatrex | openai"),
     ("model_path", "language_node", "model_path", "local ChatRex-7B directory"),
 )
 
@@ -59,6 +59,9 @@ def _nodes(context, *args, **kwargs):
             if value:
                 overrides[parameter] = value
         extra = {"condition": IfCondition(LaunchConfiguration(OPTIONAL_NODES[name]))} if name in OPTIONAL_NODES else {}
+        discovery_server = LaunchConfiguration("discovery_server").perform(context)
+        if discovery_server:
+            extra["additional_env"] = {"ROS_DISCOVERY_SERVER": discovery_server}
         actions.append(
             Node(
                 package="chatrex_ros",
@@ -93,6 +96,12 @@ def generate_launch_description():
             for name, node, param, text in PARAMETER_ARGUMENTS
         ),
         DeclareLaunchArgument("grasp", default_value="false", description="also start grasp_target_node"),
+        DeclareLaunchArgument(
+            "discovery_server",
+            default_value="",
+            description="HOST:PORT of a Fast DDS discovery server the nodes discover through (ROS_DISCOVERY_SERVER); "
+            "use it with fastdds_profile:=<share>/config/fastdds_multihost.xml",
+        ),
         # Camera frames do not fit Fast DDS's default shared-memory segment; the shipped profile has a 32 MB one
         # (single host: UDP on loopback only; use config/fastdds_multihost.xml across machines).
         DeclareLaunchArgument(

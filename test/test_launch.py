@@ -168,7 +168,8 @@ def test_launch_overrides_are_declared_parameters(description) -> None:
     overridable = {
         argument.args[0] for argument in _arguments(description).values() if argument.kwargs["default_value"] == ""
     }
-    assert overridable == {"proposal_backend", "language_backend", "model_path"}
+    # discovery_server also defaults to "": it sets the nodes' environment, not a parameter
+    assert overridable == {"proposal_backend", "language_backend", "model_path", "discovery_server"}
 
 
 # ---- config/chatrex.yaml ----
@@ -410,6 +411,24 @@ def test_up_uses_the_shipped_fastdds_profile_unless_one_is_set() -> None:
     assert env["RMW_FASTRTPS_USE_QOS_FROM_XML"] == "0"
     mine = dds_environment({"FASTDDS_DEFAULT_PROFILES_FILE": "/mine.xml"})
     assert mine["FASTDDS_DEFAULT_PROFILES_FILE"] == "/mine.xml"
+
+
+def test_a_graph_across_hosts_gets_the_multihost_profile_and_the_discovery_server() -> None:
+    spanning = dds_environment({"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}, multihost=True)
+    assert Path(spanning["FASTDDS_DEFAULT_PROFILES_FILE"]).name == "fastdds_multihost.xml"
+    assert spanning["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "SUBNET" and "ROS_DISCOVERY_SERVER" not in spanning
+    served = dds_environment({}, discovery_server="10.0.0.1:11811;10.0.0.2:11811")
+    assert served["ROS_DISCOVERY_SERVER"] == "10.0.0.1:11811;10.0.0.2:11811"
+    assert Path(served["FASTDDS_DEFAULT_PROFILES_FILE"]).name == "fastdds_multihost.xml"
+    for bad in ("10.0.0.1", "10.0.0.1:0", "host:port", ":11811"):
+        with pytest.raises(ValueError, match="expected HOST:PORT"):
+            dds_environment({}, discovery_server=bad)
+
+
+def test_the_launch_files_discovery_server_reaches_every_node(description) -> None:
+    assert all("additional_env" not in node.kwargs for node in _nodes(description).values())
+    nodes = _nodes(description, discovery_server="10.0.0.1:11811")
+    assert {n.kwargs["additional_env"]["ROS_DISCOVERY_SERVER"] for n in nodes.values()} == {"10.0.0.1:11811"}
 
 
 @pytest.mark.ros

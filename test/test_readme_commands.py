@@ -47,6 +47,9 @@ NOT_RUNNABLE = {
     "vllm serve Qwen/Qwen2.5-VL-7B-Instruct --port 8000 --max-model-len 16384 --limit-mm-per-prompt "
     "'{\"image\": 1}'": "serves a VLM on a GPU machine (vLLM is not installed here)",
     "ollama pull qwen2.5vl:7b": "downloads a model for Ollama on a GPU machine (not installed here)",
+    "fastdds discovery -l 0.0.0.0 -p 11811": (
+        "a server that runs until stopped; test_multihost.py runs it inside a network namespace"
+    ),
     "chatrex-ros up --image /camera/camera/color/image_raw --set language_node.language_backend=openai "
     "--set language_node.vlm.base_url=http://gpu-host:8000/v1 "
     "--set language_node.vlm.model=Qwen/Qwen2.5-VL-7B-Instruct": (

@@ -256,6 +256,17 @@ def test_use_sim_time_is_accepted_for_every_node_and_dry_run_shows_the_resolved_
     assert "color/camera_info:=/camera/camera/color/camera_info" in printed
 
 
+def test_dry_run_shows_the_dds_settings_of_a_graph_across_machines(capsys, monkeypatch) -> None:
+    monkeypatch.delenv("FASTDDS_DEFAULT_PROFILES_FILE", raising=False)
+    assert main(["up", "--dry-run", "--discovery-server", "192.168.1.10:11811"]) == 0
+    commands = [line for line in capsys.readouterr().out.splitlines() if " -m chatrex_ros.ros." in line]
+    assert len(commands) == 2
+    for command in commands:
+        assert "ROS_DISCOVERY_SERVER=192.168.1.10:11811" in command and "fastdds_multihost.xml" in command
+    assert main(["up", "--dry-run", "--discovery-server", "192.168.1.10"]) == 2
+    assert "expected HOST:PORT" in capsys.readouterr().err
+
+
 # ---- no node outlives `up` ----
 
 

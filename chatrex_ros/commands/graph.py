@@ -67,6 +67,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="override a parameter, e.g. --set proposal_node.backend=onnxruntime (YAML value)",
     )
     parser.add_argument(
+        "--multihost",
+        action="store_true",
+        help="the graph spans machines: Fast DDS on every interface (config/fastdds_multihost.xml), not loopback only",
+    )
+    parser.add_argument(
+        "--discovery-server",
+        metavar="HOST:PORT",
+        default="",
+        help="discover through this Fast DDS discovery server (`fast-discovery-server -i 0 -l HOST -p PORT`) "
+        "instead of multicast; implies --multihost",
+    )
+    parser.add_argument(
         "--dry-run",
         action="store_true",
         help="check the configuration, print the commands and resolved parameters, start nothing",
@@ -88,7 +100,7 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, object]]:
 
 def run(args: argparse.Namespace) -> int:
     """`up`: validate the params file and --set overrides, then run the graph (or print it with --dry-run)."""
-    from chatrex_ros.launcher import GraphConfigError, GraphProcesses, load_config, plan_graph
+    from chatrex_ros.launcher import GraphConfigError, GraphProcesses, dds_environment, load_config, plan_graph
 
     topics = {
         "image": args.image,
@@ -99,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
         planned = plan_graph(config, parse_overrides(args.set), topics, args.grasp)
+        environment = dds_environment(multihost=args.multihost, discovery_server=args.discovery_server)
     except GraphConfigError as error:
         print("chatrex-ros up: nothing started:\n  " + "\n  ".join(error.problems), file=sys.stderr)
         return ExitCode.BAD_INPUT
@@ -112,8 +125,11 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     if args.dry_run:
+        # Each command as a shell would run it: the DDS settings up gives the nodes, then the node's command line.
+        keys = ("FASTDDS_DEFAULT_PROFILES_FILE", "ROS_DISCOVERY_SERVER", "ROS_AUTOMATIC_DISCOVERY_RANGE")
+        settings = [f"{key}={shlex.quote(environment[key])}" for key in keys if environment.get(key)]
         for node in planned:
-            print(shlex.join(node.command(Path(f"<{node.spec.name}.yaml>"))))
+            print(" ".join([*settings, shlex.join(node.command(Path(f"<{node.spec.name}.yaml>")))]))
             print(yaml.safe_dump(node.params_document(), sort_keys=False))
         return ExitCode.OK
-    return GraphProcesses(planned).run()
+    return GraphProcesses(planned, environment=environment).run()
