@@ -33,6 +33,7 @@ from chatrex_ros.core.proposals import (
 from chatrex_ros.core.types import MAX_PROPOSALS
 from chatrex_ros.core.vlm_protocol import BOX_FORMATS, DEFAULT_MATCH_IOU
 from chatrex_ros.models.registry import LANGUAGE_BACKENDS, NO_LANGUAGE_BACKEND, PROPOSAL_BACKENDS
+from chatrex_ros.models.selective_search import MODES as SELECTIVE_SEARCH_MODES
 from chatrex_ros.parameters import ParamSpec, resolve, sensor_qos_specs
 
 P = TypeVar("P")
@@ -60,6 +61,8 @@ class ProposalNodeParams:
     device: str
     precision: str
     selective_search_long_side: int
+    selective_search_mode: str
+    selective_search_workers: int
     min_score: float
     nms_iou: float
     max_proposals: int
@@ -225,10 +228,25 @@ PROPOSAL_NODE: list[ParamSpec] = [
     ),
     ParamSpec(
         "selective_search_long_side",
-        400,
+        320,
         "Selective search works on a copy this long (px).",
         minimum=64,
         maximum=4096,
+        read_only=True,
+    ),
+    ParamSpec(
+        "selective_search_mode",
+        "balanced",
+        "balanced: HSV and Lab searched apart and interleaved (parallel); fast / quality / single: OpenCV's modes.",
+        SELECTIVE_SEARCH_MODES,
+        read_only=True,
+    ),
+    ParamSpec(
+        "selective_search_workers",
+        2,
+        "Processes for the balanced mode (one per colour space; same output with 1).",
+        minimum=1,
+        maximum=2,
         read_only=True,
     ),
     ParamSpec(

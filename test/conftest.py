@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -21,6 +22,10 @@ os.environ.setdefault("AMENT_PREFIX_PATH", sys.prefix)
 os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TEST_DIR), os.environ.get("PYTHONPATH", "")]).rstrip(
     os.pathsep
 )
+# A suite started in the background of a script (`pytest &`, nohup) inherits SIGINT ignored, and so would every
+# node it starts: their Ctrl-C shutdown, which many tests check, would never happen. Restore the default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 for path in (str(TEST_DIR), str(ROOT)):
     if path not in sys.path:
         sys.path.insert(0, path)

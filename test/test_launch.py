@@ -8,6 +8,7 @@ OpaqueFunction is called with a stand-in context holding the launch arguments.
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 import time
@@ -444,19 +445,24 @@ def test_up_starts_the_graph_and_stops_cleanly_on_ctrl_c(tmp_path) -> None:
         text=True,
         start_new_session=True,
     )
-    lines: list[str] = []
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and sum("ready" in line for line in lines) < 2:
-        line = process.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-    assert any(line.startswith("[proposal_node]") and "ready" in line for line in lines), "".join(lines)
-    assert any(line.startswith("[language_node]") and "ready" in line for line in lines), "".join(lines)
-    process.send_signal(signal.SIGINT)
-    output, _ = process.communicate(timeout=30)
-    assert process.returncode == 0, "".join(lines) + output
-    assert "stopping the graph" in output
+    try:
+        lines: list[str] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and sum("ready" in line for line in lines) < 2:
+            line = process.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+        assert any(line.startswith("[proposal_node]") and "ready" in line for line in lines), "".join(lines)
+        assert any(line.startswith("[language_node]") and "ready" in line for line in lines), "".join(lines)
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=30)
+        assert process.returncode == 0, "".join(lines) + output
+        assert "stopping the graph" in output
+    finally:  # a graph left running would answer the next tests' queries
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def test_set_values_are_yaml_but_string_parameters_keep_their_text() -> None:

@@ -211,6 +211,16 @@ def test_cli_missing_bag_and_bad_rate_exit_2(sample_bag, tmp_path, capsys) -> No
 
 
 # --- end to end over DDS ----------------------------------------------------------------------------
+def _start_replay(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "chatrex_ros", "replay", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+    )
+
+
 def _replay(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "chatrex_ros", "replay", *args],
@@ -283,9 +293,9 @@ def test_step_replay_records_every_frame_and_eval_scores_it(graph, sample_bag, g
     from rosgraph_msgs.msg import Clock
 
     listener = RosClient("replay_clock_listener")
+    clock = listener.subscribe(Clock, "/clock", depth=1000)
     try:
-        clock = listener.subscribe(Clock, "/clock", depth=1000)
-        result = _replay(
+        replay = _start_replay(
             "--bag",
             str(sample_bag),
             "--step",
@@ -302,9 +312,16 @@ def test_step_replay_records_every_frame_and_eval_scores_it(graph, sample_bag, g
             "--frame-timeout",
             "30",
         )
+        # The replay does not wait for /clock subscribers (none is required), so under load this listener
+        # could discover it only after the last tick: wait for the discovery while the frames are replayed.
+        listener.wait_for_publishers("/clock", timeout=30.0)
+        stdout, stderr = replay.communicate(timeout=120.0)
+    except BaseException:
+        replay.kill()
+        raise
     finally:
         listener.close()
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert replay.returncode == 0, stdout + stderr
     # /clock follows the bag's time, forward only, held at the next frame while the previous one is answered
     clock_ns = [m.clock.sec * S + m.clock.nanosec for m in clock]
     assert len(clock_ns) > 10 and clock_ns == sorted(clock_ns)

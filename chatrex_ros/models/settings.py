@@ -21,7 +21,11 @@ def proposal_backend_kwargs(params: ProposalNodeParams) -> dict[str, Any]:
     """Constructor keywords for the chosen proposal backend."""
     name = params.backend
     if name == "selective_search":
-        return {"long_side": params.selective_search_long_side}
+        return {
+            "long_side": params.selective_search_long_side,
+            "mode": params.selective_search_mode,
+            "workers": params.selective_search_workers,
+        }
     if name == "torch":
         return {
             "checkpoint": params.checkpoint or None,

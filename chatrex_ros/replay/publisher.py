@@ -155,6 +155,8 @@ class _ReplayNode:
         missing = []
         if self.image_pub.get_subscription_count() == 0:
             missing.append(f"no subscriber on {self.image_topic}")
+        elif unmatched := self._unmatched_image_readers(need_queries):
+            missing.append(unmatched)
         if need_queries and self.query_pub.get_subscription_count() == 0:
             missing.append(f"no subscriber on {self.options.topic('query')} (language_node)")
         if need_queries and self.answers_sub.get_publisher_count() == 0:
@@ -162,6 +164,28 @@ class _ReplayNode:
         if need_outputs and self.proposals_sub.get_publisher_count() == 0:
             missing.append(f"no publisher on {self.options.topic('proposals')} (proposal_node)")
         return missing
+
+    def _unmatched_image_readers(self, need_queries: bool) -> str:
+        """Why a frame published now could miss a reader ('' when none would).
+
+        One matched image reader is not enough: the proposal node's reader often matches before the
+        language node's, and the first frames would then reach only the proposer, so the queries about
+        them are answered NO_IMAGE. Every image reader the graph knows of must be matched, and every node
+        that takes queries must be one of them.
+        """
+        readers = self.node.get_subscriptions_info_by_topic(self.image_topic)
+        reading = {(info.node_namespace, info.node_name) for info in readers}
+        if need_queries:
+            askers = self.node.get_subscriptions_info_by_topic(self.options.topic("query"))
+            blind = sorted(
+                f"{ns.rstrip('/')}/{name}"
+                for ns, name in {(info.node_namespace, info.node_name) for info in askers} - reading
+            )
+            if blind:
+                return f"{', '.join(blind)} takes queries but does not subscribe to {self.image_topic}"
+        if self.image_pub.get_subscription_count() < len(readers):
+            return f"not every subscriber of {self.image_topic} has matched this replay yet"
+        return ""
 
     def _problem(self) -> str:
         """Why the replay cannot go on ('' when it can)."""

@@ -135,7 +135,9 @@ class ProposalNode(ChatrexNode[ProposalNodeParams]):
     def _diagnostic_values(self) -> dict[str, object]:
         window = self._rate_window
         fps = (len(window) - 1) / (window[-1] - window[0]) if len(window) > 1 and window[-1] > window[0] else 0.0
-        return {"backend": self.pipeline.backend.name, "fps": fps, **self._stats}
+        backend = self.pipeline.backend
+        provider = str(getattr(backend, "provider", ""))  # how it runs, where a backend says (selective search)
+        return {"backend": backend.name, **({"provider": provider} if provider else {}), "fps": fps, **self._stats}
 
     def close(self) -> None:
         """Stop the worker (called by run_node before the node is destroyed)."""
