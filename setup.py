@@ -21,7 +21,7 @@ from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
 PACKAGE = "chatrex_ros"
-GENERATED_PACKAGES = ("msg", "srv")
+GENERATED_PACKAGES = ("msg", "srv", "action")
 
 
 def ros_prefixes() -> list[Path]:
@@ -90,7 +90,7 @@ def staged_python_package(stage: Path) -> Path:
 
 
 def copy_generated_python(stage: Path, package_dir: Path) -> None:
-    """msg/, srv/ and the type-support extension modules, next to the hand-written code."""
+    """msg/, srv/, action/ and the type-support extension modules, next to the hand-written code."""
     generated = staged_python_package(stage)
     for name in GENERATED_PACKAGES:
         shutil.rmtree(package_dir / name, ignore_errors=True)

@@ -1,6 +1,6 @@
 """ChatRex-style joint perception and understanding for ROS 2.
 
-The generated message modules (``chatrex_ros.msg``, ``chatrex_ros.srv``) are installed next to the
+The generated message modules (``chatrex_ros.msg``, ``.srv``, ``.action``) are installed next to the
 hand-written code.  When this source tree comes first on ``sys.path`` (``python -m pytest`` from the
 repository root) it has no ``msg/``; extending ``__path__`` lets Python also find the installed copy.
 """

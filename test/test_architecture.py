@@ -16,6 +16,7 @@ ROS_IMPORTS = (
     "rosgraph_msgs",
     "chatrex_ros.msg",
     "chatrex_ros.srv",
+    "chatrex_ros.action",
     "chatrex_ros.ros",
 )
 REPLAY_PUBLISHER = "chatrex_ros.replay.publisher"

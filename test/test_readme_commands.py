@@ -234,9 +234,15 @@ def test_colcon_build_with_the_pypi_wheels() -> None:
     import sys
 
     ws = workdir()
-    ignore = shutil.ignore_patterns(".venv", "build", "install", "log", ".git", "__pycache__", "*.so", "msg", "srv")
+    ignore = shutil.ignore_patterns(
+        ".venv", "build", "install", "log", ".git", "__pycache__", "*.so", "msg", "srv", "action"
+    )
     shutil.copytree(ROOT, ws / "src" / "chatrex_ros", ignore=ignore)
-    for name in ("msg", "srv"):  # the message definitions (ignore_patterns dropped them with the generated code)
+    for name in (
+        "msg",
+        "srv",
+        "action",
+    ):  # the interface definitions (ignore_patterns dropped them with the generated code)
         shutil.copytree(ROOT / name, ws / "src" / "chatrex_ros" / name)
     env = {**os.environ, "VIRTUAL_ENV": sys.prefix, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     script = " && ".join(COLCON_PYPI)

@@ -4,6 +4,10 @@ The answer's image stamp is printed as exact decimal seconds (image_stamp, nine 
 --stamp reads that same text back to the nanosecond, so `ask --stamp <printed image_stamp>` asks about
 the very frame the previous answer was about (the language node pairs stamps exactly).
 
+With --action the query goes to the language node's ``ask`` action instead of the topic: its stages
+(queued with the queue position, waiting for the frame, generating) are printed to stderr as they come, and
+Ctrl-C cancels the goal.
+
 Exit status: 0 answer OK, 1 error status, 2 usage error, 3 timeout (no answer, or status TIMEOUT),
 4 no language_node found on the query/answer topics within --wait-for-node seconds.
 """
@@ -84,6 +88,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="namespace of the language_node topics (default %(default)s)",
     )
     parser.add_argument("--json", action="store_true", help="print the answer as JSON")
+    parser.add_argument(
+        "--action",
+        action="store_true",
+        help="send the query as a goal of the node's `ask` action: stages shown as they come, Ctrl-C cancels it",
+    )
     parser.set_defaults(func=run)
 
 
@@ -217,6 +226,8 @@ def build_query(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """`ask`: wait for a language_node, publish the Query, print its Answer; the exit status says how it went."""
+    if args.action:
+        return run_action(args)
     import rclpy
     from rclpy.node import Node
 
@@ -257,8 +268,78 @@ def run(args: argparse.Namespace) -> int:
     if not answers:
         print(f"chatrex-ros ask: no answer on {answer_topic} within {args.timeout:g} s", file=sys.stderr)
         return ExitCode.TIMEOUT
-    summary = answer_to_dict(answers[0])
-    print(json.dumps(summary, indent=2) if args.json else format_table(summary))
+    return print_answer(answers[0], args.json)
+
+
+def run_action(args: argparse.Namespace) -> int:
+    """`ask --action`: the query as an ``ask`` action goal; stages to stderr, Ctrl-C cancels the goal."""
+    import rclpy
+    from rclpy.action import ActionClient
+    from rclpy.node import Node
+    from rclpy.signals import SignalHandlerOptions
+
+    from chatrex_ros.action import Ask
+
+    query = build_query(args)
+    namespace, query_topic, _ = topic_names(args.namespace)
+    action_name = query_topic.rsplit("/", 1)[0] + "/ask"
+    # rclpy's own SIGINT handler would shut the context down: Ctrl-C must stay a KeyboardInterrupt, to cancel.
+    rclpy.init(args=[], signal_handler_options=SignalHandlerOptions.NO)
+    node = Node(f"chatrex_ask_{query.id}")
+    client: ActionClient = ActionClient(node, Ask, action_name)
+    shown: list[tuple[str, int]] = []
+
+    def show(message: Any) -> None:
+        feedback = message.feedback
+        stage = (feedback.stage_name, int(feedback.queue_position))
+        if not shown or shown[-1] != stage:
+            place = f" (position {feedback.queue_position})" if feedback.queue_position else ""
+            print(f"[{feedback.elapsed_s:5.1f} s] {feedback.stage_name}{place}", file=sys.stderr)
+        shown.append(stage)
+
+    def spin_until(done: Callable[[], bool], seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while not done() and time.monotonic() < deadline:
+            rclpy.spin_once(node, timeout_sec=SPIN_S)
+        return done()
+
+    try:
+        if not client.wait_for_server(timeout_sec=args.wait_for_node):
+            print(
+                f"chatrex-ros ask: no `ask` action server at {action_name} (namespace {namespace}) after "
+                f"{args.wait_for_node:g} s: start the language node with `chatrex-ros up`, or pass --namespace",
+                file=sys.stderr,
+            )
+            return ExitCode.NO_NODE
+        sent = client.send_goal_async(Ask.Goal(query=query), feedback_callback=show)
+        goal_handle = sent.result() if spin_until(sent.done, args.wait_for_node) else None
+        if goal_handle is None or not goal_handle.accepted:
+            print(f"chatrex-ros ask: the goal was not accepted by {action_name}", file=sys.stderr)
+            return ExitCode.FAILED
+        result = goal_handle.get_result_async()
+        try:
+            if not spin_until(result.done, args.timeout):
+                print(f"chatrex-ros ask: no result from {action_name} within {args.timeout:g} s", file=sys.stderr)
+                return ExitCode.TIMEOUT
+        except KeyboardInterrupt:
+            print("chatrex-ros ask: cancelling the goal", file=sys.stderr)
+            cancel = goal_handle.cancel_goal_async()
+            spin_until(cancel.done, 5.0)
+            spin_until(result.done, 5.0)
+        response = result.result() if result.done() else None
+        if response is None:
+            return ExitCode.FAILED
+        answer = response.result.answer
+    finally:
+        node.destroy_node()
+        rclpy.shutdown()
+    return print_answer(answer, args.json)
+
+
+def print_answer(answer: Any, as_json: bool) -> int:
+    """Print the answer (table or JSON) and return the exit status its status calls for."""
+    summary = answer_to_dict(answer)
+    print(json.dumps(summary, indent=2) if as_json else format_table(summary))
     if summary["status"] == "OK":
         return ExitCode.OK
     return ExitCode.TIMEOUT if summary["status"] == "TIMEOUT" else ExitCode.FAILED

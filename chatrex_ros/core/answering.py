@@ -47,6 +47,7 @@ class AnswerStatus(enum.IntEnum):
     MODEL_ERROR = 4
     TIMEOUT = 5
     BUSY = 6
+    CANCELED = 7  # an `ask` action goal cancelled by its client
 
 
 def status_name(status: int) -> str:

@@ -2,8 +2,8 @@
 
 Why not :class:`queue.Queue`: a query behind a long generation must be answered TIMEOUT when its own deadline
 passes, not when the worker finally reaches it, so waiting items must be removable by deadline. Every item
-leaves exactly once: through :meth:`QueryQueue.get` (to be served) or :meth:`QueryQueue.expire` (to be
-answered TIMEOUT), never both.
+leaves exactly once: through :meth:`QueryQueue.get` (to be served), :meth:`QueryQueue.expire` (to be
+answered TIMEOUT) or :meth:`QueryQueue.remove` (cancelled), never twice.
 """
 
 from __future__ import annotations
@@ -60,6 +60,23 @@ class QueryQueue(Generic[T]):
             if expired:
                 self._items = collections.deque(w for w in self._items if w.deadline > now)
             return expired
+
+    def remove(self, item: T) -> bool:
+        """Take ``item`` out of the queue (a cancelled query); False when it is not waiting (any more)."""
+        with self._ready:
+            for place, waiting in enumerate(self._items):
+                if waiting.item is item:  # identity: two equal queries are still two queries
+                    del self._items[place]
+                    return True
+            return False
+
+    def position(self, item: T) -> int:
+        """1 for the item served next, 2 for the one after it...; 0 when ``item`` is not waiting."""
+        with self._ready:
+            for place, waiting in enumerate(self._items, start=1):
+                if waiting.item is item:
+                    return place
+            return 0
 
     def drain(self) -> list[T]:
         """Remove and return everything waiting (at shutdown, to answer each item once)."""

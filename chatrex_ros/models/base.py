@@ -38,7 +38,11 @@ class ProposalBackend(Protocol):
 
 @runtime_checkable
 class LanguageBackend(Protocol):
-    """The multimodal LLM: image + ordered boxes + prompt -> raw answer text naming box indices."""
+    """The multimodal LLM: image + ordered boxes + prompt -> raw answer text naming box indices.
+
+    Optionally also ``stop() -> None``: end the running generation early (called from another thread when the
+    ``ask`` action goal it serves is cancelled; ``generate`` may then return anything, it is discarded).
+    """
 
     name: str
 

@@ -5,7 +5,8 @@ on ``proposals/pending`` until their proposals arrive (:mod:`chatrex_ros.core.fr
 ``query`` or service ``ask``) go into a bounded FIFO queue served by one worker; the model runs one generation at a
 time on its own thread so a per-query timeout can be reported on time, and a query's deadline runs from its
 arrival, also while it waits. A full queue answers BUSY at once, every failure has a status: each query gets
-exactly one answer. The ``ask`` service answers from the worker, so waiting calls hold no executor thread.
+exactly one answer. The ``ask`` service answers from the worker, so waiting calls hold no executor thread; the
+``ask`` action is the same query with feedback and cancel, in the same queue.
 Silent inputs, lost frames and a missing model show on /diagnostics.
 """
 
@@ -21,10 +22,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from rclpy.action import ActionServer, CancelResponse
+from rclpy.action.server import ServerGoalHandle
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.task import Future as RosFuture
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
+from chatrex_ros.action import Ask as AskAction
 from chatrex_ros.core.answering import (
     AnswerResult,
     AnswerStatus,
@@ -76,6 +81,25 @@ class _StoredProposals:
     height: int
 
 
+STAGE_NAMES = {
+    AskAction.Feedback.STAGE_QUEUED: "queued",
+    AskAction.Feedback.STAGE_WAITING_FOR_FRAME: "waiting_for_frame",
+    AskAction.Feedback.STAGE_GENERATING: "generating",
+}
+
+
+@dataclass
+class _Goal:
+    """One goal of the ``ask`` action: its handle, the future its coroutine awaits, the stage it is in."""
+
+    handle: ServerGoalHandle[Any, Any, Any]
+    done: RosFuture[Answer]
+    received: float
+    job: _Job | None = None
+    stage: int = AskAction.Feedback.STAGE_QUEUED
+    cancelled: Answer | None = None  # the CANCELED answer, delivered once the goal is CANCELING
+
+
 @dataclass
 class _Job:
     """One accepted query; :meth:`LanguageNode._finish` answers it exactly once, whoever gets there first."""
@@ -85,6 +109,7 @@ class _Job:
     received: float
     deadline: float
     reply: Callable[[Answer], None] | None = None
+    goal: _Goal | None = None  # set for a query that came as an ``ask`` action goal
     answered: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -95,6 +120,10 @@ class _Job:
                 return False
             self.answered = True
             return True
+
+
+class _Cancelled(Exception):
+    """The running job's ``ask`` goal was cancelled: stop waiting for its generation."""
 
 
 class LanguageNode(ChatrexNode[LanguageNodeParams]):
@@ -179,6 +208,18 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
         )
         self.query_losses.attach(query_sub.topic_name, lambda: self.queries_received)
         self.ask = DeferredService(self, Ask, "ask", self._on_ask, callback_group=ReentrantCallbackGroup())
+        self._goals: dict[bytes, _Goal] = {}  # the ask action's live goals, by goal id
+        self._goals_lock = threading.Lock()
+        self._running: _Job | None = None  # the job whose generation runs now
+        self.ask_action = ActionServer(
+            self,
+            AskAction,
+            "ask",
+            execute_callback=self._execute_goal,  # a coroutine: a waiting goal holds no executor thread
+            cancel_callback=self._cancel_goal,
+            callback_group=ReentrantCallbackGroup(),
+        )
+        self.create_timer(1.0, self._feedback_all, callback_group=MutuallyExclusiveCallbackGroup())
         self.create_timer(0.05, self._expire_queued, callback_group=MutuallyExclusiveCallbackGroup())
         self._worker = self.start_worker("query_worker", self._serve)
         model = self.backend.name if self.backend is not None else "none"
@@ -249,7 +290,114 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
         """Returns at once: the answer is sent from whichever thread finishes the query."""
         self._submit(request.query, reply=lambda answer: reply.send(Ask.Response(answer=answer)))
 
-    def _submit(self, msg: Query, reply: Callable[[Answer], None] | None) -> None:
+    # ---- the ask action: the same queue, with feedback and cancel ----
+    async def _execute_goal(self, handle: ServerGoalHandle[Any, Any, Any]) -> Any:
+        """Queue the goal's query and wait, without holding a thread, for its answer (or its cancellation).
+
+        The answer arrives on another thread; it completes ``goal.done`` and wakes the executor, which resumes
+        this coroutine. A full queue accepts the goal and aborts it with the BUSY answer, like the topic and
+        the service: the client gets the reason, not a bare rejection.
+        """
+        goal = _Goal(handle, RosFuture(executor=self.executor), time.monotonic())
+        key = bytes(handle.goal_id.uuid)
+        with self._goals_lock:
+            self._goals[key] = goal
+        try:
+            self._submit(handle.request.query, self._resolver(goal), goal)
+            self._send_feedback(goal)
+            answer = await goal.done
+        finally:
+            with self._goals_lock:
+                self._goals.pop(key, None)
+        assert answer is not None
+        if answer.status == AnswerStatus.CANCELED:
+            handle.canceled()
+        elif answer.status == AnswerStatus.OK:
+            handle.succeed()
+        else:
+            handle.abort()
+        return AskAction.Result(answer=answer)
+
+    def _resolver(self, goal: _Goal) -> Callable[[Answer], None]:
+        def resolve(answer: Answer) -> None:
+            if not goal.done.done():
+                goal.done.set_result(answer)
+            executor = self.executor
+            if executor is not None:
+                executor.wake()  # the coroutine awaiting goal.done runs on the executor's next turn
+
+        return resolve
+
+    def _cancel_goal(self, handle: ServerGoalHandle[Any, Any, Any]) -> CancelResponse:
+        """Cancel a queued query at once, a running one by discarding (or, where the backend can, stopping) it.
+
+        REJECT when the answer is already on its way: the goal then ends with that answer.
+        """
+        with self._goals_lock:
+            goal = self._goals.get(bytes(handle.goal_id.uuid))
+        job = goal.job if goal is not None else None
+        if goal is None or job is None or not job.claim():
+            return CancelResponse.REJECT
+        if self.jobs.remove(job):
+            message = "cancelled while queued"
+        else:
+            message = "cancelled while running; the model's answer for it is discarded"
+            if self._running is job:
+                self._stop_generation()
+        answer = self._answer(job.query, AnswerStatus.CANCELED, message, job.received)
+        self._count(answer)
+        goal.cancelled = answer  # delivered by _deliver_cancelled once the server has made the goal CANCELING
+        return CancelResponse.ACCEPT
+
+    def _stop_generation(self) -> None:
+        """Ask the backend to end the running generation early, if it can (an optional ``stop()``)."""
+        stop = getattr(self.backend, "stop", None)
+        if callable(stop):
+            try:
+                stop()
+            except Exception as error:
+                self.problems.report("model_error", f"stopping a cancelled generation failed: {error}")
+
+    def _deliver_cancelled(self) -> None:
+        with self._goals_lock:
+            goals = list(self._goals.values())
+        for goal in goals:
+            if goal.cancelled is not None and goal.handle.is_cancel_requested:
+                self._resolver(goal)(goal.cancelled)
+
+    def _set_stage(self, job: _Job, stage: int) -> None:
+        if job.goal is not None and job.goal.stage != stage:
+            job.goal.stage = stage
+            self._send_feedback(job.goal)
+
+    def _feedback_all(self, queued_only: bool = False) -> None:
+        """Feedback for every live goal (once a second, and for the queued ones when the queue moves)."""
+        with self._goals_lock:
+            goals = list(self._goals.values())
+        for goal in goals:
+            if not queued_only or goal.stage == AskAction.Feedback.STAGE_QUEUED:
+                self._send_feedback(goal)
+
+    def _send_feedback(self, goal: _Goal) -> None:
+        job = goal.job
+        if job is None or job.answered or not self.context.ok():
+            return
+        queued = goal.stage == AskAction.Feedback.STAGE_QUEUED
+        feedback = AskAction.Feedback(
+            stage=goal.stage,
+            stage_name=STAGE_NAMES[goal.stage],
+            queue_position=self.jobs.position(job) if queued else 0,
+            elapsed_s=time.monotonic() - goal.received,
+            query_id=job.query.id,
+        )
+        try:
+            goal.handle.publish_feedback(feedback)  # type: ignore[arg-type]  # rclpy annotates the wrapper type
+        except Exception:  # the goal or the node is going away: feedback is best effort
+            if self.context.ok() and goal.handle.is_active:
+                raise
+
+    # ---- intake, shared by the topic, the service and the action ----
+    def _submit(self, msg: Query, reply: Callable[[Answer], None] | None, goal: _Goal | None = None) -> None:
         received = time.monotonic()
         with self._counts_lock:  # topic and service callbacks run on different threads
             self.queries_received += 1
@@ -269,7 +417,9 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
             self.problems.report("bad_query", f"query {msg.id!r}: {error}")
             self._finish(None, self._answer(msg, error.status, str(error), received), reply)
             return
-        job = _Job(msg, request, received, received + timeout, reply)
+        job = _Job(msg, request, received, received + timeout, reply, goal)
+        if goal is not None:
+            goal.job = job
         if not self.jobs.put(job, job.deadline):
             self.problems.report("busy", f"query queue full ({self.jobs.maxsize}); answered BUSY")
             busy = self._answer(msg, AnswerStatus.BUSY, f"query queue full ({self.jobs.maxsize} waiting)", received)
@@ -277,6 +427,7 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
 
     def _expire_queued(self) -> None:
         """A queued query's deadline runs while it waits: answer TIMEOUT when it passes, not when its turn comes."""
+        self._deliver_cancelled()
         for job in self.jobs.expire(time.monotonic()):
             waited = time.monotonic() - job.received
             answer = self._answer(
@@ -291,6 +442,8 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
             if job is None:
                 continue
             try:
+                self._set_stage(job, AskAction.Feedback.STAGE_WAITING_FOR_FRAME)
+                self._feedback_all(queued_only=True)  # the others moved up
                 answer = self._run(job)
             except BaseException as error:  # last line of defence: the worker must survive anything
                 self.problems.report("internal_error", f"{type(error).__name__}: {error}")
@@ -322,10 +475,16 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
                     job.query, AnswerStatus.TIMEOUT, "timed out waiting for the model", job.received, frame
                 )
         queue_ms = (time.monotonic() - job.received) * 1e3
+        if job.answered:  # cancelled while it waited for its frame: the model is not started for it
+            return self._answer(job.query, AnswerStatus.CANCELED, "cancelled", job.received, frame)
+        self._set_stage(job, AskAction.Feedback.STAGE_GENERATING)
+        self._running = job
         future = self._model_thread.submit(answer_query, self.backend, image.rgb, stored.proposals, job.request)
         self._pending_generation = future
         try:
-            result = future.result(timeout=max(0.0, job.deadline - time.monotonic()))
+            result = self._generation_result(future, job)
+        except _Cancelled:
+            return self._answer(job.query, AnswerStatus.CANCELED, "cancelled", job.received, frame)
         except FutureTimeout:
             self.problems.report("timeout", f"query {job.query.id!r} exceeded its timeout during generation")
             return self._answer(
@@ -346,6 +505,19 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
         answer = self._answer(job.query, AnswerStatus.OK, ignored, job.received, frame, result, queue_ms)
         self._annotate(image, result, answer.header)
         return answer
+
+    @staticmethod
+    def _generation_result(future: Future[AnswerResult], job: _Job) -> AnswerResult:
+        """The generation's result by the job's deadline; :class:`_Cancelled` as soon as the job is cancelled."""
+        while True:
+            left = job.deadline - time.monotonic()
+            try:
+                return future.result(timeout=max(0.0, min(left, 0.1)))
+            except FutureTimeout:
+                if job.answered:
+                    raise _Cancelled from None
+                if left <= 0.1:
+                    raise
 
     def _frame_for(self, job: _Job) -> Frame[_StoredImage, _StoredProposals]:
         """The frame the query asks about, waiting up to ``pairing_wait_s`` for proposals that are coming."""
@@ -476,14 +648,19 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
 
     def _finish(self, job: _Job | None, answer: Answer, reply: Callable[[Answer], None] | None) -> None:
         """Publish ``answer`` (and send it to an ``ask`` caller) unless ``job`` was answered already."""
+        if job is not None and job is self._running:
+            self._running = None
         if job is not None and not job.claim():
             return
-        with self._counts_lock:
-            self.status_counts[status_name(answer.status)] += 1
-            self.last_latency_ms = answer.total_ms
+        self._count(answer)
         publish_from_worker(self, self.answer_pub, answer)
         if reply is not None:
             reply(answer)
+
+    def _count(self, answer: Answer) -> None:
+        with self._counts_lock:
+            self.status_counts[status_name(answer.status)] += 1
+            self.last_latency_ms = answer.total_ms
 
     def _annotate(self, image: _StoredImage, result: AnswerResult, header: Header) -> None:
         """Off the inference path: drawn on another thread, skipped while the previous drawing is running."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import time
+import threading
 
 import numpy as np
 
@@ -21,7 +21,8 @@ class ScriptedModel:
     sleep_s: simulated generation time; sleep_by_word: {word: seconds} for prompts containing word.
     fail_word: a prompt containing it raises RuntimeError.
     raise_by_word: {word: "SystemExit" | "KeyboardInterrupt" | "MemoryError"} for prompts containing word.
-    record_path: append one JSON line per call (prompt, boxes) for cross-process checks.
+    record_path: append one JSON line per call (prompt, boxes) for cross-process checks, and one
+        ``{"stopped": true}`` line when :meth:`stop` ends a generation early.
     """
 
     name = "scripted_test_double"
@@ -44,8 +45,14 @@ class ScriptedModel:
         self.fail_word = fail_word
         self.record_path = record_path
         self.calls: list[tuple[str, np.ndarray]] = []
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        """The optional LanguageBackend.stop(): end the running (simulated) generation now."""
+        self._stop.set()
 
     def generate(self, image_rgb: np.ndarray, boxes_xyxy: np.ndarray, prompt: str, max_new_tokens: int = 512) -> str:
+        self._stop.clear()
         self.calls.append((prompt, np.array(boxes_xyxy, copy=True)))
         if self.record_path:
             with open(self.record_path, "a", encoding="utf-8") as record:
@@ -68,8 +75,11 @@ class ScriptedModel:
         if self.fail_word and self.fail_word in prompt:
             raise RuntimeError(f"scripted failure for prompt containing {self.fail_word!r}")
         delay = next((t for word, t in self.sleep_by_word.items() if word in prompt), self.sleep_s)
-        if delay:
-            time.sleep(delay)
+        if delay and self._stop.wait(delay):
+            if self.record_path:
+                with open(self.record_path, "a", encoding="utf-8") as record:
+                    record.write(json.dumps({"stopped": True}) + "\n")
+            return "stopped"
         for word, answer in self.answers_by_word.items():
             if word in prompt:
                 return answer.replace("{n}", str(len(boxes_xyxy)))
