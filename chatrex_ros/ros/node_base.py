@@ -1,6 +1,8 @@
 """The start-up every chatrex node shares, in one order.
 
 1. declare the node's parameter table and validate it (a bad value fails start-up, listing every bad one);
+   an override that names no parameter (``-p no_such_param:=1``, a misspelled key in a params file), which
+   rclpy ignores silently, is warned about once with the closest valid name, and stays on /diagnostics;
 2. resolve it into the node's frozen parameter dataclass and check the rules that span parameters;
 3. the problem log, and a validator for runtime changes that goes through the same two checks;
 4. (the node builds its model, publishers and subscriptions);
@@ -12,6 +14,7 @@ the node with a non-zero exit code, so a supervisor restarts it instead of a liv
 
 from __future__ import annotations
 
+import difflib
 import threading
 import time
 import traceback
@@ -24,7 +27,7 @@ from chatrex_ros.core.stamps import NS_PER_S, format_stamp
 from chatrex_ros.core.time_jumps import StampEvent, StampVerdict
 from chatrex_ros.node_parameters import typed, with_changes
 from chatrex_ros.parameters import ParamSpec
-from chatrex_ros.ros.health import ERROR, Condition, Diagnostics, InputWatch, ProblemLog
+from chatrex_ros.ros.health import ERROR, WARN, Condition, Diagnostics, InputWatch, ProblemLog
 from chatrex_ros.ros.node_runtime import EXIT_WORKER_DIED, StartupError
 from chatrex_ros.ros.params import declare_parameters, install_validator
 
@@ -41,10 +44,34 @@ class ChatrexNode(Node, Generic[P]):
         if problem:
             raise StartupError(problem)
         self.problems = ProblemLog(self.get_logger())
+        self._unknown_overrides = self._warn_unknown_overrides()
         self.running = True  # False once close() began: worker loops end, their ending is no failure
         self.exit_code = 0
         self._failure: Condition | None = None
         install_validator(self, specs, self._on_parameters)
+
+    def _warn_unknown_overrides(self) -> Condition | None:
+        """Warn once per override that matches no declared parameter, naming the closest one; None if all match.
+
+        ``qos_overrides.*`` are left out: rclpy declares them later, with the publishers that allow them.
+        """
+        declared = sorted(self._parameters)
+        unknown = sorted(
+            name
+            for name in self._parameter_overrides
+            if name not in self._parameters and not name.startswith("qos_overrides.")
+        )
+        if not unknown:
+            return None
+        described = []
+        for name in unknown:
+            closest = difflib.get_close_matches(name, declared, n=1, cutoff=0.6)
+            hint = f" (did you mean {closest[0]!r}?)" if closest else ""
+            described.append(f"{name!r}{hint}")
+            self.get_logger().warning(
+                f"parameter override {name!r} matches no parameter of {self.get_name()} and is ignored{hint}"
+            )
+        return Condition(WARN, "unknown_parameters", f"ignored overrides of no parameter: {', '.join(described)}")
 
     def check_parameters(self, params: P) -> str | None:
         """Rules that span parameters: None when ``params`` are consistent, else the reason (override)."""
@@ -69,6 +96,8 @@ class ChatrexNode(Node, Generic[P]):
 
         def all_conditions() -> list[Condition]:
             found = conditions() if conditions is not None else []
+            if self._unknown_overrides is not None:
+                found = [*found, self._unknown_overrides]
             return [self._failure, *found] if self._failure is not None else found
 
         self.diagnostics = Diagnostics(self, values, self.problems, all_conditions)
