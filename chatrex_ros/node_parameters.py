@@ -66,6 +66,8 @@ class ProposalNodeParams:
     min_score: float
     nms_iou: float
     max_proposals: int
+    enabled: bool
+    max_rate_hz: float
     image_transport: str
     max_image_pixels: int
     warmup: bool
@@ -270,6 +272,19 @@ PROPOSAL_NODE: list[ParamSpec] = [
         "Keep at most this many (ChatRex has 100 index tokens).",
         minimum=max(1, MAX_COUNT_RANGE[0]),
         maximum=MAX_COUNT_RANGE[1],
+    ),
+    ParamSpec(
+        "enabled",
+        True,
+        "Compute proposals (false: frames are ignored, the model idles; also the `enable` SetBool service).",
+    ),
+    ParamSpec(
+        "max_rate_hz",
+        0.0,
+        "At most this many frames per second get proposals, the newest one each time (0: every frame the backend "
+        "keeps up with).",
+        minimum=0.0,
+        maximum=1000.0,
     ),
     IMAGE_TRANSPORT,
     MAX_IMAGE_PIXELS_SPEC,

@@ -8,6 +8,10 @@ blocks; frames that arrive while the backend is busy replace each other (counted
 When the worker starts on a frame it publishes that frame's header on ``proposals/pending``: consumers that
 must keep the frame until its proposals arrive (language_node's images, grasp_target_node's depth) hold just
 the announced frames instead of every frame of the backend's latency.
+
+``enabled`` (a parameter, and the ``enable`` std_srvs/SetBool service that sets it) switches the inference off
+and on at run time; ``max_rate_hz`` caps how often it runs (the newest frame is taken when the next slot comes),
+so a proposer on a GPU shared with the language model can leave it time and memory.
 """
 
 from __future__ import annotations
@@ -17,14 +21,17 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from rclpy.parameter import Parameter
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
+from std_srvs.srv import SetBool
 
 from chatrex_ros.core.images import ImageFormatError, decode_rgb
 from chatrex_ros.models.settings import proposal_pipeline, selection_policy
 from chatrex_ros.msg import ProposalArray
 from chatrex_ros.node_parameters import PROPOSAL_NODE, ProposalNodeParams
 from chatrex_ros.ros.conversions import proposals_to_msg
+from chatrex_ros.ros.health import WARN, Condition
 from chatrex_ros.ros.node_base import ChatrexNode
 from chatrex_ros.ros.node_runtime import StartupError, publish_from_worker, run_node
 from chatrex_ros.ros.qos import reliable_qos, sensor_qos
@@ -68,8 +75,16 @@ class ProposalNode(ChatrexNode[ProposalNodeParams]):
 
         self._mailbox: _Pending | None = None
         self._wakeup = threading.Condition()
-        self._stats = {"frames": 0, "skipped": 0, "last_latency_ms": 0.0, "last_inference_ms": 0.0}
+        self._stats = {
+            "frames": 0,
+            "skipped": 0,
+            "ignored_while_disabled": 0,
+            "last_latency_ms": 0.0,
+            "last_inference_ms": 0.0,
+        }
         self._rate_window: list[float] = []
+        self._next_start = 0.0  # perf_counter seconds before which max_rate_hz lets no frame start
+        self.create_service(SetBool, "enable", self._on_enable)
         self._worker = self.start_worker("proposal_worker", self._work)
         backend, policy = self.pipeline.backend, self.pipeline.policy
         provider = getattr(backend, "provider", "")
@@ -78,7 +93,7 @@ class ProposalNode(ChatrexNode[ProposalNodeParams]):
             f"{image_sub.topic_name}; min_score={policy.min_score} nms_iou={policy.nms_iou} "
             f"max_proposals={policy.max_count}",
             self._diagnostic_values,
-            lambda: [c for c in (self.image_watch.condition(),) if c is not None],
+            self._conditions,
         )
 
     def apply_parameters(self, params: ProposalNodeParams) -> str | None:
@@ -89,10 +104,38 @@ class ProposalNode(ChatrexNode[ProposalNodeParams]):
             return str(error)
         self.params = params
         self.pipeline.policy = policy
+        if not params.enabled:
+            with self._wakeup:
+                self._mailbox = None  # a frame that waited is not computed after the switch-off
+        else:
+            with self._wakeup:
+                self._wakeup.notify()  # a new max_rate_hz applies to the slot being waited for
         return None
+
+    def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+        """The `enable` service: the same switch as the `enabled` parameter (it sets the parameter)."""
+        result = self.set_parameters([Parameter("enabled", value=bool(request.data))])[0]
+        response.success = bool(result.successful)
+        response.message = ("proposals on" if request.data else "proposals off") if result.successful else result.reason
+        return response
+
+    def _conditions(self) -> list[Condition]:
+        conditions = [c for c in (self.image_watch.condition(),) if c is not None]
+        if not self.params.enabled:
+            conditions.append(
+                Condition(
+                    WARN,
+                    "disabled",
+                    "switched off (enabled:=false, or the enable service): frames are ignored, no proposals published",
+                )
+            )
+        return conditions
 
     def _on_image(self, msg: Image | CompressedImage) -> None:
         self.image_watch.note()
+        if not self.params.enabled:
+            self._stats["ignored_while_disabled"] += 1
+            return
         with self._wakeup:
             if self._mailbox is not None:
                 self._stats["skipped"] += 1
@@ -103,10 +146,15 @@ class ProposalNode(ChatrexNode[ProposalNodeParams]):
         while True:
             with self._wakeup:
                 self._wakeup.wait_for(lambda: self._mailbox is not None or not self.running)
+                # max_rate_hz: wait for the next slot; newer frames replace the waiting one meanwhile.
+                while self.running and (wait := self._next_start - time.perf_counter()) > 0:
+                    self._wakeup.wait(timeout=wait)
                 if not self.running:
                     return
                 pending, self._mailbox = self._mailbox, None
             if pending is not None:
+                rate = self.params.max_rate_hz
+                self._next_start = time.perf_counter() + 1.0 / rate if rate > 0 else 0.0
                 self._process(pending)
 
     def _process(self, pending: _Pending) -> None:
@@ -137,7 +185,14 @@ class ProposalNode(ChatrexNode[ProposalNodeParams]):
         fps = (len(window) - 1) / (window[-1] - window[0]) if len(window) > 1 and window[-1] > window[0] else 0.0
         backend = self.pipeline.backend
         provider = str(getattr(backend, "provider", ""))  # how it runs, where a backend says (selective search)
-        return {"backend": backend.name, **({"provider": provider} if provider else {}), "fps": fps, **self._stats}
+        return {
+            "backend": backend.name,
+            **({"provider": provider} if provider else {}),
+            "enabled": self.params.enabled,
+            "max_rate_hz": self.params.max_rate_hz,
+            "fps": fps,
+            **self._stats,
+        }
 
     def close(self) -> None:
         """Stop the worker (called by run_node before the node is destroyed)."""
