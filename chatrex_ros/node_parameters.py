@@ -68,6 +68,8 @@ class ProposalNodeParams:
     max_proposals: int
     enabled: bool
     max_rate_hz: float
+    mode: str
+    on_demand_frames: int
     image_transport: str
     max_image_pixels: int
     warmup: bool
@@ -105,6 +107,7 @@ class LanguageNodeParams:
     recent_images: int
     frame_cache_mb: int
     pairing_wait_s: float
+    proposals_on_demand: bool
     input_silence_s: float
     publish_annotated: bool
     image_transport: str
@@ -286,6 +289,21 @@ PROPOSAL_NODE: list[ParamSpec] = [
         minimum=0.0,
         maximum=1000.0,
     ),
+    ParamSpec(
+        "mode",
+        "continuous",
+        "continuous: proposals for every frame the backend keeps up with; on_demand: only for the frames "
+        "language_node requests on `proposals/request` (idle graph, no inference).",
+        ("continuous", "on_demand"),
+    ),
+    ParamSpec(
+        "on_demand_frames",
+        15,
+        "mode:=on_demand: newest frames kept (undecoded) for the requests to name.",
+        minimum=1,
+        maximum=300,
+        read_only=True,
+    ),
     IMAGE_TRANSPORT,
     MAX_IMAGE_PIXELS_SPEC,
     ParamSpec("warmup", True, "Run the backend once on a blank frame before serving.", read_only=True),
@@ -362,6 +380,11 @@ LANGUAGE_NODE: list[ParamSpec] = [
         "How long a query waits for proposals when its frame has none yet.",
         minimum=0.0,
         maximum=60.0,
+    ),
+    ParamSpec(
+        "proposals_on_demand",
+        False,
+        "Request proposals for each query's frame on `proposals/request` (proposal_node in mode:=on_demand).",
     ),
     ParamSpec(
         "input_silence_s",

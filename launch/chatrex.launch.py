@@ -45,7 +45,12 @@ NODE_INPUTS = {
         ("color/camera_info", "color_info_topic"),
     ),
 }
-OPTIONAL_NODES = {"grasp_target_node": "grasp"}  # node -> boolean launch argument that starts it
+OPTIONAL_NODES = {"grasp_target_node": "grasp"}
+# on_demand:=true sets these (proposals only for the frames queries ask about; `chatrex-ros up --on-demand`)
+ON_DEMAND = {
+    "proposal_node": {"mode": "on_demand"},
+    "language_node": {"proposals_on_demand": True},
+}  # node -> boolean launch argument that starts it
 
 
 def _nodes(context, *args, **kwargs):
@@ -58,6 +63,8 @@ def _nodes(context, *args, **kwargs):
             value = LaunchConfiguration(argument).perform(context) if node == name else ""
             if value:
                 overrides[parameter] = value
+        if LaunchConfiguration("on_demand").perform(context).lower() in ("true", "1"):
+            overrides.update(ON_DEMAND.get(name, {}))
         extra = {"condition": IfCondition(LaunchConfiguration(OPTIONAL_NODES[name]))} if name in OPTIONAL_NODES else {}
         discovery_server = LaunchConfiguration("discovery_server").perform(context)
         if discovery_server:
@@ -96,6 +103,11 @@ def generate_launch_description():
             for name, node, param, text in PARAMETER_ARGUMENTS
         ),
         DeclareLaunchArgument("grasp", default_value="false", description="also start grasp_target_node"),
+        DeclareLaunchArgument(
+            "on_demand",
+            default_value="false",
+            description="proposals only for the frames queries ask about (an idle graph runs no inference)",
+        ),
         DeclareLaunchArgument(
             "discovery_server",
             default_value="",

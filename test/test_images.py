@@ -24,6 +24,7 @@ from chatrex_ros.core.images import (
     array_to_image,
     compressed_to_array,
     decode_rgb,
+    image_size,
     image_to_array,
     to_rgb,
 )
@@ -459,3 +460,32 @@ def test_16_bit_png_compression_round_trip(encoding: str) -> None:
     np.testing.assert_array_equal(to_rgb(decoded, decoded_encoding), to_rgb(array, encoding))
     with pytest.raises(ImageFormatError, match="8-bit"):
         array_to_compressed(array, encoding, "jpeg")
+
+
+@pytest.mark.parametrize("fmt,ext", [("jpeg", ".jpg"), ("png", ".png"), ("rgb8; jpeg compressed bgr8", ".jpg")])
+def test_image_size_reads_a_compressed_header_without_decoding(
+    fmt: str, ext: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    payload = _encoded(_gradient(37, 53), ext)  # 53 wide, 37 high
+
+    def no_decoding(*args: object) -> None:
+        raise AssertionError("image_size decoded the pixels")
+
+    monkeypatch.setattr(cv2, "imdecode", no_decoding)
+    assert image_size(Compressed(fmt, payload)) == (53, 37)
+
+
+def test_image_size_checks_a_raw_image_as_decode_rgb_does() -> None:
+    rgb = np.zeros((30, 40, 3), np.uint8)
+    assert image_size(image_msg(rgb, "bgr8", header(1))) == (40, 30)
+    truncated = image_msg(rgb, "rgb8", header(1))
+    truncated.data = truncated.data[:-1]
+    depth = image_msg(np.zeros((30, 40), np.uint16), "16UC1", header(1))
+    for bad in (truncated, depth):
+        with pytest.raises(ImageFormatError) as from_decode:
+            decode_rgb(bad)
+        with pytest.raises(ImageFormatError) as from_size:
+            image_size(bad)
+        assert str(from_size.value) == str(from_decode.value)
+    with pytest.raises(ImageFormatError, match="limit"):
+        image_size(image_msg(rgb, "rgb8", header(1)), max_pixels=1000)

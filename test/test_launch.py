@@ -160,8 +160,21 @@ def test_given_launch_arguments_are_applied(description) -> None:
     assert only_model["language_node"].kwargs["parameters"][1] == {"model_path": "/m"}
 
 
+def test_on_demand_sets_the_same_parameters_as_up(description) -> None:
+    from chatrex_ros.commands.graph import ON_DEMAND_SETTINGS, parse_overrides
+
+    nodes = _nodes(description, on_demand="true")
+    expected = {
+        node: {k: yaml.safe_load(v) for k, v in values.items()}
+        for node, values in parse_overrides(ON_DEMAND_SETTINGS).items()
+    }
+    for name in ("proposal_node", "language_node"):
+        assert nodes[name].kwargs["parameters"][1] == expected[name], name
+    assert all(len(node.kwargs["parameters"]) == 1 for node in _nodes(description, on_demand="false").values())
+
+
 def test_launch_overrides_are_declared_parameters(description) -> None:
-    nodes = _nodes(description, proposal_backend="torch", language_backend="chatrex", model_path="/m")
+    nodes = _nodes(description, proposal_backend="torch", language_backend="chatrex", model_path="/m", on_demand="true")
     for name, node in nodes.items():
         declared = {spec.name for spec in NODE_PARAMETERS[name]}
         for entry in node.kwargs["parameters"][1:]:

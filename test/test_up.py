@@ -267,6 +267,24 @@ def test_dry_run_shows_the_dds_settings_of_a_graph_across_machines(capsys, monke
     assert "expected HOST:PORT" in capsys.readouterr().err
 
 
+def _dry_run_parameters(printed: str) -> dict[str, dict]:
+    documents = [yaml.safe_load(part.strip().split("\n", 1)[1]) for part in printed.split("\n\n") if part.strip()]
+    return {name: section["ros__parameters"] for document in documents for name, section in document.items()}
+
+
+def test_on_demand_sets_both_nodes_and_a_set_still_wins(capsys) -> None:
+    assert main(["up", "--dry-run"]) == 0
+    default = _dry_run_parameters(capsys.readouterr().out)
+    assert default["/chatrex/proposal_node"]["mode"] == "continuous"
+    assert default["/chatrex/language_node"]["proposals_on_demand"] is False
+    assert main(["up", "--dry-run", "--on-demand"]) == 0
+    on_demand = _dry_run_parameters(capsys.readouterr().out)
+    assert on_demand["/chatrex/proposal_node"]["mode"] == "on_demand"
+    assert on_demand["/chatrex/language_node"]["proposals_on_demand"] is True
+    assert main(["up", "--dry-run", "--on-demand", "--set", "language_node.proposals_on_demand=false"]) == 0
+    assert _dry_run_parameters(capsys.readouterr().out)["/chatrex/language_node"]["proposals_on_demand"] is False
+
+
 # ---- no node outlives `up` ----
 
 

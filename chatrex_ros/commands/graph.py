@@ -67,6 +67,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="override a parameter, e.g. --set proposal_node.backend=onnxruntime (YAML value)",
     )
     parser.add_argument(
+        "--on-demand",
+        action="store_true",
+        help="proposals only for the frames queries ask about (proposal_node mode:=on_demand, language_node "
+        "proposals_on_demand:=true): an idle graph runs no inference",
+    )
+    parser.add_argument(
         "--multihost",
         action="store_true",
         help="the graph spans machines: Fast DDS on every interface (config/fastdds_multihost.xml), not loopback only",
@@ -84,6 +90,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="check the configuration, print the commands and resolved parameters, start nothing",
     )
     parser.set_defaults(func=run)
+
+
+ON_DEMAND_SETTINGS = ["proposal_node.mode=on_demand", "language_node.proposals_on_demand=true"]
+"""What ``--on-demand`` sets (before the user's ``--set``, which may still override either)."""
 
 
 def parse_overrides(items: list[str]) -> dict[str, dict[str, object]]:
@@ -110,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
     }
     try:
         config = load_config(args.config)
-        planned = plan_graph(config, parse_overrides(args.set), topics, args.grasp)
+        on_demand = ON_DEMAND_SETTINGS if args.on_demand else []
+        planned = plan_graph(config, parse_overrides([*on_demand, *args.set]), topics, args.grasp)
         environment = dds_environment(multihost=args.multihost, discovery_server=args.discovery_server)
     except GraphConfigError as error:
         print("chatrex-ros up: nothing started:\n  " + "\n  ".join(error.problems), file=sys.stderr)

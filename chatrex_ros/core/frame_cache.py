@@ -242,6 +242,17 @@ class FrameCache(Generic[ImageT, ProposalsT]):
             self._changed.wait_for(settled, timeout=max(0.0, timeout_s))
             return self._lookup(stamp_ns)
 
+    def newest_image(self, timeout_s: float) -> int | None:
+        """The stamp of the newest image held, waiting up to ``timeout_s`` for one (on-demand proposals name it)."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._newest_held() is not None, timeout=max(0.0, timeout_s))
+            return self._newest_held()
+
+    def image(self, stamp_ns: int) -> ImageT | None:
+        """The image held for this stamp, with or without proposals."""
+        with self._lock:
+            return self._held_images().get(stamp_ns)
+
     def knows(self, stamp_ns: int | None = None) -> bool:
         """Whether anything of that frame (any frame, for None) is here or announced."""
         with self._lock:
@@ -346,6 +357,10 @@ class FrameCache(Generic[ImageT, ProposalsT]):
             for store in (self._recent, self._claimed, self._answerable, self._kept):
                 store.pop(stamp, None)
             self._evicted.append(stamp)  # "no longer cached", and its late proposals are no lost image
+
+    def _newest_held(self) -> int | None:
+        stamp = self._newest_image_ns
+        return stamp if stamp is not None and stamp in self._held_images() else None
 
     def _lookup(self, stamp_ns: int | None) -> Frame[ImageT, ProposalsT] | None:
         if stamp_ns is None:

@@ -244,16 +244,12 @@ def _one_line(error: Exception) -> str:
     return f"{type(error).__name__}: {text[:200]}"
 
 
-def compressed_to_array(msg: Any, *, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[np.ndarray, str]:
-    """Decode a CompressedImage (jpeg / png) to (array, encoding).
+def _compressed_payload(msg: Any, max_pixels: int) -> tuple[np.ndarray, str, int, int]:
+    """(bytes as uint8, 'png' | 'jpeg', width, height) of a CompressedImage, from its header alone.
 
-    The encoding is 'mono8', 'bgr8', 'bgra8', or for 16-bit PNG 'mono16', 'bgr16', 'bgra16'. The declared
-    size is read from the PNG IHDR / JPEG frame header first and a payload over ``max_pixels`` pixels is
-    refused without decoding, as are a payload whose magic does not match ``msg.format`` and a malformed
-    header. Every decoder failure is raised as :class:`ImageFormatError`.
+    Refuses an unsupported format, a payload whose magic does not match ``msg.format``, a malformed header and a
+    declared size over ``max_pixels``, all without decoding a pixel.
     """
-    import cv2
-
     fmt = str(msg.format).lower()
     named = {name for name, words in (("png", ("png",)), ("jpeg", ("jpeg", "jpg"))) if any(w in fmt for w in words)}
     if not named or "compresseddepth" in fmt:
@@ -277,6 +273,20 @@ def compressed_to_array(msg: Any, *, max_pixels: int = MAX_IMAGE_PIXELS) -> tupl
         )
     width, height = _png_size(data) if actual == "png" else _jpeg_size(data)
     _check_pixels(width, height, max_pixels, actual.upper())
+    return raw, actual, width, height
+
+
+def compressed_to_array(msg: Any, *, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[np.ndarray, str]:
+    """Decode a CompressedImage (jpeg / png) to (array, encoding).
+
+    The encoding is 'mono8', 'bgr8', 'bgra8', or for 16-bit PNG 'mono16', 'bgr16', 'bgra16'. The declared
+    size is read from the PNG IHDR / JPEG frame header first and a payload over ``max_pixels`` pixels is
+    refused without decoding, as are a payload whose magic does not match ``msg.format`` and a malformed
+    header. Every decoder failure is raised as :class:`ImageFormatError`.
+    """
+    import cv2
+
+    raw, actual, _, _ = _compressed_payload(msg, max_pixels)
     try:
         image = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
     except Exception as error:  # cv2.error, and whatever else a codec raises
@@ -336,3 +346,19 @@ def decode_rgb(msg: Any, *, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     else:
         array, encoding = image_to_array(msg, max_pixels=max_pixels), str(msg.encoding)
     return to_rgb(array, encoding)
+
+
+def image_size(msg: Any, *, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
+    """(width, height) of an Image or CompressedImage, checked without decoding its pixels.
+
+    Refuses up front what :func:`decode_rgb` would refuse for its fields or header (unsupported encoding or
+    format, truncated data, too many pixels), so a node can keep the message and decode it only if it is used;
+    only a corrupt compressed body is found later, by the decoder.
+    """
+    if hasattr(msg, "format") and not hasattr(msg, "encoding"):
+        _, _, width, height = _compressed_payload(msg, max_pixels)
+        return width, height
+    array = image_to_array(msg, max_pixels=max_pixels)  # a view of the buffer: the checks, no copy
+    if str(msg.encoding) in _DEPTH_ENCODINGS:
+        to_rgb(array, str(msg.encoding))  # raises the depth-on-a-camera-input message
+    return int(array.shape[1]), int(array.shape[0])

@@ -7,6 +7,9 @@ time on its own thread so a per-query timeout can be reported on time, and a que
 arrival, also while it waits. A full queue answers BUSY at once, every failure has a status: each query gets
 exactly one answer. The ``ask`` service answers from the worker, so waiting calls hold no executor thread; the
 ``ask`` action is the same query with feedback and cancel, in the same queue.
+Frames are cached as they arrive and decoded only when a query uses one: at 30 Hz almost none are. With
+``proposals_on_demand`` the node names each query's frame on ``proposals/request`` for a proposal node in
+``mode:=on_demand``, which computes proposals for that frame only.
 Silent inputs, lost frames and a missing model show on /diagnostics.
 """
 
@@ -43,7 +46,7 @@ from chatrex_ros.core.answering import (
 )
 from chatrex_ros.core.call_thread import CallThread
 from chatrex_ros.core.frame_cache import Frame, FrameCache, FrameTooLarge
-from chatrex_ros.core.images import ImageFormatError, decode_rgb
+from chatrex_ros.core.images import ImageFormatError, decode_rgb, image_size
 from chatrex_ros.core.query_queue import QueryQueue
 from chatrex_ros.core.stamps import format_stamp, stamp_to_ns
 from chatrex_ros.core.types import Proposals
@@ -51,7 +54,7 @@ from chatrex_ros.models.settings import language_backend
 from chatrex_ros.msg import Answer, ProposalArray, Query
 from chatrex_ros.node_parameters import LANGUAGE_NODE, LanguageNodeParams
 from chatrex_ros.ros.annotate import draw_detections
-from chatrex_ros.ros.conversions import answer_msg, image_msg, msg_to_proposals
+from chatrex_ros.ros.conversions import answer_msg, image_msg, msg_to_proposals, ns_to_stamp
 from chatrex_ros.ros.deferred_service import DeferredService, Reply
 from chatrex_ros.ros.health import FASTDDS_PROFILE_HINT, WARN, Condition, LossCounter
 from chatrex_ros.ros.node_base import ChatrexNode
@@ -67,10 +70,34 @@ NO_MODEL = (
 )
 
 
-@dataclass(frozen=True)
 class _StoredImage:
-    header: Header
-    rgb: np.ndarray  # may be a view of the message's buffer (numpy keeps that buffer alive)
+    """A cached frame as it arrived; decoded to RGB once, when a query first uses it (most frames never are).
+
+    Its fields and header were checked on arrival (:func:`image_size`), so only a corrupt compressed body can
+    still fail, in :meth:`rgb`.
+    """
+
+    def __init__(self, msg: Image | CompressedImage, width: int, height: int, max_pixels: int) -> None:
+        self.header: Header = msg.header
+        self.width, self.height = width, height
+        self._msg: Image | CompressedImage | None = msg
+        self._max_pixels = max_pixels
+        self._rgb: np.ndarray | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def nbytes(self) -> int:
+        """The decoded frame's size: the frame cache's byte budget counts what a frame takes when used."""
+        return self.width * self.height * 3
+
+    def rgb(self) -> np.ndarray:
+        """(H, W, 3) uint8 RGB; may be a view of the message's buffer (numpy keeps that buffer alive)."""
+        with self._lock:
+            if self._rgb is None:
+                assert self._msg is not None
+                self._rgb = decode_rgb(self._msg, max_pixels=self._max_pixels)
+                self._msg = None
+            return self._rgb
 
 
 @dataclass(frozen=True)
@@ -140,7 +167,7 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
             params.frame_cache_size,
             params.recent_images,
             max_bytes=params.frame_cache_mb * 2**20,
-            size_of=lambda image: image.rgb.nbytes,
+            size_of=lambda image: image.nbytes,
         )
         self.images_dropped = 0
         self.newest_image_dropped: str | None = None  # why the newest image was dropped; None when it was kept
@@ -192,6 +219,8 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
         self.create_subscription(
             Header, "proposals/pending", self._on_claim, reliable_qos(), callback_group=MutuallyExclusiveCallbackGroup()
         )
+        self.proposal_requests = self.create_publisher(Header, "proposals/request", reliable_qos())
+        self.requests_sent = 0
         self.queries_received = 0
         self.query_losses = LossCounter(
             "queries",
@@ -236,8 +265,9 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
     def _on_image(self, msg: Image | CompressedImage) -> None:
         self.image_watch.note()
         try:
-            rgb = decode_rgb(msg, max_pixels=self.params.max_image_pixels)
-            self.cache.add_image(stamp_to_ns(msg.header.stamp), _StoredImage(msg.header, rgb))
+            limit = self.params.max_image_pixels
+            width, height = image_size(msg, max_pixels=limit)  # the checks of a decode, without decoding
+            self.cache.add_image(stamp_to_ns(msg.header.stamp), _StoredImage(msg, width, height, limit))
         except (ImageFormatError, FrameTooLarge) as error:
             cause, why = (
                 ("image_too_large", f"{error} (frame_cache_mb)")
@@ -479,7 +509,7 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
             return self._answer(job.query, AnswerStatus.CANCELED, "cancelled", job.received, frame)
         self._set_stage(job, AskAction.Feedback.STAGE_GENERATING)
         self._running = job
-        future = self._model_thread.submit(answer_query, self.backend, image.rgb, stored.proposals, job.request)
+        future = self._model_thread.submit(answer_query, self.backend, image.rgb(), stored.proposals, job.request)
         self._pending_generation = future
         try:
             result = self._generation_result(future, job)
@@ -523,22 +553,17 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
         """The frame the query asks about, waiting up to ``pairing_wait_s`` for proposals that are coming."""
         stamp = stamp_to_ns(job.query.image_stamp) or None
         wait = min(self.params.pairing_wait_s, max(0.0, job.deadline - time.monotonic()))
+        on_demand = self.params.proposals_on_demand
+        if on_demand:
+            stamp = self._request_proposals(stamp, wait)
         frame = self.cache.wait_for(stamp, 0.0)
         if frame is None:
             self._raise_if_refused(stamp)
             self._raise_unless_coming(stamp)
             frame = self.cache.wait_for(stamp, wait)
         if frame is None:
-            dropped = self.newest_image_dropped
-            if stamp is None and dropped is not None:
-                raise QueryError(
-                    AnswerStatus.NO_IMAGE, f"the images on {self.image_watch.topic} are dropped: {dropped}"
-                )
-            if stamp is None and not self.cache.knows():
-                raise QueryError(
-                    AnswerStatus.NO_IMAGE,
-                    f"no image received on {self.image_watch.topic} within {wait:.1f} s (pairing_wait_s)",
-                )
+            if stamp is None and (self.newest_image_dropped is not None or not self.cache.knows()):
+                raise self._no_image(wait)
             self._raise_if_refused(stamp)
             if stamp is None:
                 raise QueryError(
@@ -546,21 +571,64 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
                     f"no frame got proposals within {wait:.1f} s "
                     f"(pairing_wait_s); is proposal_node running on {self.proposal_watch.topic}?",
                 )
+            requested = (
+                f"; requested on {self.proposal_requests.topic_name}: is proposal_node running there in "
+                "mode:=on_demand?"
+                if on_demand
+                else ""
+            )
             raise QueryError(
                 AnswerStatus.NO_PROPOSALS,
-                f"no proposals for the frame {format_stamp(stamp)} within {wait:.1f} s (pairing_wait_s)",
+                f"no proposals for the frame {format_stamp(stamp)} within {wait:.1f} s (pairing_wait_s){requested}",
             )
         image, stored = frame.image, frame.proposals
-        if (stored.width, stored.height) != (image.rgb.shape[1], image.rgb.shape[0]):
+        try:
+            image.rgb()
+        except ImageFormatError as error:
+            self.problems.report("bad_image", f"a cached image could not be decoded: {error}")
+            raise QueryError(
+                AnswerStatus.NO_IMAGE, f"the frame {format_stamp(frame.stamp_ns)} could not be decoded: {error}"
+            ) from error
+        if (stored.width, stored.height) != (image.width, image.height):
             self.problems.report(
                 "mismatched_proposals", "proposal image size differs from the image with the same stamp"
             )
             raise QueryError(
                 AnswerStatus.NO_PROPOSALS,
                 f"proposals are for a {stored.width}x{stored.height} image but the frame is "
-                f"{image.rgb.shape[1]}x{image.rgb.shape[0]}",
+                f"{image.width}x{image.height}",
             )
         return frame
+
+    def _request_proposals(self, stamp: int | None, wait: float) -> int:
+        """proposals_on_demand: name the query's frame (for "newest", the newest image here) to the proposer.
+
+        The frame is held from now on, as one the proposer announced; returns its stamp. A frame that has proposals
+        already is not requested again.
+        """
+        if stamp is None:
+            stamp = self.cache.newest_image(wait)
+            if stamp is None:
+                raise self._no_image(wait)
+        if self.cache.wait_for(stamp, 0.0) is not None:
+            return stamp
+        self.cache.claim(stamp)
+        image = self.cache.image(stamp)
+        frame_id = image.header.frame_id if image is not None else ""
+        request = Header(stamp=ns_to_stamp(stamp), frame_id=frame_id)
+        if publish_from_worker(self, self.proposal_requests, request):
+            self.requests_sent += 1
+        return stamp
+
+    def _no_image(self, wait: float) -> QueryError:
+        """NO_IMAGE for a "newest" query that found no frame: the images are dropped, or none came."""
+        dropped = self.newest_image_dropped
+        if dropped is not None:
+            return QueryError(AnswerStatus.NO_IMAGE, f"the images on {self.image_watch.topic} are dropped: {dropped}")
+        return QueryError(
+            AnswerStatus.NO_IMAGE,
+            f"no image received on {self.image_watch.topic} within {wait:.1f} s (pairing_wait_s)",
+        )
 
     def _raise_if_refused(self, stamp: int | None) -> None:
         """Say what was wrong when the frame's proposal list was refused (for "newest": the newest list was)."""
@@ -669,7 +737,7 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
             return
 
         def draw() -> None:
-            publisher.publish(image_msg(draw_detections(image.rgb, result.detections), "rgb8", header))
+            publisher.publish(image_msg(draw_detections(image.rgb(), result.detections), "rgb8", header))
 
         self._drawing = self._draw_thread.submit(draw)
 
@@ -685,6 +753,7 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
             "queries_received": self.queries_received,
             "queries_lost_in_transport": self.query_losses.lost,
             "proposals_received": self.cache.stats.proposals,
+            "proposal_requests_sent": self.requests_sent,
             "proposals_refused": self.cache.stats.proposals_refused,
             "frames_paired": self.cache.stats.paired,
             "proposals_without_image": self.cache.stats.proposals_without_image,

@@ -11,13 +11,17 @@ the announced frames instead of every frame of the backend's latency.
 
 ``enabled`` (a parameter, and the ``enable`` std_srvs/SetBool service that sets it) switches the inference off
 and on at run time; ``max_rate_hz`` caps how often it runs (the newest frame is taken when the next slot comes),
-so a proposer on a GPU shared with the language model can leave it time and memory.
+so a proposer on a GPU shared with the language model can leave it time and memory. With ``mode:=on_demand`` it
+runs only for the frames language_node names on ``proposals/request`` (a ``std_msgs/Header``: the frame's stamp,
+or zero for the newest), keeping the last ``on_demand_frames`` frames undecoded for them; the proposals go out on
+the usual topic with the frame's header, so pairing stays by stamp and an idle graph spends no inference.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +31,7 @@ from std_msgs.msg import Header
 from std_srvs.srv import SetBool
 
 from chatrex_ros.core.images import ImageFormatError, decode_rgb
+from chatrex_ros.core.stamps import format_stamp, stamp_to_ns
 from chatrex_ros.models.settings import proposal_pipeline, selection_policy
 from chatrex_ros.msg import ProposalArray
 from chatrex_ros.node_parameters import PROPOSAL_NODE, ProposalNodeParams
@@ -35,6 +40,9 @@ from chatrex_ros.ros.health import WARN, Condition
 from chatrex_ros.ros.node_base import ChatrexNode
 from chatrex_ros.ros.node_runtime import StartupError, publish_from_worker, run_node
 from chatrex_ros.ros.qos import reliable_qos, sensor_qos
+
+REQUEST_QUEUE = 8
+"""mode:=on_demand: requested frames waiting for the backend; more at once are refused (and reported)."""
 
 
 @dataclass
@@ -73,18 +81,25 @@ class ProposalNode(ChatrexNode[ProposalNodeParams]):
         )
         self.image_watch.attach(image_sub.topic_name)
 
-        self._mailbox: _Pending | None = None
+        # The frames to compute: continuous, only the newest (a newer one replaces it); on demand, the requested
+        # ones in order. Guarded by _wakeup, which also wakes the worker.
+        self._mailbox: deque[_Pending] = deque()
         self._wakeup = threading.Condition()
+        self._recent: deque[Image | CompressedImage] = deque(maxlen=params.on_demand_frames)  # on demand only
+        self._computing = -1  # stamp (ns) of the frame in the backend, -1 for none: a repeated request waits for it
         self._stats = {
             "frames": 0,
             "skipped": 0,
             "ignored_while_disabled": 0,
+            "requests": 0,
+            "requests_unmet": 0,
             "last_latency_ms": 0.0,
             "last_inference_ms": 0.0,
         }
         self._rate_window: list[float] = []
         self._next_start = 0.0  # perf_counter seconds before which max_rate_hz lets no frame start
         self.create_service(SetBool, "enable", self._on_enable)
+        self.create_subscription(Header, "proposals/request", self._on_request, reliable_qos())
         self._worker = self.start_worker("proposal_worker", self._work)
         backend, policy = self.pipeline.backend, self.pipeline.policy
         provider = getattr(backend, "provider", "")
@@ -104,12 +119,12 @@ class ProposalNode(ChatrexNode[ProposalNodeParams]):
             return str(error)
         self.params = params
         self.pipeline.policy = policy
-        if not params.enabled:
-            with self._wakeup:
-                self._mailbox = None  # a frame that waited is not computed after the switch-off
-        else:
-            with self._wakeup:
-                self._wakeup.notify()  # a new max_rate_hz applies to the slot being waited for
+        with self._wakeup:
+            if not params.enabled:
+                self._mailbox.clear()  # a frame that waited is not computed after the switch-off
+            if params.mode != "on_demand":
+                self._recent.clear()
+            self._wakeup.notify()  # a new max_rate_hz applies to the slot being waited for
         return None
 
     def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
@@ -137,25 +152,72 @@ class ProposalNode(ChatrexNode[ProposalNodeParams]):
             self._stats["ignored_while_disabled"] += 1
             return
         with self._wakeup:
-            if self._mailbox is not None:
-                self._stats["skipped"] += 1
-            self._mailbox = _Pending(msg, time.perf_counter())
+            if self.params.mode == "on_demand":
+                self._recent.append(msg)  # kept undecoded: most frames are never asked about
+                return
+            self._stats["skipped"] += len(self._mailbox)
+            self._mailbox.clear()
+            self._mailbox.append(_Pending(msg, time.perf_counter()))
             self._wakeup.notify()
+
+    def _on_request(self, header: Header) -> None:
+        """language_node asks for one frame's proposals (mode:=on_demand): queue that frame for the backend."""
+        self._stats["requests"] += 1
+        stamp = stamp_to_ns(header.stamp)
+        wanted = "the newest frame" if stamp == 0 else f"the frame {format_stamp(stamp)}"
+        params = self.params
+        if params.mode != "on_demand":
+            self._unmet(
+                "request_in_continuous_mode",
+                f"proposals were requested for {wanted}, but mode is continuous (every frame is computed that the "
+                "backend keeps up with): set proposal_node mode:=on_demand, or language_node "
+                "proposals_on_demand:=false",
+            )
+            return
+        if not params.enabled:
+            self._unmet("request_while_disabled", f"proposals were requested for {wanted} while switched off")
+            return
+        with self._wakeup:
+            msg = next(
+                (m for m in reversed(self._recent) if stamp in (0, stamp_to_ns(m.header.stamp))),
+                None,
+            )
+            if msg is None:
+                held = len(self._recent)
+                reason = f"it is not among the {held} newest frames held (on_demand_frames={params.on_demand_frames})"
+            else:
+                stamp = stamp_to_ns(msg.header.stamp)
+                if stamp == self._computing or any(stamp_to_ns(p.msg.header.stamp) == stamp for p in self._mailbox):
+                    return  # already coming: its proposals answer every request for it
+                if len(self._mailbox) < REQUEST_QUEUE:
+                    self._mailbox.append(_Pending(msg, time.perf_counter()))
+                    self._wakeup.notify()
+                    return
+                reason = f"{REQUEST_QUEUE} requested frames already wait for the backend"
+        self._unmet("request_unmet", f"cannot compute proposals for {wanted}: {reason}")
+
+    def _unmet(self, cause: str, message: str) -> None:
+        self._stats["requests_unmet"] += 1
+        self.problems.report(cause, message)
 
     def _work(self) -> None:
         while True:
             with self._wakeup:
-                self._wakeup.wait_for(lambda: self._mailbox is not None or not self.running)
+                self._wakeup.wait_for(lambda: bool(self._mailbox) or not self.running)
                 # max_rate_hz: wait for the next slot; newer frames replace the waiting one meanwhile.
                 while self.running and (wait := self._next_start - time.perf_counter()) > 0:
                     self._wakeup.wait(timeout=wait)
                 if not self.running:
                     return
-                pending, self._mailbox = self._mailbox, None
+                pending = self._mailbox.popleft() if self._mailbox else None
+                self._computing = stamp_to_ns(pending.msg.header.stamp) if pending is not None else -1
             if pending is not None:
                 rate = self.params.max_rate_hz
                 self._next_start = time.perf_counter() + 1.0 / rate if rate > 0 else 0.0
-                self._process(pending)
+                try:
+                    self._process(pending)
+                finally:
+                    self._computing = -1
 
     def _process(self, pending: _Pending) -> None:
         msg = pending.msg
@@ -189,6 +251,7 @@ class ProposalNode(ChatrexNode[ProposalNodeParams]):
             "backend": backend.name,
             **({"provider": provider} if provider else {}),
             "enabled": self.params.enabled,
+            "mode": self.params.mode,
             "max_rate_hz": self.params.max_rate_hz,
             "fps": fps,
             **self._stats,
