@@ -1,10 +1,11 @@
 """TEST DOUBLE of a camera driver, in its own process: rgb8 frames at a fixed rate, stamped with the wall clock.
 
-    python camera_process.py TOPIC RATE_HZ WIDTH HEIGHT [--depth DEPTH_TOPIC INFO_TOPIC COLOR_INFO_TOPIC]
+    python camera_process.py TOPIC RATE_HZ WIDTH HEIGHT [--depth DEPTH_TOPIC INFO_TOPIC COLOR_INFO_TOPIC] [--jpeg]
 
 With --depth it also publishes an aligned 16UC1 depth image (a box 0.6 m away on a 1.5 m wall) and the
-camera_info of both streams with the same stamp, like realsense-ros with align_depth. It runs until killed,
-printing one line per 50 frames. The Fast DDS profile is whatever its environment says (a test may leave
+camera_info of both streams with the same stamp, like realsense-ros with align_depth. With --jpeg it publishes
+the frame as a JPEG CompressedImage on TOPIC/compressed instead (image_transport's compressed topic). It runs
+until killed, printing one line per 50 frames. The Fast DDS profile is whatever its environment says (a test may leave
 the package's profile out on purpose).
 """
 
@@ -13,11 +14,12 @@ from __future__ import annotations
 import argparse
 import time
 
+import cv2
 import numpy as np
 import rclpy
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 
 def main() -> None:
@@ -27,13 +29,19 @@ def main() -> None:
     parser.add_argument("width", type=int)
     parser.add_argument("height", type=int)
     parser.add_argument("--depth", nargs=3, metavar=("DEPTH", "INFO", "COLOR_INFO"))
+    parser.add_argument("--jpeg", action="store_true", help="publish CompressedImage (JPEG) on TOPIC/compressed")
     args = parser.parse_args()
     rclpy.init()
     node = Node("camera_double")
-    image_pub = node.create_publisher(Image, args.topic, qos_profile_sensor_data)
+    image_pub = (
+        node.create_publisher(CompressedImage, f"{args.topic}/compressed", qos_profile_sensor_data)
+        if args.jpeg
+        else node.create_publisher(Image, args.topic, qos_profile_sensor_data)
+    )
     w, h = args.width, args.height
     y, x = np.mgrid[0:h, 0:w]
     rgb = np.stack([x * 255 // max(1, w - 1), y * 255 // max(1, h - 1), np.full_like(x, 90)], axis=2).astype(np.uint8)
+    jpeg = cv2.imencode(".jpg", rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes() if args.jpeg else b""
     depth = np.full((h, w), 1500, np.uint16)
     depth[h // 4 : h * 3 // 4, w // 4 : w * 3 // 4] = 600
     fx = 0.8 * w
@@ -46,7 +54,10 @@ def main() -> None:
     try:
         while rclpy.ok():
             stamp = node.get_clock().now().to_msg()
-            image = Image(height=h, width=w, encoding="rgb8", step=w * 3, data=rgb.tobytes())
+            if args.jpeg:
+                image = CompressedImage(format="rgb8; jpeg compressed bgr8", data=jpeg)
+            else:
+                image = Image(height=h, width=w, encoding="rgb8", step=w * 3, data=rgb.tobytes())
             image.header.stamp, image.header.frame_id = stamp, "camera_color_optical_frame"
             image_pub.publish(image)
             if args.depth:
