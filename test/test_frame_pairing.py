@@ -263,7 +263,19 @@ def test_a_claim_for_a_depth_frame_that_was_already_lost_is_told_apart() -> None
     store.add(1, "d1")
     store.add(3, "d3")  # frame 2 was lost by the reader
     store.pin(2)
-    assert store.never_arrived(2)
+    assert store.never_arrived(2) and not store.claimed_too_late(2)
+
+
+def test_a_claim_that_comes_after_its_frame_left_the_ring_is_not_called_lost() -> None:
+    from chatrex_ros.core.grasp_pairing import DepthStore
+
+    store: DepthStore[str] = DepthStore(recent=2, pinned=2)
+    for stamp in (1, 2, 3, 4):
+        store.add(stamp, f"d{stamp}")
+    store.pin(2)  # frame 2 arrived and was pushed out of the 2-frame ring before this claim
+    assert store.claimed_too_late(2) and not store.never_arrived(2) and store.find(2) is None
+    store.pin(4)
+    assert not store.claimed_too_late(4) and store.find(4) == (4, "d4")
 
 
 # --- byte budgets ----------------------------------------------------------------------------------

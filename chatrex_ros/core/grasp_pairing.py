@@ -96,6 +96,7 @@ class DepthStore(Generic[T]):
         self.received = 0
         self._timeline: HeldTimeline[T] = HeldTimeline()
         self._missed: deque[int] = deque(maxlen=64)
+        self._late_claims: deque[int] = deque(maxlen=64)
 
     def add(self, stamp_ns: int, item: T) -> StampVerdict:
         """Store a frame; returns what its stamp meant.
@@ -170,6 +171,10 @@ class DepthStore(Generic[T]):
         """A frame that was pinned before it arrived, and then never did (lost by the reader or on the way)."""
         return stamp_ns in self._missed
 
+    def claimed_too_late(self, stamp_ns: int) -> bool:
+        """A frame claimed only after it had left the ring (the ring covers less than the claim's delay)."""
+        return stamp_ns in self._late_claims
+
     def pin(self, stamp_ns: int, tolerance_ns: int = 0) -> None:
         """Keep the frame(s) within ``tolerance_ns`` of ``stamp_ns``, now or when they arrive."""
         if self._pinned_capacity == 0:
@@ -180,7 +185,11 @@ class DepthStore(Generic[T]):
         if self.may_still_arrive(stamp_ns, tolerance_ns):
             self._wanted.append((stamp_ns, tolerance_ns))
         elif self.find(stamp_ns, tolerance_ns) is None:
-            self._missed.append(stamp_ns)  # newer frames are here, this one is not: it never arrived
+            oldest = min((s for s, _ in self._recent), default=None)
+            if oldest is not None and stamp_ns + tolerance_ns < oldest:
+                self._late_claims.append(stamp_ns)  # older than the whole ring: it was there, the claim came late
+            else:
+                self._missed.append(stamp_ns)  # frames on both sides are here, this one is not: it never arrived
 
     def find(self, stamp_ns: int, tolerance_ns: int = 0) -> tuple[int, T] | None:
         """(stamp, frame) nearest to ``stamp_ns`` within the tolerance, or None."""

@@ -257,8 +257,10 @@ class GraspTargetNode(ChatrexNode[GraspNodeParams]):
         if not self.depth.may_still_arrive(stamp, self.params.stamp_tolerance_ns):
             why = (
                 "that depth frame never arrived: lost by the KEEP_LAST reader under load or on the way (raise "
-                "depth_qos.depth, or set stamp_tolerance_s to a frame interval)"
+                "depth_qos.depth, or set stamp_tolerance_s to 1.5 frame intervals)"
                 if self.depth.never_arrived(stamp)
+                else "its proposals were announced after that depth frame had left the ring (raise depth_buffer_size)"
+                if self.depth.claimed_too_late(stamp)
                 else "newer depth frames arrived but none within the tolerance is kept"
             )
             self._expire_one(pending, why)
