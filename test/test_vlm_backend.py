@@ -71,12 +71,16 @@ def test_the_request_lists_every_proposal_in_order_then_the_question() -> None:
             "The cup is obj2 and [obj0]; also obj 1.",
             "The cup is box 2 and box 0; also box 1. <ground></ground><objects><obj2><obj0><obj1></objects>",
         ),
+        (
+            "The cup is <obj2>, the mug obj1 (and <obj2> again).",
+            "The cup is box 2, the mug box 1 (and box 2 again). <ground></ground><objects><obj2><obj1></objects>",
+        ),
         ('```json\n[{"bbox_2d": [31, 101, 89, 171], "label": "cup"}]\n```', "<ground>cup</ground><objects><obj2>"),
         ('[{"bbox_2d": [101, 19, 181, 91], "label": "<b>mug</b>"}]', "<ground>bmug/b</ground><objects><obj1>"),
         ('[{"bbox_2d": [250, 200, 300, 230], "label": "cup"}]', ""),  # overlaps no proposal: rejected
         ("There is no cup in this image.", "There is no cup in this image."),
     ],
-    ids=["grammar", "bare", "qwen-json", "label-sanitised", "no-overlap", "rejection"],
+    ids=["grammar", "bare", "tokens-without-grammar", "qwen-json", "label-sanitised", "no-overlap", "rejection"],
 )
 def test_what_real_vlms_answer_becomes_the_chatrex_grammar(reply, expected) -> None:
     assert normalise_vlm_answer(reply, BOXES, W, H, "pixel").startswith(expected)
@@ -88,6 +92,15 @@ def test_normalised_boxes_in_norm1000_map_to_the_same_proposal() -> None:
 
 
 # --- against the stand-in server --------------------------------------------------------------------
+def test_an_answer_naming_boxes_by_token_without_the_grammar_resolves_to_those_boxes() -> None:
+    with FakeVLMServer([{"reply": "I see it: <obj2> and <obj0>."}]) as server:
+        result = ask(server)
+    assert [(d.proposal_index, d.box) for d in result.detections] == [
+        (2, tuple(float(v) for v in BOXES[2])),
+        (0, tuple(float(v) for v in BOXES[0])),
+    ]
+
+
 def test_the_request_carries_the_frame_the_boxes_the_question_and_the_key(monkeypatch) -> None:
     monkeypatch.setenv("TEST_VLM_KEY", "sk-secret-123")
     with FakeVLMServer([{"reply": "<ground>cup</ground><objects><obj2></objects>"}]) as server:

@@ -6,9 +6,9 @@ of the task (:data:`chatrex_ros.core.protocol.PROMPT_TEMPLATES`, the one home of
 to answer in the ChatRex grammar. What comes back is normalised into that grammar here, so parsing and resolution
 stay :func:`chatrex_ros.core.protocol.parse_answer`'s, against the same ordered list:
 
-* the ChatRex grammar (``<ground>cup</ground><objects><obj2></objects>``) and ``<objK>`` tokens pass as they are;
-* boxes named without the grammar (``objK``, ``[objK]``, ``obj K``) are the answer all the same: they become one
-  group with an empty phrase after the text (detections labelled ``''``), and the text says ``box K``;
+* the ChatRex grammar (``<ground>cup</ground><objects><obj2></objects>``) passes as it is;
+* boxes named without the grammar (``<objK>``, ``objK``, ``[objK]``, ``obj K``) are the answer all the same: they
+  become one group with an empty phrase after the text (detections labelled ``''``), and the text says ``box K``;
 * a JSON list of boxes (``[{"bbox_2d": [x1, y1, x2, y2], "label": "cup"}]``, Qwen's grounding format, possibly in
   a ```json fence) is mapped to the proposal that overlaps each box best, if its IoU reaches ``match_iou``; a box
   that overlaps none is rejected (no detection), never snapped to a far proposal;
@@ -50,7 +50,8 @@ _COORDINATES = {
 }
 
 _BARE_INDEX_RE = re.compile(r"(?<![<\w])\[?obj\s?(\d{1,2})\]?(?![\w>])", re.IGNORECASE)
-_HAS_TOKENS_RE = re.compile(r"<obj\d+>|<ground>")
+_GRAMMAR_RE = re.compile(r"<ground>|<objects>")
+_TOKEN_INDEX_RE = re.compile(r"<obj(\d{1,3})>")
 _JSON_BLOCK_RE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
 
 
@@ -100,17 +101,21 @@ def normalise_vlm_answer(
     text: str, boxes: np.ndarray, width: int, height: int, box_format: str, match_iou: float = DEFAULT_MATCH_IOU
 ) -> str:
     """A served VLM's reply as ChatRex-grammar text for ``parse_answer`` (see the module docstring)."""
-    if _HAS_TOKENS_RE.search(text):
+    if _GRAMMAR_RE.search(text):
         return text
     drawn = _drawn_boxes(text)
     if drawn is not None:
         return _boxes_to_groups(drawn, boxes, width, height, box_format, match_iou)
-    mentioned = [int(match.group(1)) for match in _BARE_INDEX_RE.finditer(text)]
-    if not mentioned:
+    # Tokens (<obj2>) and bare names (obj2, [obj 2]) outside the grammar, in the order the text names them.
+    named = sorted(
+        [(m.start(), int(m.group(1))) for m in _TOKEN_INDEX_RE.finditer(text)]
+        + [(m.start(), int(m.group(1))) for m in _BARE_INDEX_RE.finditer(text)]
+    )
+    if not named:
         return text  # names nothing: zero detections (a rejection)
-    indices = "".join(f"<obj{index}>" for index in dict.fromkeys(mentioned))
+    indices = "".join(f"<obj{index}>" for index in dict.fromkeys(index for _, index in named))
     # Named without the grammar, the boxes are still the answer: one group with an empty phrase after the text.
-    prose = _BARE_INDEX_RE.sub(lambda match: f"box {match.group(1)}", text)
+    prose = _BARE_INDEX_RE.sub(lambda m: f"box {m.group(1)}", _TOKEN_INDEX_RE.sub(lambda m: f"box {m.group(1)}", text))
     return f"{prose} <ground></ground><objects>{indices}</objects>"
 
 
