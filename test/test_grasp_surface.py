@@ -4,7 +4,9 @@ Tolerances reached (asserted below): normals within 3 deg on a tilted plane, als
 30 % invalid pixels; a box on a table seen at 40 deg: extent within 1 cm at 1 m noise-free (the lower 1 % of
 depth above the table is removed with it), within 2.5 cm across and 6 cm along the approach with 1 % noise
 (noise along the rays stretches the percentiles); an upright cylinder: radial normal within 6 deg, diameter and
-height within 1 cm; a 1.5 cm rod 40 cm in front of a wall: the rod, not the wall, within 1 cm.
+height within 1 cm; a 1.5 cm rod 40 cm in front of a wall: the rod, not the wall, within 1 cm; with 1 % noise
+(6 mm, more than a third of its width) its face gives no trustworthy normal and `surface_normal` falls back to
+the camera ray, saying why; with 0.3 % noise its normal is within 3 deg.
 """
 
 from __future__ import annotations
@@ -113,6 +115,35 @@ def test_a_thin_object_in_front_of_a_wall_is_the_target_not_the_wall() -> None:
     target = target_from_box(depth, K_VGA, (x1 - 20, y1 - 10, x2 + 20, y2 + 10))  # a loose detection box
     assert target.valid and abs(target.point[2] - 0.5925) < 0.005
     assert abs(target.width_m - 0.015) < 0.01 and abs(target.height_m - 0.20) < 0.01
+
+
+@pytest.mark.parametrize("invalid", [0.0, 0.3], ids=["all-valid", "invalid30%"])
+def test_a_thin_object_whose_face_is_narrower_than_the_noise_falls_back_to_the_camera_ray(invalid) -> None:
+    # 1 % noise (6 mm at 0.6 m) on a 1.5 cm face: a plane along the rays fits the points as well as the face.
+    rod = OrientedBox((0.02, 0.0, 0.6), (0.015, 0.20, 0.015), np.eye(3))
+    depth = degrade(render([rod, Plane((0.0, 0.0, 1.0), (0.0, 0.0, -1.0))]), 0.01, invalid)
+    x1, y1, x2, y2 = silhouette_box(rod)
+    target = target_from_box(depth, K_VGA, (x1 - 20, y1 - 10, x2 + 20, y2 + 10), approach="surface_normal")
+    assert target.valid and target.approach_source == "camera_ray"
+    assert "fell back to camera_ray" in target.note and "too narrow for its depth noise" in target.note
+    ray = np.array(target.point) / np.linalg.norm(target.point)
+    assert angle_deg(target.approach, ray) < 1e-6, "never a sideways approach"
+    assert abs(target.width_m - 0.015) < 0.01 and abs(target.height_m - 0.20) < 0.01
+
+
+def test_with_less_noise_the_thin_objects_face_gives_the_normal() -> None:
+    rod = OrientedBox((0.02, 0.0, 0.6), (0.015, 0.20, 0.015), np.eye(3))
+    depth = degrade(render([rod, Plane((0.0, 0.0, 1.0), (0.0, 0.0, -1.0))]), 0.003)
+    x1, y1, x2, y2 = silhouette_box(rod)
+    target = target_from_box(depth, K_VGA, (x1 - 20, y1 - 10, x2 + 20, y2 + 10), approach="surface_normal")
+    assert target.approach_source == "surface_normal" and angle_deg(target.normal, (0.0, 0.0, -1.0)) < 3.0
+
+
+def test_a_plane_seen_edge_on_gives_no_normal() -> None:
+    ys, zs = np.meshgrid(np.linspace(-0.03, 0.03, 30), np.linspace(0.97, 1.03, 30))
+    along_the_ray = np.column_stack([np.full(ys.size, 0.001), ys.ravel(), zs.ravel()])  # the plane x = 1 mm
+    fit, why = fit_surface(along_the_ray, np.array([0.001, 0.0, 1.0]))
+    assert fit is None and "seen at 90 deg" in why
 
 
 def test_the_table_in_the_box_corners_is_removed_but_an_object_filling_its_box_is_kept() -> None:

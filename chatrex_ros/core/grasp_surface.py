@@ -35,6 +35,12 @@ DEFAULT_PLANE_TOLERANCE = 0.01
 """A point is on the fitted plane within this fraction of its depth (1 cm at 1 m): depth noise grows with range."""
 MIN_INLIER_FRACTION = 0.5
 """A plane that explains fewer of the patch's points is no surface (a corner, an edge, noise): no normal."""
+MIN_SPAN_TO_NOISE = 2.0
+"""The inliers must spread across the fitted plane, in its narrower direction, at least this many times as far
+as they scatter off it: a patch narrower than its depth noise (a thin rod's face) fits a plane along the camera
+rays as well as its face, and that normal would point sideways."""
+MAX_VIEW_ANGLE_DEG = 80.0
+"""A visible face is seen within this angle of the camera ray; a plane seen beyond it is a fit along the rays."""
 EXTENT_PERCENTILES = (0.5, 99.5)
 """The extent spans these percentiles of the points along each axis: a few flying pixels do not stretch it."""
 MIN_OBJECT_SHARE = 0.2
@@ -139,8 +145,9 @@ def fit_surface(
 
     RANSAC over point triples scores candidate planes by their inliers (distance <= ``tolerance`` x the target's
     depth); the best one is refined by least squares (SVD) on its inliers, and the inliers are counted again.
-    Refused when fewer than ``min_points`` points are near the target, or the plane explains fewer than
-    :data:`MIN_INLIER_FRACTION` of them.
+    Refused when fewer than ``min_points`` points are near the target, the plane explains fewer than
+    :data:`MIN_INLIER_FRACTION` of them, the patch is too narrow for its noise (:data:`MIN_SPAN_TO_NOISE`) or the
+    plane is seen edge-on (:data:`MAX_VIEW_ANGLE_DEG`).
     """
     centre = np.asarray(target, dtype=np.float64).reshape(3)
     patch = points[np.einsum("ij,ij->i", points - centre, points - centre) <= radius_m * radius_m]
@@ -161,6 +168,12 @@ def fit_surface(
         return None, f"no plane fits the surface ({fraction:.0%} of {patch.shape[0]} points on the best one)"
     if float(normal @ centre) > 0.0:  # towards the camera, which sits at the origin
         normal = -normal
+    spreads = np.linalg.svd(patch[on_plane] - patch[on_plane].mean(axis=0), compute_uv=False)
+    if spreads[1] < MIN_SPAN_TO_NOISE * spreads[2]:
+        return None, "the surface around the target is too narrow for its depth noise to give a normal"
+    seen_at = math.degrees(math.acos(min(1.0, -float(normal @ centre) / float(np.linalg.norm(centre)))))
+    if seen_at > MAX_VIEW_ANGLE_DEG:
+        return None, f"the best plane is seen at {seen_at:.0f} deg to the camera ray (a fit along the rays)"
     rms = float(np.sqrt(np.mean(distances[on_plane] ** 2)))
     fit = SurfaceFit((float(normal[0]), float(normal[1]), float(normal[2])), fraction, rms, int(patch.shape[0]))
     return fit, ""
