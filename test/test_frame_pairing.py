@@ -278,6 +278,34 @@ def test_a_claim_that_comes_after_its_frame_left_the_ring_is_not_called_lost() -
     assert not store.claimed_too_late(4) and store.find(4) == (4, "d4")
 
 
+def test_a_claim_with_a_tolerance_pins_only_the_nearest_frame() -> None:
+    from chatrex_ros.core.grasp_pairing import DepthStore
+
+    store: DepthStore[str] = DepthStore(recent=2, pinned=2)
+    store.pin(20, tolerance_ns=15)  # claimed before any frame: 10, 20 (lost), 30 may each be the nearest
+    store.add(10, "d10")
+    store.add(25, "d25")  # nearer than 10: it replaces 10 as the claim's frame
+    store.add(30, "d30")
+    for stamp in (40, 50, 60):
+        store.add(stamp, f"d{stamp}")
+    assert store.pinned_count == 1 and store.find(20, 15) == (25, "d25"), "one frame per claim, the nearest"
+    store.add(35, "late")  # out of order: dropped or kept, it changes nothing pinned
+    store.pin(50, tolerance_ns=15)  # present: 50 itself, not 40 or 60 as well
+    assert store.pinned_count == 2
+
+
+def test_a_pinned_frame_pushed_out_by_newer_claims_is_told_apart() -> None:
+    from chatrex_ros.core.grasp_pairing import DepthStore
+
+    store: DepthStore[str] = DepthStore(recent=1, pinned=1)
+    for stamp in (1, 2):
+        store.add(stamp, f"d{stamp}")
+        store.pin(stamp)
+    store.add(3, "d3")
+    assert store.find(1) is None and store.unpinned_for_newer(1) and not store.never_arrived(1)
+    assert store.find(2) == (2, "d2") and not store.unpinned_for_newer(2)
+
+
 # --- byte budgets ----------------------------------------------------------------------------------
 def _budget_cache(max_bytes: int) -> FrameCache[bytes, str]:
     return FrameCache(answerable=8, recent=4, max_bytes=max_bytes, size_of=len)

@@ -15,6 +15,7 @@ import time
 import pytest
 from builtin_interfaces.msg import Time
 from ros_harness import RosClient, wait_until
+from std_srvs.srv import SetBool
 from test_robot_path import _diagnostics, ask_many, graph_args
 from user_path import camera, up, workdir
 
@@ -35,12 +36,6 @@ def test_up_on_demand_computes_proposals_only_for_the_frames_queries_use() -> No
         *graph_args(topic, 0.3, "--on-demand", "--grasp", "--depth", depth, "--depth-info", infos[0]),
         "--color-info",
         infos[1],
-        # The documented remedies on a loaded machine (docs/grasp.md): a deeper depth reader and a tolerance of 1.5
-        # frame intervals (timer jitter): at 30 Hz a best-effort depth frame is now and then lost on the way (CI).
-        "--set",
-        "grasp_target_node.depth_qos.depth=5",
-        "--set",
-        "grasp_target_node.stamp_tolerance_s=0.05",
     )
     try:
         proposals = client.subscribe(ProposalArray, "/chatrex/proposals", depth=100)
@@ -49,8 +44,10 @@ def test_up_on_demand_computes_proposals_only_for_the_frames_queries_use() -> No
         with camera(cwd, topic, 30, depth=(depth, *infos)) as driver:
             driver.wait_for("camera: 50 frames")
             wait_until(lambda: int(_diagnostics(client, "language_node")["images_received"]) > 30, 20, "frames in")
-            time.sleep(2.0)
+            time.sleep(6.0)  # past input_silence_s (5 s): no proposals while nobody asks is no fault
             assert list(proposals) == [], "proposals were computed while no query asked"
+            idle = _diagnostics(client, "language_node")
+            assert "condition.no_proposals" not in idle, idle
 
             by_id = ask_many(client, 4, 1.0, answers)  # "newest": the newest frame the language node holds
             assert all(a.status == AnswerStatus.OK for a in by_id.values()), [a.status_message for a in by_id.values()]
@@ -112,6 +109,49 @@ def test_a_request_the_proposer_cannot_meet_is_answered_with_the_reason() -> Non
         status = _diagnostics(client, "proposal_node")
         assert int(status["requests_unmet"]) >= 1
         assert "mode is continuous" in graph.output() and "mode:=on_demand" in graph.output()
+    finally:
+        client.close()
+        assert graph.stop() == 0, graph.output()
+
+
+def _switch(client: RosClient, on: bool) -> SetBool.Response:
+    service = client.node.create_client(SetBool, "/chatrex/enable")
+    try:
+        assert service.wait_for_service(timeout_sec=10), "no enable service"
+        future = service.call_async(SetBool.Request(data=on))
+        wait_until(future.done, 10, "the enable service's reply")
+        return future.result()
+    finally:
+        client.node.destroy_client(service)
+
+
+def test_a_switched_off_on_demand_proposer_says_so_at_once_and_serves_again_when_switched_on() -> None:
+    """`up --on-demand`, the enable service off: a query is told the proposer is off (not "none came" after its
+    wait, not a QoS hint), and answered once it is switched on again."""
+    cwd = workdir()
+    topic = "/od_off/image_raw"
+    client = RosClient("on_demand_switched_off")
+    graph = up(cwd, *graph_args(topic, 0.3, "--on-demand"), "--set", "language_node.pairing_wait_s=10.0")
+    try:
+        answers = client.subscribe(Answer, "/chatrex/answer", depth=50)
+        with camera(cwd, topic, 30) as driver:
+            driver.wait_for("camera: 50 frames")
+            assert _switch(client, False).message == "proposals off"
+            asked = time.monotonic()
+            off = ask_many(client, 1, 0.0, answers)
+            waited = time.monotonic() - asked
+            (answer,) = off.values()
+            assert answer.status == AnswerStatus.NO_PROPOSALS, answer.status_message
+            assert "switched off" in answer.status_message and "enable service" in answer.status_message
+            assert waited < 5.0, f"told after {waited:.1f} s: the reply, not pairing_wait_s (10 s), must answer it"
+            language = _diagnostics(client, "language_node")
+            assert "condition.no_proposals" not in language, "the proposer answered: no silence to warn of"
+
+            assert _switch(client, True).message == "proposals on"
+            (again,) = ask_many(client, 1, 0.0, answers).values()
+            assert again.status == AnswerStatus.OK, again.status_message
+        status = _diagnostics(client, "proposal_node")
+        assert int(status["requests_unmet"]) == 1 and "problem.request_while_disabled" in status
     finally:
         client.close()
         assert graph.stop() == 0, graph.output()

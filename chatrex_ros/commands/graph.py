@@ -81,7 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--discovery-server",
         metavar="HOST:PORT",
         default="",
-        help="discover through this Fast DDS discovery server (`fast-discovery-server -i 0 -l HOST -p PORT`) "
+        help="discover through this Fast DDS discovery server (started with `fastdds discovery -l 0.0.0.0 -p PORT`) "
         "instead of multicast; implies --multihost",
     )
     parser.add_argument(

@@ -188,14 +188,17 @@ class FrameCache(Generic[ImageT, ProposalsT]):
                 self._count_missed(stamp_ns)
             self._changed.notify_all()
 
-    def refuse(self, stamp_ns: int, reason: str) -> None:
+    def refuse(self, stamp_ns: int, reason: str, *, publisher_fault: bool = True) -> None:
         """The proposal list for this frame was refused: remember why, and stop holding the frame for it.
 
-        The frame's image stays, as a recent one: another proposer may still send a valid list.
+        The frame's image stays, as a recent one: another proposer may still send a valid list. Without
+        ``publisher_fault`` (the proposer said it cannot compute the frame) it is neither counted as refused nor
+        does it make the newest list a refused one.
         """
         with self._changed:
-            self.stats.proposals_refused += 1
-            self.last_list_refused = True
+            if publisher_fault:
+                self.stats.proposals_refused += 1
+                self.last_list_refused = True
             image = self._claimed.pop(stamp_ns, None)
             if image is not None:
                 self._recent[stamp_ns] = image

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from chatrex_ros.core.frame_cache import FrameTooLarge
@@ -91,12 +92,13 @@ class DepthStore(Generic[T]):
         self._recent: deque[tuple[int, T]] = deque(maxlen=recent)
         self._pinned: dict[int, T] = {}
         self._pinned_capacity = pinned
-        self._wanted: deque[tuple[int, int]] = deque(maxlen=max(1, 2 * pinned))  # (stamp, tolerance) to pin
+        self._wanted: deque[_Wish] = deque(maxlen=max(1, 2 * pinned))  # claims whose nearest frame may still come
         self.newest_ns: int | None = None
         self.received = 0
         self._timeline: HeldTimeline[T] = HeldTimeline()
         self._missed: deque[int] = deque(maxlen=64)
         self._late_claims: deque[int] = deque(maxlen=64)
+        self._unpinned: deque[int] = deque(maxlen=64)  # pinned frames pushed out by newer claims
 
     def add(self, stamp_ns: int, item: T) -> StampVerdict:
         """Store a frame; returns what its stamp meant.
@@ -158,33 +160,50 @@ class DepthStore(Generic[T]):
     def _store(self, stamp_ns: int, item: T) -> None:
         self._recent.append((stamp_ns, item))
         self.newest_ns = stamp_ns if self.newest_ns is None else max(self.newest_ns, stamp_ns)
-        for wanted, tolerance in self._wanted:
-            if abs(wanted - stamp_ns) <= tolerance:
+        for wish in self._wanted:  # a claim keeps one frame pinned: the nearest to its stamp so far
+            distance = abs(wish.stamp - stamp_ns)
+            if distance <= wish.tolerance and (wish.pinned is None or distance < abs(wish.pinned - wish.stamp)):
+                if wish.pinned is not None:
+                    self._pinned.pop(wish.pinned, None)
+                wish.pinned = stamp_ns
                 self._pin(stamp_ns, item)
         # A wish no later frame can fulfil is dropped; remembered, so a late answer can say its frame never came.
-        for s, t in self._wanted:
-            if s + t < self.newest_ns and self.find(s, t) is None:
-                self._missed.append(s)
-        self._wanted = deque(((s, t) for s, t in self._wanted if s + t >= self.newest_ns), maxlen=self._wanted.maxlen)
+        for wish in self._wanted:
+            if wish.stamp + wish.tolerance < self.newest_ns and self.find(wish.stamp, wish.tolerance) is None:
+                self._missed.append(wish.stamp)
+        self._wanted = deque(
+            (w for w in self._wanted if w.stamp + w.tolerance >= self.newest_ns and w.pinned != w.stamp),
+            maxlen=self._wanted.maxlen,
+        )
 
     def never_arrived(self, stamp_ns: int) -> bool:
         """A frame that was pinned before it arrived, and then never did (lost by the reader or on the way)."""
         return stamp_ns in self._missed
+
+    def unpinned_for_newer(self, stamp_ns: int, tolerance_ns: int = 0) -> bool:
+        """A frame pinned for this stamp was pushed out by newer claims (more claims waiting than pinned frames)."""
+        return any(abs(s - stamp_ns) <= tolerance_ns for s in self._unpinned)
 
     def claimed_too_late(self, stamp_ns: int) -> bool:
         """A frame claimed only after it had left the ring (the ring covers less than the claim's delay)."""
         return stamp_ns in self._late_claims
 
     def pin(self, stamp_ns: int, tolerance_ns: int = 0) -> None:
-        """Keep the frame(s) within ``tolerance_ns`` of ``stamp_ns``, now or when they arrive."""
+        """Keep the frame nearest to ``stamp_ns`` within ``tolerance_ns``, now or when it arrives.
+
+        One frame per claim: pinning every frame of a wide tolerance would let a few claims push out each other's
+        frames (pinned capacity).
+        """
         if self._pinned_capacity == 0:
             return
-        for stamp, item in list(self._recent):
-            if abs(stamp - stamp_ns) <= tolerance_ns:
-                self._pin(stamp, item)
+        nearest = self.find(stamp_ns, tolerance_ns)
+        if nearest is not None:
+            self._pin(*nearest)
+            if nearest[0] == stamp_ns:
+                return  # its own frame: nothing nearer can come
         if self.may_still_arrive(stamp_ns, tolerance_ns):
-            self._wanted.append((stamp_ns, tolerance_ns))
-        elif self.find(stamp_ns, tolerance_ns) is None:
+            self._wanted.append(_Wish(stamp_ns, tolerance_ns, None if nearest is None else nearest[0]))
+        elif nearest is None:
             oldest = min((s for s, _ in self._recent), default=None)
             if oldest is not None and stamp_ns + tolerance_ns < oldest:
                 self._late_claims.append(stamp_ns)  # older than the whole ring: it was there, the claim came late
@@ -215,4 +234,15 @@ class DepthStore(Generic[T]):
     def _pin(self, stamp_ns: int, item: T) -> None:
         self._pinned[stamp_ns] = item
         while len(self._pinned) > self._pinned_capacity:
-            del self._pinned[min(self._pinned)]  # the oldest frame is the least likely to be asked about
+            oldest = min(self._pinned)  # the oldest frame is the least likely to be asked about
+            del self._pinned[oldest]
+            self._unpinned.append(oldest)
+
+
+@dataclass
+class _Wish:
+    """A claim whose nearest depth frame may still arrive, and the frame pinned for it so far."""
+
+    stamp: int
+    tolerance: int
+    pinned: int | None

@@ -17,6 +17,7 @@ Outputs carry the answer's image stamp and the depth image's optical frame.
 from __future__ import annotations
 
 import math
+import queue
 import re
 import threading
 import time
@@ -26,7 +27,6 @@ from typing import Any
 
 import numpy as np
 from geometry_msgs.msg import Point, PointStamped, Pose, PoseStamped, Vector3
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 from visualization_msgs.msg import Marker
@@ -77,7 +77,9 @@ class GraspTargetNode(ChatrexNode[GraspNodeParams]):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("grasp_target_node", GRASP_NODE, GraspNodeParams, **kwargs)
         params = self.params
-        self._lock = threading.Lock()  # the diagnostics timer runs beside the intake callbacks
+        # The target worker and the diagnostics timer run beside the intake callbacks (re-entrant: publishing
+        # a refusal from a callback that holds it updates the counters under it too).
+        self._lock = threading.RLock()
         self.depth: DepthStore[Image] = DepthStore(
             params.depth_buffer_size,
             params.pinned_frames,
@@ -102,28 +104,23 @@ class GraspTargetNode(ChatrexNode[GraspNodeParams]):
             self.create_publisher(PointCloud2, "grasp_points", reliable_qos(2)) if params.publish_points else None
         )
         self.mask_pub = self.create_publisher(Image, "grasp_mask", reliable_qos(2)) if params.publish_mask else None
-        group = MutuallyExclusiveCallbackGroup()
+        # Targets are computed on a worker thread, so every callback returns at once and one executor thread
+        # serves a 30 Hz depth stream (rclpy's multi-threaded executor lost depth frames in bursts of up to 1.3 s
+        # on a loaded 2-core machine, the very frames answers need).
+        self._jobs: queue.Queue[tuple[_Pending, Image]] = queue.Queue()
+        self._worker = self.start_worker("target_worker", self._work)
         # camera_info comes from the same driver as the depth stream, with the same QoS.
         qos = sensor_qos(params.depth_qos.reliability, params.depth_qos.depth)
         remap = "remap it (`chatrex-ros up --grasp --depth TOPIC --depth-info TOPIC`) and check the depth camera runs"
         self.depth_watch = self.watch_input("depth images", params.input_silence_s, remap)
         self.info_watch = self.watch_input("depth camera_info", params.input_silence_s, remap)
-        # Depth has a group of its own: a 30 Hz stream that must not wait behind answers and camera_info (a
-        # KEEP_LAST(1) reader that is not served in time loses exactly the frame an answer may need).
         depth_sub = self.create_subscription(
-            Image,
-            "depth",
-            self._on_depth,
-            qos,
-            callback_group=MutuallyExclusiveCallbackGroup(),
-            event_callbacks=self.depth_watch.event_callbacks(),
+            Image, "depth", self._on_depth, qos, event_callbacks=self.depth_watch.event_callbacks()
         )
         self.depth_watch.attach(depth_sub.topic_name)
-        info_sub = self.create_subscription(
-            CameraInfo, "depth/camera_info", self._on_depth_info, qos, callback_group=group
-        )
+        info_sub = self.create_subscription(CameraInfo, "depth/camera_info", self._on_depth_info, qos)
         self.info_watch.attach(info_sub.topic_name)
-        self.create_subscription(CameraInfo, "color/camera_info", self._on_colour_info, qos, callback_group=group)
+        self.create_subscription(CameraInfo, "color/camera_info", self._on_colour_info, qos)
         self.answer_losses = LossCounter(
             "answers", "those answers get no target: a burst outran this node's reader (CPU load?)", self.problems
         )
@@ -132,18 +129,13 @@ class GraspTargetNode(ChatrexNode[GraspNodeParams]):
             "answer",
             self._on_answer,
             query_qos(),
-            callback_group=group,
             event_callbacks=self.answer_losses.event_callbacks(),
         )
         self.answer_losses.attach(answer_sub.topic_name, lambda: self.answers_received)
         if params.pinned_frames > 0:
-            # Pins are urgent: a claim handled after its depth frame left the ring pins nothing.
-            pins = MutuallyExclusiveCallbackGroup()
-            self.create_subscription(
-                ProposalArray, "proposals", self._on_proposals, reliable_qos(), callback_group=pins
-            )
-            self.create_subscription(Header, "proposals/pending", self._on_claim, reliable_qos(), callback_group=pins)
-        self.create_timer(0.05, self._expire, callback_group=group)
+            self.create_subscription(ProposalArray, "proposals", self._on_proposals, reliable_qos())
+            self.create_subscription(Header, "proposals/pending", self._on_claim, reliable_qos())
+        self.create_timer(0.05, self._expire)
         self.start_serving(
             f"grasp targets: selection={params.selection} tolerance={params.stamp_tolerance_s} s "
             f"timeout={params.pairing_timeout_s} s; answers on {answer_sub.topic_name}, depth on "
@@ -252,7 +244,7 @@ class GraspTargetNode(ChatrexNode[GraspNodeParams]):
         stamp = stamp_to_ns(pending.answer.header.stamp)
         found = self.depth.find(stamp, self.params.stamp_tolerance_ns)
         if found is not None:
-            self._compute_and_publish(pending, found[1])
+            self._jobs.put((pending, found[1]))  # computed on the target worker: this callback returns at once
             return True
         if not self.depth.may_still_arrive(stamp, self.params.stamp_tolerance_ns):
             why = (
@@ -293,7 +285,15 @@ class GraspTargetNode(ChatrexNode[GraspNodeParams]):
             pending.received,
         )
 
-    # ---- pre-process / infer / decode ----
+    # ---- pre-process / infer / decode (the target worker) ----
+    def _work(self) -> None:
+        while self.running:
+            try:
+                pending, depth_msg = self._jobs.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            self._compute_and_publish(pending, depth_msg)
+
     def _compute_and_publish(self, pending: _Pending, depth_msg: Image) -> None:
         frame = depth_msg.header.frame_id
         try:
@@ -330,11 +330,12 @@ class GraspTargetNode(ChatrexNode[GraspNodeParams]):
             depth = image_to_array(depth_msg)
         except ImageFormatError as error:
             return Target.invalid(f"bad depth image: {error}")
-        depth_camera = self._depth_camera(depth_msg.header.frame_id)
+        with self._lock:  # the intake callbacks update the cameras and parameters meanwhile
+            depth_camera = self._depth_camera(depth_msg.header.frame_id)
+            colour_camera = self._colour_camera(pending.answer.header.frame_id)
+            params = self.params
         if depth_camera is None:
             return Target.invalid(REASON_NO_CAMERA_INFO)
-        colour_camera = self._colour_camera(pending.answer.header.frame_id)
-        params = self.params
         colour_size = (params.color_width, params.color_height) if params.color_width else None
         scale = params.depth_scale or None
         # Infer + decode: the shared geometry (refusals come back as invalid Targets).
@@ -426,8 +427,9 @@ class GraspTargetNode(ChatrexNode[GraspNodeParams]):
             self.pose_pub.publish(PoseStamped(header=header, pose=_pose(target.point, target.approach_orientation)))
         self.marker_pub.publish(_marker(header, target))
         self.extent_pub.publish(_extent_marker(header, target))
-        self.outcomes["valid" if target.valid else _cause(target.reason)] += 1
-        self.last_latency_ms = (time.monotonic() - received) * 1e3
+        with self._lock:
+            self.outcomes["valid" if target.valid else _cause(target.reason)] += 1
+            self.last_latency_ms = (time.monotonic() - received) * 1e3
 
     def _diagnostic_values(self) -> dict[str, object]:
         with self._lock:
@@ -506,7 +508,7 @@ def _marker(header: Header, target: Target) -> Marker:
 
 def main(args: list[str] | None = None) -> None:
     """The ``grasp_target_node`` executable: answers, depth and camera_info are served on their own threads."""
-    raise SystemExit(run_node(GraspTargetNode, args, threads=3))
+    raise SystemExit(run_node(GraspTargetNode, args))
 
 
 if __name__ == "__main__":

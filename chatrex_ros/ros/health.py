@@ -178,19 +178,25 @@ class InputWatch:
                 self.first = self._last
             self.received += 1
 
-    def condition(self, expected_since: float | None = None) -> Condition | None:
+    def condition(self, expected_since: float | None = None, *, asked_at: float | None = None) -> Condition | None:
         """A WARN when nothing arrived for ``silence_s``.
 
         Counted from the last message, or else from ``expected_since`` (a monotonic time, e.g. the first image
-        for proposals computed from images) or the start.
+        for proposals computed from images) or the start. An input that sends only when asked (proposals on
+        demand) counts from ``asked_at`` instead, the oldest request still unanswered.
         """
         with self._lock:
             last = self._last
-        reference = last if last is not None else max(self._started, expected_since or 0.0)
+        if asked_at is not None:
+            reference, since = asked_at, "for"
+        else:
+            reference = last if last is not None else max(self._started, expected_since or 0.0)
+            since = "since start" if last is None else "for"
         silent_for = time.monotonic() - reference
         if silent_for < self.silence_s:
             return None
-        since = "since start" if last is None else "for"
+        if asked_at is not None:
+            since = "after a request, for"
         publishers = self._node.count_publishers(self.topic)
         if publishers == 0:
             detail = f"no publisher on {self.topic}: {self.fix}"

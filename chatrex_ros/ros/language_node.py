@@ -221,6 +221,7 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
         )
         self.proposal_requests = self.create_publisher(Header, "proposals/request", reliable_qos())
         self.requests_sent = 0
+        self.requested_at: float | None = None  # monotonic time of the oldest request no proposals answered yet
         self.queries_received = 0
         self.query_losses = LossCounter(
             "queries",
@@ -254,7 +255,8 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
         model = self.backend.name if self.backend is not None else "none"
         self.start_serving(
             f"language backend '{model}' ready; queue {params.queue_size}; images on "
-            f"{image_sub.topic_name}, proposals on {proposals_sub.topic_name}",
+            f"{image_sub.topic_name}, proposals on {proposals_sub.topic_name}"
+            + (f" (requested on {self.proposal_requests.topic_name})" if params.proposals_on_demand else ""),
             self._diagnostic_values,
             self._conditions,
         )
@@ -287,11 +289,16 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
 
     def _on_proposals(self, msg: ProposalArray) -> None:
         self.proposal_watch.note()
+        self.requested_at = None  # the proposer answers (requests are served in order)
+        if msg.unmet_reason:  # an on-demand request the proposer could not meet: the query is told why at once
+            reason = f"proposal_node could not compute them: {msg.unmet_reason}"
+            self.cache.refuse(stamp_to_ns(msg.header.stamp), reason, publisher_fault=False)
+            return
         try:
             proposals = msg_to_proposals(msg)
         except ValueError as error:
             stamp = stamp_to_ns(msg.header.stamp)
-            self.cache.refuse(stamp, str(error))
+            self.cache.refuse(stamp, f"its ProposalArray was refused: {error}")
             self.problems.report(
                 "bad_proposals",
                 f"refused the ProposalArray for the frame {format_stamp(stamp)} on {self.proposal_watch.topic} "
@@ -618,6 +625,8 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
         request = Header(stamp=ns_to_stamp(stamp), frame_id=frame_id)
         if publish_from_worker(self, self.proposal_requests, request):
             self.requests_sent += 1
+            if self.requested_at is None:
+                self.requested_at = time.monotonic()
         return stamp
 
     def _no_image(self, wait: float) -> QueryError:
@@ -638,7 +647,7 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
         refused_stamp, reason = refused
         raise QueryError(
             AnswerStatus.NO_PROPOSALS,
-            f"the proposals for the frame {format_stamp(refused_stamp)} were refused: {reason}",
+            f"no proposals for the frame {format_stamp(refused_stamp)}: {reason}",
         )
 
     def _raise_unless_coming(self, stamp: int | None) -> None:
@@ -671,8 +680,13 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
 
     def _conditions(self) -> list[Condition]:
         images = self.image_watch.condition()
-        # Proposals are computed from images: without images, their silence says nothing new.
-        proposals = self.proposal_watch.condition(self.image_watch.first) if images is None else None
+        # Proposals are computed from images: without images, their silence says nothing new. On demand they
+        # come only when asked: silence is a fault only while a request waits.
+        proposals = None
+        if images is None and not self.params.proposals_on_demand:
+            proposals = self.proposal_watch.condition(self.image_watch.first)
+        elif images is None and self.requested_at is not None:
+            proposals = self.proposal_watch.condition(asked_at=self.requested_at)
         conditions = [c for c in (images, proposals) if c is not None]
         dropped = self.newest_image_dropped
         if dropped is not None:
@@ -681,7 +695,7 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
             )
         refused = self.cache.refusal() if self.cache.last_list_refused else None
         if refused is not None:
-            message = f"the newest ProposalArray on {self.proposal_watch.topic} was refused: {refused[1]}"
+            message = f"the newest proposal list on {self.proposal_watch.topic}: {refused[1]}"
             conditions.append(Condition(WARN, "refused_proposals", message))
         if self.backend is None:
             conditions.append(Condition(WARN, "no_model", NO_MODEL))

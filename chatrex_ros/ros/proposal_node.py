@@ -99,14 +99,15 @@ class ProposalNode(ChatrexNode[ProposalNodeParams]):
         self._rate_window: list[float] = []
         self._next_start = 0.0  # perf_counter seconds before which max_rate_hz lets no frame start
         self.create_service(SetBool, "enable", self._on_enable)
-        self.create_subscription(Header, "proposals/request", self._on_request, reliable_qos())
+        request_sub = self.create_subscription(Header, "proposals/request", self._on_request, reliable_qos())
         self._worker = self.start_worker("proposal_worker", self._work)
         backend, policy = self.pipeline.backend, self.pipeline.policy
         provider = getattr(backend, "provider", "")
         self.start_serving(
             f"proposal backend '{backend.name}'{f' ({provider})' if provider else ''} ready on "
             f"{image_sub.topic_name}; min_score={policy.min_score} nms_iou={policy.nms_iou} "
-            f"max_proposals={policy.max_count}",
+            f"max_proposals={policy.max_count}"
+            + (f"; on demand: the frames requested on {request_sub.topic_name}" if params.mode == "on_demand" else ""),
             self._diagnostic_values,
             self._conditions,
         )
@@ -148,13 +149,18 @@ class ProposalNode(ChatrexNode[ProposalNodeParams]):
 
     def _on_image(self, msg: Image | CompressedImage) -> None:
         self.image_watch.note()
+        if self.params.mode == "on_demand":
+            # Kept undecoded (most frames are never asked about), also while switched off: a query that comes
+            # just after it is switched on names a frame from before.
+            with self._wakeup:
+                self._recent.append(msg)
+            if not self.params.enabled:
+                self._stats["ignored_while_disabled"] += 1
+            return
         if not self.params.enabled:
             self._stats["ignored_while_disabled"] += 1
             return
         with self._wakeup:
-            if self.params.mode == "on_demand":
-                self._recent.append(msg)  # kept undecoded: most frames are never asked about
-                return
             self._stats["skipped"] += len(self._mailbox)
             self._mailbox.clear()
             self._mailbox.append(_Pending(msg, time.perf_counter()))
@@ -168,6 +174,7 @@ class ProposalNode(ChatrexNode[ProposalNodeParams]):
         params = self.params
         if params.mode != "on_demand":
             self._unmet(
+                None,
                 "request_in_continuous_mode",
                 f"proposals were requested for {wanted}, but mode is continuous (every frame is computed that the "
                 "backend keeps up with): set proposal_node mode:=on_demand, or language_node "
@@ -175,7 +182,12 @@ class ProposalNode(ChatrexNode[ProposalNodeParams]):
             )
             return
         if not params.enabled:
-            self._unmet("request_while_disabled", f"proposals were requested for {wanted} while switched off")
+            self._unmet(
+                header,
+                "request_while_disabled",
+                f"proposals were requested for {wanted} while proposal_node is switched off "
+                "(switch it on with its enable service or enabled:=true)",
+            )
             return
         with self._wakeup:
             msg = next(
@@ -194,11 +206,14 @@ class ProposalNode(ChatrexNode[ProposalNodeParams]):
                     self._wakeup.notify()
                     return
                 reason = f"{REQUEST_QUEUE} requested frames already wait for the backend"
-        self._unmet("request_unmet", f"cannot compute proposals for {wanted}: {reason}")
+        self._unmet(header, "request_unmet", f"cannot compute proposals for {wanted}: {reason}")
 
-    def _unmet(self, cause: str, message: str) -> None:
+    def _unmet(self, request: Header | None, cause: str, message: str) -> None:
+        """Count and report a request that gets no proposals; answer it (empty list, the reason) when given."""
         self._stats["requests_unmet"] += 1
         self.problems.report(cause, message)
+        if request is not None:
+            self.publisher.publish(ProposalArray(header=request, unmet_reason=message))
 
     def _work(self) -> None:
         while True:
