@@ -4,6 +4,11 @@ Each namespace has only its loopback and one end of the veth pair (10.213.0.1/24
 them can reach each other and nothing else; both are deleted on exit, also when a test fails (the veth pair goes
 with them). Needs root and iproute2's ``ip``: :func:`unavailable` says why not, for a skip.
 
+``TwoHosts(routed=True)`` puts a router between them instead, as on a network where multicast does not cross
+(Wi-Fi, VPNs, routed subnets): a third namespace forwards unicast between 10.213.0.0/24 and 10.213.1.0/24 over two
+veth pairs, and Linux forwards no multicast without a multicast routing daemon, so DDS's multicast discovery
+stays on each side.
+
 A network namespace alone is not another machine for Fast DDS: processes on one machine share ``/dev/shm`` and
 ``/etc/machine-id`` (Fast DDS's host id), so Fast DDS would talk shared memory across the "link", discovery
 included. Every process of a host therefore runs in a mount namespace where that host has a ``/dev/shm`` and a
@@ -22,6 +27,8 @@ from pathlib import Path
 from typing import IO
 
 ADDRESSES = ("10.213.0.1", "10.213.0.2")
+ROUTED_ADDRESSES = ("10.213.0.1", "10.213.1.2")
+_ROUTER_ADDRESSES = ("10.213.0.254", "10.213.1.254")
 
 
 def unavailable() -> str | None:
@@ -45,11 +52,13 @@ def _ip(*args: str) -> None:
 class TwoHosts:
     """``with TwoHosts() as hosts:`` then ``hosts.popen(0, [...])`` runs a command on "host" 0 or 1."""
 
-    def __init__(self) -> None:
+    def __init__(self, routed: bool = False) -> None:
         tag = f"{os.getpid() % 100000}"
+        self.routed = routed
         self.namespaces = (f"crx{tag}a", f"crx{tag}b")
+        self.router = f"crx{tag}r"
         self.links = (f"crx{tag}a", f"crx{tag}b")  # interface names, <= 15 characters
-        self.addresses = ADDRESSES
+        self.addresses = ROUTED_ADDRESSES if routed else ADDRESSES
         self.processes: list[subprocess.Popen[str]] = []
         self._machines = Path(tempfile.mkdtemp(prefix="chatrex_hosts_"))
         for host in (0, 1):  # each host's own shared memory and machine id
@@ -60,16 +69,40 @@ class TwoHosts:
         try:
             for namespace in self.namespaces:
                 _ip("netns", "add", namespace)
-            _ip("link", "add", self.links[0], "type", "veth", "peer", "name", self.links[1])
-            for namespace, link, address in zip(self.namespaces, self.links, self.addresses, strict=True):
-                _ip("link", "set", link, "netns", namespace)
-                _ip("-n", namespace, "addr", "add", f"{address}/24", "dev", link)
                 _ip("-n", namespace, "link", "set", "lo", "up")
-                _ip("-n", namespace, "link", "set", link, "up")
+            if self.routed:
+                self._link_through_router()
+            else:
+                _ip("link", "add", self.links[0], "type", "veth", "peer", "name", self.links[1])
+                for namespace, link, address in zip(self.namespaces, self.links, self.addresses, strict=True):
+                    _ip("link", "set", link, "netns", namespace)
+                    _ip("-n", namespace, "addr", "add", f"{address}/24", "dev", link)
+                    _ip("-n", namespace, "link", "set", link, "up")
         except BaseException:
             self.close()
             raise
         return self
+
+    def _link_through_router(self) -> None:
+        """host 0 -- veth -- router -- veth -- host 1, unicast forwarded, default routes via the router."""
+        _ip("netns", "add", self.router)
+        for namespace, link, address, gateway in zip(
+            self.namespaces, self.links, self.addresses, _ROUTER_ADDRESSES, strict=True
+        ):
+            router_end = f"{link}r"
+            _ip("link", "add", link, "type", "veth", "peer", "name", router_end)
+            _ip("link", "set", link, "netns", namespace)
+            _ip("link", "set", router_end, "netns", self.router)
+            _ip("-n", namespace, "addr", "add", f"{address}/24", "dev", link)
+            _ip("-n", self.router, "addr", "add", f"{gateway}/24", "dev", router_end)
+            _ip("-n", namespace, "link", "set", link, "up")
+            _ip("-n", self.router, "link", "set", router_end, "up")
+            _ip("-n", namespace, "route", "add", "default", "via", gateway)
+        subprocess.run(
+            ["ip", "netns", "exec", self.router, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"],
+            check=True,
+            capture_output=True,
+        )
 
     def __exit__(self, *exc: object) -> None:
         self.close()
@@ -131,7 +164,7 @@ class TwoHosts:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        for namespace in self.namespaces:
+        for namespace in (*self.namespaces, self.router):
             subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
         shutil.rmtree(self._machines, ignore_errors=True)
 

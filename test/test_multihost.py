@@ -6,10 +6,12 @@ frames, the proposals, the query and the answer all crossed the link. With ROS_D
 discovery clients of a Fast DDS discovery server (`fastdds discovery`, from the ros-fastdds wheel) and find
 each other only through it: pointed at an address where no server runs, the two hosts never meet.
 
-Multicast itself cannot be switched off here: there is no iptables/nft, and Linux sends multicast out of the
-interface DDS chooses whatever that interface's flags and routes say. The absent-server case shows instead that
-nothing but the server brings the hosts together. Skipped, with the reason, where network namespaces cannot be
-made (not root, no iproute2).
+Multicast cannot be switched off on a veth link here (no iptables/nft; Linux sends multicast out of the
+interface DDS chooses whatever its flags say), so the multicast-off case puts a router between the hosts
+(`TwoHosts(routed=True)`): unicast is forwarded, multicast is not, as on Wi-Fi, VPNs and routed subnets. There,
+without a server the graph never meets, and `chatrex-ros up --discovery-server` (the installed command, its
+own profile and environment) joins it. Skipped, with the reason, where network namespaces cannot be made (not
+root, no iproute2).
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from netns import TwoHosts, log_file, unavailable
+from netns import ADDRESSES, ROUTED_ADDRESSES, TwoHosts, log_file, unavailable
+from test_robot_path import graph_args
+from user_path import CHATREX_ROS
 
 from chatrex_ros.paths import config_file
 
@@ -103,7 +107,7 @@ def test_a_query_from_the_robot_is_answered_by_the_language_node_on_the_other_ho
 
 
 def test_with_a_discovery_server_the_hosts_meet_only_through_it(directory) -> None:
-    server_address = f"{TwoHosts().addresses[0]}:{DISCOVERY_PORT}"
+    server_address = f"{ADDRESSES[0]}:{DISCOVERY_PORT}"
     with TwoHosts() as hosts:
         nobody = environment(server_address)  # discovery clients of a server that is not running
         start_graph(hosts, nobody, directory)
@@ -127,3 +131,37 @@ def test_with_a_discovery_server_the_hosts_meet_only_through_it(directory) -> No
         code, output = ask(hosts, served, wait_s=60)
         assert code == 0, output + logs(directory)
         assert json.loads(output[output.index("{") :])["status"] == "OK"
+
+
+def discovery_server(hosts: TwoHosts, directory: Path) -> None:
+    """The documented command (Fast DDS's own tool) on host 0."""
+    command = [shutil.which("fastdds") or "fastdds", "discovery", "-l", hosts.addresses[0], "-p", str(DISCOVERY_PORT)]
+    hosts.popen(0, command, os.environ, log_file(directory, "discovery_server"))
+    time.sleep(1.0)
+
+
+def test_across_a_router_multicast_discovery_fails_and_up_discovery_server_joins_the_hosts(directory) -> None:
+    """No multicast between the hosts: the graph meets only through `chatrex-ros up --discovery-server`."""
+    with TwoHosts(routed=True) as hosts:
+        multicast = environment()  # simple discovery: multicast, which the router does not forward
+        start_graph(hosts, multicast, directory)
+        code, output = ask(hosts, multicast, wait_s=8)
+        assert code == 4, "multicast discovery must not cross the router: " + output
+
+    server_address = f"{ROUTED_ADDRESSES[0]}:{DISCOVERY_PORT}"
+    with TwoHosts(routed=True) as hosts:
+        discovery_server(hosts, directory)
+        # Host 1 (the GPU machine) runs the whole graph with `up`, which sets the profile and the discovery
+        # environment itself; host 0 (the robot) has the camera and asks, as discovery clients of the server.
+        graph_env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", PYTHONPATH=str(TEST_DIR))
+        for name in ("FASTDDS_DEFAULT_PROFILES_FILE", "RMW_FASTRTPS_USE_QOS_FROM_XML", "ROS_DISCOVERY_SERVER"):
+            graph_env.pop(name, None)
+        up = [CHATREX_ROS, "up", "--discovery-server", server_address, *graph_args("/robot/image", 0.1)]
+        hosts.popen(1, up, graph_env, log_file(directory, "up"))
+        robot = environment(server_address)
+        camera = [sys.executable, str(TEST_DIR / "camera_process.py"), "/robot/image", "5", "640", "480"]
+        hosts.popen(0, camera, robot, log_file(directory, "camera"))
+        code, output = ask(hosts, robot, wait_s=60)
+        assert code == 0, output + logs(directory)
+        answer = json.loads(output[output.index("{") :])
+        assert answer["status"] == "OK" and answer["num_proposals"] > 0, "frames, proposals and the answer crossed"
