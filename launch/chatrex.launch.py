@@ -18,6 +18,7 @@ from launch.conditions import IfCondition
 from launch.substitutions import EnvironmentVariable, LaunchConfiguration
 from launch_ros.actions import Node
 
+from chatrex_ros.launcher import check_discovery_server
 from chatrex_ros.names import NAMESPACE
 
 # (launch argument, node, parameter, description): applied over the params file only when not empty.
@@ -67,8 +68,8 @@ def _nodes(context, *args, **kwargs):
             overrides.update(ON_DEMAND.get(name, {}))
         extra = {"condition": IfCondition(LaunchConfiguration(OPTIONAL_NODES[name]))} if name in OPTIONAL_NODES else {}
         discovery_server = LaunchConfiguration("discovery_server").perform(context)
-        if discovery_server:
-            extra["additional_env"] = {"ROS_DISCOVERY_SERVER": discovery_server}
+        if discovery_server:  # a typo fails the launch with the expected form, not a graph that never meets
+            extra["additional_env"] = {"ROS_DISCOVERY_SERVER": check_discovery_server(discovery_server)}
         actions.append(
             Node(
                 package="chatrex_ros",

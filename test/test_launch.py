@@ -443,6 +443,8 @@ def test_the_launch_files_discovery_server_reaches_every_node(description) -> No
     assert all("additional_env" not in node.kwargs for node in _nodes(description).values())
     nodes = _nodes(description, discovery_server="10.0.0.1:11811")
     assert {n.kwargs["additional_env"]["ROS_DISCOVERY_SERVER"] for n in nodes.values()} == {"10.0.0.1:11811"}
+    with pytest.raises(ValueError, match="expected HOST:PORT"):
+        _nodes(description, discovery_server="10.0.0.1")  # the port forgotten
 
 
 @pytest.mark.ros

@@ -130,6 +130,30 @@ def test_a_qwen_style_box_answer_resolves_to_the_overlapping_proposal() -> None:
     assert [(d.proposal_index, d.label) for d in result.detections] == [(1, "mug")]
 
 
+@pytest.mark.parametrize(("match_iou", "expected"), [(0.5, [1]), (0.7, [])], ids=["iou-0.5", "iou-0.7"])
+def test_vlm_match_iou_decides_whether_a_drawn_box_is_a_proposal(match_iou, expected) -> None:
+    reply = json.dumps([{"bbox_2d": [100, 20, 180, 62], "label": "mug"}])  # IoU 0.6 with proposal 1
+    with FakeVLMServer([{"reply": reply}]) as server:
+        result = ask(server, "mug", match_iou=match_iou)
+    assert [d.proposal_index for d in result.detections] == expected
+
+
+@pytest.mark.parametrize(
+    ("task", "indices", "text"),
+    [("region_category", [2, 0], ""), ("caption_brief", [], ""), ("count", [], "mug")],
+)
+def test_every_task_sends_its_own_chatrex_question(task, indices, text) -> None:
+    proposals = Proposals(boxes=BOXES, scores=SCORES, backend="test")
+    request = QueryRequest.create(task, [], text, indices)
+    with FakeVLMServer([{"reply": "<ground>mug</ground><objects><obj2></objects>"}]) as server:
+        answer_query(backend(server), frame(), proposals, request)
+    (sent,) = server.requests
+    question = sent["messages"][1]["content"][1]["text"]
+    assert question.endswith(f"Question: {request.prompt}")
+    for index in indices:  # region tasks name their regions by the frame's own indices
+        assert f"<obj{index}>" in request.prompt
+
+
 def test_no_such_object_is_zero_detections_not_a_guess() -> None:
     with FakeVLMServer([{"reply": "I cannot find a giraffe in this image."}]) as server:
         result = ask(server, "giraffe")
@@ -157,10 +181,11 @@ def test_a_5xx_is_retried_with_backoff_and_then_succeeds() -> None:
     [
         ({"status": 500, "body": {"error": {"message": "CUDA out of memory"}}}, "HTTP 500: CUDA out of memory"),
         ({"status": 401, "body": {"error": {"message": "invalid api key"}}}, "HTTP 401: invalid api key"),
+        ({"status": 404, "text": "404 page not found: /v2/chat"}, "HTTP 404: 404 page not found: /v2/chat"),
         ({"truncated": True}, "not a chat completion"),
         ({"close": True}, "cannot reach"),
     ],
-    ids=["500", "401", "truncated-json", "connection-closed"],
+    ids=["500", "401", "404-plain-text", "truncated-json", "connection-closed"],
 )
 def test_server_faults_are_model_errors_with_the_servers_message(action, words, monkeypatch) -> None:
     monkeypatch.setenv("TEST_VLM_KEY", "sk-never-echoed")
@@ -168,6 +193,12 @@ def test_server_faults_are_model_errors_with_the_servers_message(action, words, 
         ask(server, api_key_env="TEST_VLM_KEY")
     assert caught.value.status == AnswerStatus.MODEL_ERROR and words in str(caught.value)
     assert "sk-never-echoed" not in str(caught.value)
+
+
+def test_a_closed_connection_is_retried_and_then_succeeds() -> None:
+    with FakeVLMServer([{"close": True}, {"reply": "It is obj1."}]) as server:
+        result = ask(server, retries=1)
+    assert len(server.requests) == 2 and [d.proposal_index for d in result.detections] == [1]
 
 
 def test_a_4xx_is_not_retried() -> None:

@@ -144,4 +144,6 @@ def _server_message(error: Any) -> str:
         message = detail.get("message") if isinstance(detail, dict) else detail
         if message:
             return str(message)[:300]
+    if isinstance(body, str) and body.strip():  # a plain-text error page (a proxy's, a wrong path's)
+        return " ".join(body.split())[:300]
     return str(getattr(error, "message", "") or error)[:300]

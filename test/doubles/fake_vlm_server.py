@@ -6,6 +6,7 @@ request (the last one repeats):
 
 * ``{"reply": "text"}``: a well-formed chat completion whose message content is ``text``;
 * ``{"status": 500, "body": {...}}``: that HTTP status with that JSON body;
+* ``{"status": 404, "text": "..."}``: that HTTP status with a plain-text body (a proxy's or a router's error page);
 * ``{"sleep": 5.0, "reply": "text"}``: wait before answering (past the client's timeout);
 * ``{"truncated": true}``: a 200 whose JSON body is cut in the middle;
 * ``{"close": true}``: close the connection without answering.
@@ -67,7 +68,11 @@ class FakeVLMServer:
             handler.connection.shutdown(2)
             return
         time.sleep(float(action.get("sleep", 0.0)))
-        if "status" in action:
+        content_type = "application/json"
+        if "status" in action and "text" in action:
+            payload, content_type = str(action["text"]).encode(), "text/plain"
+            status = int(action["status"])
+        elif "status" in action:
             payload = json.dumps(action.get("body", {"error": {"message": "scripted failure"}})).encode()
             status = int(action["status"])
         else:
@@ -90,7 +95,7 @@ class FakeVLMServer:
                 payload = payload[: len(payload) // 2]
         try:
             handler.send_response(status)
-            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Type", content_type)
             handler.send_header("Content-Length", str(len(payload)))
             handler.end_headers()
             handler.wfile.write(payload)
