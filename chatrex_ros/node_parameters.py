@@ -73,6 +73,7 @@ class ProposalNodeParams:
     image_transport: str
     max_image_pixels: int
     warmup: bool
+    publish_markers: bool
     input_silence_s: float
     image_qos: SensorQos
 
@@ -110,6 +111,7 @@ class LanguageNodeParams:
     proposals_on_demand: bool
     input_silence_s: float
     publish_annotated: bool
+    publish_markers: bool
     image_transport: str
     max_image_pixels: int
     image_qos: SensorQos
@@ -308,6 +310,12 @@ PROPOSAL_NODE: list[ParamSpec] = [
     MAX_IMAGE_PIXELS_SPEC,
     ParamSpec("warmup", True, "Run the backend once on a blank frame before serving.", read_only=True),
     ParamSpec(
+        "publish_markers",
+        False,
+        "Publish every frame's proposals as an ImageMarker (thin grey outlines) on `proposals/markers`.",
+        read_only=True,
+    ),
+    ParamSpec(
         "input_silence_s", 5.0, "Warn on /diagnostics when no image arrives for this long.", minimum=0.5, maximum=3600.0
     ),
     *sensor_qos_specs(),
@@ -395,6 +403,13 @@ LANGUAGE_NODE: list[ParamSpec] = [
     ),
     ParamSpec(
         "publish_annotated", False, "Publish the answered frame with boxes drawn on `answer_image`.", read_only=True
+    ),
+    ParamSpec(
+        "publish_markers",
+        False,
+        "Publish each answer's detections (a colour per phrase) and queried regions as an ImageMarker on "
+        "`answer/markers`.",
+        read_only=True,
     ),
     IMAGE_TRANSPORT,
     MAX_IMAGE_PIXELS_SPEC,

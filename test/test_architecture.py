@@ -29,6 +29,7 @@ ROS_FREE_MODULES = [
     "chatrex_ros.core.grasp_pairing",
     "chatrex_ros.core.frame_cache",
     "chatrex_ros.core.images",
+    "chatrex_ros.core.overlays",
     "chatrex_ros.core.stamps",
     "chatrex_ros.core.time_jumps",
     "chatrex_ros.params_file",

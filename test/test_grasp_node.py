@@ -33,7 +33,7 @@ from test_grasp import (
     rotate,
     scaled_intrinsics,
 )
-from visualization_msgs.msg import Marker
+from visualization_msgs.msg import Marker, MarkerArray
 
 from chatrex_ros.core.grasp import (
     DEFAULT_DEPTH_RANGE_M,
@@ -214,6 +214,7 @@ class Graph:
         self.poses = client.subscribe(PoseStamped, "grasp_pose")
         self.markers = client.subscribe(Marker, "grasp_marker")
         self.extent_markers = client.subscribe(Marker, "grasp_extent_marker")
+        self.marker_arrays = client.subscribe(MarkerArray, "grasp_markers")
         self.clouds = client.subscribe(PointCloud2, "grasp_points")
         self.masks = client.subscribe(Image, "grasp_mask")
         self.diagnostics = client.subscribe(DiagnosticArray, "/diagnostics")
@@ -662,6 +663,21 @@ def test_the_surface_normal_extent_points_and_mask_are_published(graph) -> None:
     assert extent.type == Marker.CUBE and extent.header.frame_id == DEPTH_FRAME
     assert extent.pose == target.extent_pose
     assert (target.width_m, target.height_m) == pytest.approx((target.extent_size.y, target.extent_size.z))
+    wait_until(
+        lambda: any(stamp_to_ns(a.markers[0].header.stamp) == stamp for a in list(graph.marker_arrays)), 10, "markers"
+    )
+    array = next(a for a in list(graph.marker_arrays) if stamp_to_ns(a.markers[0].header.stamp) == stamp)
+    arrow, box_marker, point = array.markers
+    assert {m.header.frame_id for m in array.markers} == {DEPTH_FRAME}
+    assert (arrow.type, box_marker.type, point.type) == (Marker.ARROW, Marker.CUBE, Marker.SPHERE)
+    assert len({arrow.id, box_marker.id, point.id}) == 3 and box_marker.pose == target.extent_pose
+    assert (point.pose.position.x, point.pose.position.y, point.pose.position.z) == (
+        target.point.x,
+        target.point.y,
+        target.point.z,
+    )
+    tip = arrow.points[1]
+    assert (tip.x, tip.y, tip.z) == (target.point.x, target.point.y, target.point.z), "the arrow ends at the target"
 
     cloud = graph.stamped(graph.clouds, stamp)
     assert cloud.header.frame_id == DEPTH_FRAME and [f.name for f in cloud.fields] == ["x", "y", "z"]

@@ -14,7 +14,10 @@ import pytest
 from diagnostic_msgs.msg import DiagnosticArray
 from ros_harness import NodeProcess, RosClient, header, textured_image, wait_until
 from sensor_msgs.msg import Image
+from visualization_msgs.msg import ImageMarker
 
+from chatrex_ros.core.overlays import outline_segments
+from chatrex_ros.core.stamps import stamp_to_ns
 from chatrex_ros.core.types import Proposals
 from chatrex_ros.msg import Answer, ProposalArray, Query
 from chatrex_ros.ros.conversions import image_msg, proposals_to_msg
@@ -50,6 +53,8 @@ def graph(tmp_path_factory):
             "pairing_wait_s": 0.5,
             "image_qos.reliability": "reliable",
             "image_qos.depth": 10,
+            "publish_markers": True,
+            "publish_annotated": True,
         },
     )
     client = RosClient()
@@ -61,6 +66,8 @@ def graph(tmp_path_factory):
         }
         answers = client.subscribe(Answer, "answer")
         diagnostics = client.subscribe(DiagnosticArray, "/diagnostics")
+        client.subscribe(ImageMarker, "answer/markers")  # from the start: matched before the first answer
+        client.subscribe(Image, "answer_image")
         for publisher in pubs.values():
             wait_until(
                 lambda publisher=publisher: publisher.get_subscription_count() > 0 or not node.alive(),
@@ -113,6 +120,35 @@ def test_detections_are_the_proposals_the_model_named(graph) -> None:
     assert [(g.phrase, list(g.indices)) for g in answer.groups] == [("cup", [2, 0])]
     assert answer.text == "cup" and answer.num_proposals == 4
     assert answer.total_ms >= answer.model_ms >= 0
+
+
+def _latest(bucket: list, stamp: int, what: str):
+    wait_until(lambda: any(stamp_to_ns(m.header.stamp) == stamp for m in list(bucket)), 10, what)
+    return [m for m in list(bucket) if stamp_to_ns(m.header.stamp) == stamp][-1]
+
+
+def test_answer_markers_outline_the_detections_and_the_queried_regions(graph) -> None:
+    """answer/markers: an ImageMarker LINE_LIST whose corners are the answered boxes, pixel for pixel."""
+    client = graph[0]
+    markers, images = client.received["answer/markers"], client.received["answer_image"]
+    send_frame(graph, STAMP + 21)
+    answer = ask(graph, Query(id="markers-detect", task="detect", text="cup"))
+    marker = _latest(markers, STAMP + 21, "the answer's markers")
+    assert marker.header == answer.header and marker.type == ImageMarker.LINE_LIST and marker.ns == "answer"
+    points = np.array([(p.x, p.y) for p in marker.points])
+    np.testing.assert_array_equal(points, outline_segments(BOXES[[2, 0]]))
+    colours = {(c.r, c.g, c.b) for c in marker.outline_colors}
+    assert len(marker.outline_colors) == len(points) and len(colours) == 1, "one phrase, one colour"
+    drawn = _latest(images, STAMP + 21, "the annotated frame")
+    assert (drawn.width, drawn.height, drawn.encoding) == (320, 240, "rgb8") and drawn.header == answer.header
+
+    send_frame(graph, STAMP + 22)
+    region = ask(graph, Query(id="markers-region", task="region_category", indices=[3]))
+    assert region.status == Answer.STATUS_OK
+    marker = _latest(markers, STAMP + 22, "the region task's markers")
+    points = np.array([(p.x, p.y) for p in marker.points])
+    np.testing.assert_array_equal(points[-8:], outline_segments(BOXES[[3]]), "the queried region, last")
+    assert {(c.r, c.g, c.b) for c in marker.outline_colors[-8:]} == {(1.0, 1.0, 1.0)}, "regions in white"
 
 
 def test_the_model_gets_exactly_the_ordered_proposals(graph) -> None:

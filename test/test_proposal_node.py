@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from ros_harness import NodeProcess, RosClient, header, set_parameters, textured_image, wait_until
 from sensor_msgs.msg import Image
+from visualization_msgs.msg import ImageMarker
 
+from chatrex_ros.core.overlays import outline_segments
 from chatrex_ros.msg import ProposalArray
 from chatrex_ros.ros.conversions import image_msg
 
@@ -26,12 +28,13 @@ def graph():
     node = NodeProcess(
         "chatrex_ros.ros.proposal_node",
         "proposal_node",
-        params={"selective_search_long_side": 160, "max_proposals": 40},
+        params={"selective_search_long_side": 160, "max_proposals": 40, "publish_markers": True},
     )
     client = RosClient()
     try:
         image_pub = client.publisher(Image, "image", reliable=False, depth=1)
         proposals = client.subscribe(ProposalArray, "proposals")
+        client.subscribe(ImageMarker, "proposals/markers")
         wait_until(lambda: image_pub.get_subscription_count() > 0 or not node.alive(), 30, "proposal_node")
         assert node.alive(), node.output()
         yield client, image_pub, proposals, node
@@ -73,6 +76,20 @@ def test_proposals_carry_the_image_header_and_fit_the_image(graph, size, encodin
     assert np.all(boxes[:, 2] <= width) and np.all(boxes[:, 3] <= height)
     assert np.all(boxes[:, 2] > boxes[:, 0]) and np.all(boxes[:, 3] > boxes[:, 1])
     assert out.backend == "selective_search" and out.granularity == "fine" and out.inference_ms > 0
+
+
+def test_proposal_markers_outline_every_proposal_of_the_frame(graph) -> None:
+    """proposals/markers: one thin LINE_LIST per frame whose corners are the published boxes, pixel for pixel."""
+    client, image_pub, proposals, _ = graph
+    markers = client.received["proposals/markers"]
+    stamp = 1_700_000_000_500_000_000
+    out = _send_until_answered(image_pub, proposals, image_msg(textured_image(240, 320), "rgb8", header(stamp)), stamp)
+    wait_until(lambda: any(_ns(m) == stamp for m in list(markers)), 10, "the frame's markers")
+    marker = next(m for m in list(markers) if _ns(m) == stamp)
+    assert marker.header == out.header and marker.type == ImageMarker.LINE_LIST and marker.scale == 1.0
+    points = np.array([(p.x, p.y) for p in marker.points])
+    np.testing.assert_array_equal(points, outline_segments(np.asarray(out.boxes, np.float32).reshape(-1, 4)))
+    assert len(marker.outline_colors) == len(points)
 
 
 def test_bad_images_are_dropped_and_the_node_keeps_serving(graph) -> None:

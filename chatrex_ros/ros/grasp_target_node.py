@@ -29,7 +29,7 @@ import numpy as np
 from geometry_msgs.msg import Point, PointStamped, Pose, PoseStamped, Vector3
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
-from visualization_msgs.msg import Marker
+from visualization_msgs.msg import Marker, MarkerArray
 
 from chatrex_ros.core.answering import AnswerStatus, status_name
 from chatrex_ros.core.frame_cache import FrameTooLarge
@@ -62,6 +62,7 @@ MAX_PENDING = 16
 """Answers waiting for their depth frame; beyond this the oldest is published as stale."""
 MARKER_NAMESPACE = "grasp_target"
 ARROW_LENGTH_M = 0.15
+POINT_DIAMETER_M = 0.02
 
 
 @dataclass
@@ -100,6 +101,8 @@ class GraspTargetNode(ChatrexNode[GraspNodeParams]):
         self.pose_pub = self.create_publisher(PoseStamped, "grasp_pose", reliable_qos())
         self.marker_pub = self.create_publisher(Marker, "grasp_marker", reliable_qos(2))
         self.extent_pub = self.create_publisher(Marker, "grasp_extent_marker", reliable_qos(2))
+        # The three together for RViz and Foxglove's 3D panel: approach arrow, object extent, target point.
+        self.markers_pub = self.create_publisher(MarkerArray, "grasp_markers", reliable_qos(2))
         self.points_pub = (
             self.create_publisher(PointCloud2, "grasp_points", reliable_qos(2)) if params.publish_points else None
         )
@@ -425,8 +428,10 @@ class GraspTargetNode(ChatrexNode[GraspNodeParams]):
         if target.valid:
             self.point_pub.publish(PointStamped(header=header, point=msg.point))
             self.pose_pub.publish(PoseStamped(header=header, pose=_pose(target.point, target.approach_orientation)))
-        self.marker_pub.publish(_marker(header, target))
-        self.extent_pub.publish(_extent_marker(header, target))
+        arrow, extent = _marker(header, target), _extent_marker(header, target)
+        self.marker_pub.publish(arrow)
+        self.extent_pub.publish(extent)
+        self.markers_pub.publish(MarkerArray(markers=[arrow, extent, _point_marker(header, target)]))
         with self._lock:
             self.outcomes["valid" if target.valid else _cause(target.reason)] += 1
             self.last_latency_ms = (time.monotonic() - received) * 1e3
@@ -484,6 +489,19 @@ def _extent_marker(header: Header, target: Target) -> Marker:
     # RViz does not draw a box of zero thickness (a flat face seen head-on): give it one millimetre.
     marker.scale.x, marker.scale.y, marker.scale.z = (max(float(v), 0.001) for v in target.extent.size)
     marker.color.r, marker.color.g, marker.color.b, marker.color.a = 0.2, 0.6, 1.0, 0.4
+    return marker
+
+
+def _point_marker(header: Header, target: Target) -> Marker:
+    """The target point as a small sphere; a DELETE when not valid."""
+    marker = Marker(header=header, ns=MARKER_NAMESPACE, id=2)
+    if not target.valid:
+        marker.action = Marker.DELETE
+        return marker
+    marker.type, marker.action = Marker.SPHERE, Marker.ADD
+    marker.pose = _pose(target.point, (0.0, 0.0, 0.0, 1.0))
+    marker.scale.x = marker.scale.y = marker.scale.z = POINT_DIAMETER_M
+    marker.color.r, marker.color.g, marker.color.b, marker.color.a = 1.0, 0.9, 0.1, 1.0
     return marker
 
 

@@ -31,6 +31,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallb
 from rclpy.task import Future as RosFuture
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
+from visualization_msgs.msg import ImageMarker
 
 from chatrex_ros.action import Ask as AskAction
 from chatrex_ros.core.answering import (
@@ -47,16 +48,17 @@ from chatrex_ros.core.answering import (
 from chatrex_ros.core.call_thread import CallThread
 from chatrex_ros.core.frame_cache import Frame, FrameCache, FrameTooLarge
 from chatrex_ros.core.images import ImageFormatError, decode_rgb, image_size
+from chatrex_ros.core.overlays import REGION_COLOUR, Region, draw_answer, line_width, phrase_colours
 from chatrex_ros.core.query_queue import QueryQueue
 from chatrex_ros.core.stamps import format_stamp, stamp_to_ns
 from chatrex_ros.core.types import Proposals
 from chatrex_ros.models.settings import language_backend
 from chatrex_ros.msg import Answer, ProposalArray, Query
 from chatrex_ros.node_parameters import LANGUAGE_NODE, LanguageNodeParams
-from chatrex_ros.ros.annotate import draw_detections
 from chatrex_ros.ros.conversions import answer_msg, image_msg, msg_to_proposals, ns_to_stamp
 from chatrex_ros.ros.deferred_service import DeferredService, Reply
 from chatrex_ros.ros.health import FASTDDS_PROFILE_HINT, WARN, Condition, LossCounter
+from chatrex_ros.ros.markers import box_marker
 from chatrex_ros.ros.node_base import ChatrexNode
 from chatrex_ros.ros.node_runtime import StartupError, publish_from_worker, run_node
 from chatrex_ros.ros.qos import query_qos, reliable_qos, sensor_qos
@@ -178,12 +180,17 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
         self._model_thread = CallThread("language_model")
         self._pending_generation: Future[AnswerResult] | None = None
         self._draw_thread = CallThread("annotate")
-        self._drawing: Future[None] | None = None
+        self._draw_newest = 0  # number of the newest answer to draw (the drawing thread skips older ones)
 
         # Answers and queries keep a deep history: a burst of BUSY answers must reach a slow reader too.
         self.answer_pub = self.create_publisher(Answer, "answer", query_qos())
         self.annotated_pub = (
             self.create_publisher(Image, "answer_image", reliable_qos(2)) if params.publish_annotated else None
+        )
+        if params.publish_annotated:
+            import cv2  # noqa: F401  # loaded now, not by the first answer's drawing (a second or more)
+        self.marker_pub = (
+            self.create_publisher(ImageMarker, "answer/markers", reliable_qos(2)) if params.publish_markers else None
         )
         # Each input has its own group: a burst on one (proposals, queries) never delays camera frames. The
         # callbacks only touch thread-safe structures (the frame cache, the job queue).
@@ -540,7 +547,8 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
         if ignored:
             self.problems.report("ignored_indices", f"query {job.query.id!r}: the model's answer {ignored}")
         answer = self._answer(job.query, AnswerStatus.OK, ignored, job.received, frame, result, queue_ms)
-        self._annotate(image, result, answer.header)
+        regions = [Region(i, tuple(float(v) for v in stored.proposals.boxes[i])) for i in job.request.indices]
+        self._overlay(image, result, regions, answer.header)
         return answer
 
     @staticmethod
@@ -744,16 +752,33 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
             self.status_counts[status_name(answer.status)] += 1
             self.last_latency_ms = answer.total_ms
 
-    def _annotate(self, image: _StoredImage, result: AnswerResult, header: Header) -> None:
-        """Off the inference path: drawn on another thread, skipped while the previous drawing is running."""
+    def _overlay(self, image: _StoredImage, result: AnswerResult, regions: list[Region], header: Header) -> None:
+        """The answer for viewers, off the inference path: the markers at once (cheap), the annotated image.
+
+        The image is drawn on another thread; answers that come while one is drawn are not all drawn after it,
+        only the newest (a viewer shows the latest frame; a slow drawing must not pile up).
+        """
+        if self.marker_pub is not None:
+            boxes = np.array([d.box for d in result.detections] + [r.box for r in regions], np.float64)
+            colours = phrase_colours([d.label for d in result.detections]) + [REGION_COLOUR] * len(regions)
+            width = line_width(image.width, image.height)
+            publish_from_worker(self, self.marker_pub, box_marker(header, boxes, colours, ns="answer", width_px=width))
         publisher = self.annotated_pub
-        if publisher is None or (self._drawing is not None and not self._drawing.done()):
+        if publisher is None:
             return
+        self._draw_newest += 1
+        number = self._draw_newest
 
         def draw() -> None:
-            publisher.publish(image_msg(draw_detections(image.rgb(), result.detections), "rgb8", header))
+            if number != self._draw_newest:
+                return  # a newer answer is queued behind this one: draw that instead
+            try:
+                drawn, _ = draw_answer(image.rgb(), result.detections, regions)
+                publish_from_worker(self, publisher, image_msg(drawn, "rgb8", header))
+            except Exception as error:  # a viewer's picture must never be silently missing
+                self.problems.report("annotate_failed", f"the annotated image was not drawn: {error!r}")
 
-        self._drawing = self._draw_thread.submit(draw)
+        self._draw_thread.submit(draw)
 
     def _diagnostic_values(self) -> dict[str, object]:
         return {

@@ -29,14 +29,17 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 from std_srvs.srv import SetBool
+from visualization_msgs.msg import ImageMarker
 
 from chatrex_ros.core.images import ImageFormatError, decode_rgb
+from chatrex_ros.core.overlays import PROPOSAL_COLOUR
 from chatrex_ros.core.stamps import format_stamp, stamp_to_ns
 from chatrex_ros.models.settings import proposal_pipeline, selection_policy
 from chatrex_ros.msg import ProposalArray
 from chatrex_ros.node_parameters import PROPOSAL_NODE, ProposalNodeParams
 from chatrex_ros.ros.conversions import proposals_to_msg
 from chatrex_ros.ros.health import WARN, Condition
+from chatrex_ros.ros.markers import box_marker
 from chatrex_ros.ros.node_base import ChatrexNode
 from chatrex_ros.ros.node_runtime import StartupError, publish_from_worker, run_node
 from chatrex_ros.ros.qos import reliable_qos, sensor_qos
@@ -65,6 +68,9 @@ class ProposalNode(ChatrexNode[ProposalNodeParams]):
             self.pipeline.warmup()
 
         self.publisher = self.create_publisher(ProposalArray, "proposals", reliable_qos())
+        self.marker_pub = (
+            self.create_publisher(ImageMarker, "proposals/markers", reliable_qos(2)) if params.publish_markers else None
+        )
         self.claims = self.create_publisher(Header, "proposals/pending", reliable_qos())
         self.image_watch = self.watch_input(
             "images",
@@ -251,6 +257,10 @@ class ProposalNode(ChatrexNode[ProposalNodeParams]):
         out = proposals_to_msg(proposals, msg.header, image.shape[1], image.shape[0], self.params.granularity)
         if not publish_from_worker(self, self.publisher, out):
             return
+        if self.marker_pub is not None:  # after the proposals: a viewer's overlay never delays the language node
+            colours = [PROPOSAL_COLOUR] * proposals.boxes.shape[0]
+            marker = box_marker(msg.header, proposals.boxes, colours, ns="proposals", width_px=1.0)
+            publish_from_worker(self, self.marker_pub, marker)
         now = time.perf_counter()
         self._stats["frames"] += 1
         self._stats["last_latency_ms"] = (now - pending.received) * 1e3
