@@ -73,6 +73,7 @@ class ProposalNodeParams:
     image_transport: str
     max_image_pixels: int
     warmup: bool
+    autostart: bool
     publish_markers: bool
     input_silence_s: float
     image_qos: SensorQos
@@ -111,6 +112,7 @@ class LanguageNodeParams:
     proposals_on_demand: bool
     input_silence_s: float
     publish_annotated: bool
+    autostart: bool
     publish_markers: bool
     image_transport: str
     max_image_pixels: int
@@ -198,6 +200,15 @@ MAX_IMAGE_PIXELS_SPEC = ParamSpec(
     maximum=2**30,
 )
 """Both image-reading nodes' limit on one image's size."""
+
+AUTOSTART = ParamSpec(
+    "autostart",
+    True,
+    "Configure (load the model) and activate at start-up; false: unconfigured until a lifecycle manager calls "
+    "change_state.",
+    read_only=True,
+)
+
 
 PROPOSAL_NODE: list[ParamSpec] = [
     ParamSpec(
@@ -309,6 +320,7 @@ PROPOSAL_NODE: list[ParamSpec] = [
     IMAGE_TRANSPORT,
     MAX_IMAGE_PIXELS_SPEC,
     ParamSpec("warmup", True, "Run the backend once on a blank frame before serving.", read_only=True),
+    AUTOSTART,
     ParamSpec(
         "publish_markers",
         False,
@@ -404,6 +416,7 @@ LANGUAGE_NODE: list[ParamSpec] = [
     ParamSpec(
         "publish_annotated", False, "Publish the answered frame with boxes drawn on `answer_image`.", read_only=True
     ),
+    AUTOSTART,
     ParamSpec(
         "publish_markers",
         False,

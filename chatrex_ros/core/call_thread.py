@@ -55,6 +55,8 @@ class CallThread:
                 future.set_result(fn(*args))
             except BaseException as error:  # SystemExit from a model is the model's failure, not ours
                 future.set_exception(error)
+            # Hold nothing between calls: a freed model must not live on in this frame's locals.
+            del call, future, fn, args
         while True:  # cancel what was queued behind the stop
             try:
                 call = self._calls.get_nowait()

@@ -52,14 +52,15 @@ from chatrex_ros.core.overlays import REGION_COLOUR, Region, draw_answer, line_w
 from chatrex_ros.core.query_queue import QueryQueue
 from chatrex_ros.core.stamps import format_stamp, stamp_to_ns
 from chatrex_ros.core.types import Proposals
+from chatrex_ros.models.base import LanguageBackend
 from chatrex_ros.models.settings import language_backend
 from chatrex_ros.msg import Answer, ProposalArray, Query
 from chatrex_ros.node_parameters import LANGUAGE_NODE, LanguageNodeParams
 from chatrex_ros.ros.conversions import answer_msg, image_msg, msg_to_proposals, ns_to_stamp
 from chatrex_ros.ros.deferred_service import DeferredService, Reply
 from chatrex_ros.ros.health import FASTDDS_PROFILE_HINT, WARN, Condition, LossCounter
+from chatrex_ros.ros.lifecycle import ManagedNode
 from chatrex_ros.ros.markers import box_marker
-from chatrex_ros.ros.node_base import ChatrexNode
 from chatrex_ros.ros.node_runtime import StartupError, publish_from_worker, run_node
 from chatrex_ros.ros.qos import query_qos, reliable_qos, sensor_qos
 from chatrex_ros.srv import Ask
@@ -155,16 +156,19 @@ class _Cancelled(Exception):
     """The running job's ``ask`` goal was cancelled: stop waiting for its generation."""
 
 
-class LanguageNode(ChatrexNode[LanguageNodeParams]):
-    """Answers queries about cached frames with the language model, one at a time, never leaving one unanswered."""
+class LanguageNode(ManagedNode[LanguageNodeParams]):
+    """Answers queries about cached frames with the language model, one at a time, never leaving one unanswered.
+
+    A managed node (:mod:`chatrex_ros.ros.lifecycle`): configure loads the model, cleanup frees it; while not
+    active, every query is answered BUSY at once with the lifecycle state (none is lost), and queries already
+    queued are still answered.
+    """
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("language_node", LANGUAGE_NODE, LanguageNodeParams, **kwargs)
         params = self.params
-        try:
-            self.backend = language_backend(params)
-        except (ValueError, TypeError) as error:
-            raise StartupError(str(error)) from error
+        self.backend: LanguageBackend | None = None  # loaded by configure (None also for language_backend 'none')
+        self.model_loaded = False
         self.cache: FrameCache[_StoredImage, _StoredProposals] = FrameCache(
             params.frame_cache_size,
             params.recent_images,
@@ -204,6 +208,8 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
             params.input_silence_s,
             "start proposal_node in the same namespace (`chatrex-ros up` starts both)",
         )
+        # The model first (autostart): queries that came while it loads would only be answered BUSY.
+        self.start_lifecycle(params.autostart)
         qos = sensor_qos(params.image_qos.reliability, params.image_qos.depth)
         compressed = params.image_transport == "compressed"
         image_sub = self.create_subscription(
@@ -259,7 +265,7 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
         self.create_timer(1.0, self._feedback_all, callback_group=MutuallyExclusiveCallbackGroup())
         self.create_timer(0.05, self._expire_queued, callback_group=MutuallyExclusiveCallbackGroup())
         self._worker = self.start_worker("query_worker", self._serve)
-        model = self.backend.name if self.backend is not None else "none"
+        model = self.backend.name if self.backend is not None else "none" if self.model_loaded else "(unconfigured)"
         self.start_serving(
             f"language backend '{model}' ready; queue {params.queue_size}; images on "
             f"{image_sub.topic_name}, proposals on {proposals_sub.topic_name}"
@@ -267,8 +273,21 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
             self._diagnostic_values,
             self._conditions,
         )
-        if self.backend is None:
+        if self.backend is None and self.model_loaded:
             self.problems.log_condition("no_model", WARN, NO_MODEL)  # the same throttled line as /diagnostics
+
+    # ---- lifecycle ----
+    def load_model(self) -> None:
+        """configure: load the language model the parameters name (ChatRex-7B can take a minute)."""
+        try:
+            backend = language_backend(self.params)
+        except (ValueError, TypeError) as error:
+            raise StartupError(str(error)) from error
+        self.backend, self.model_loaded = backend, True
+
+    def free_model(self) -> None:
+        """cleanup: drop the model (a generation still running keeps it until it ends)."""
+        self.backend, self.model_loaded = None, False
 
     # ---- intake (never blocks on the model) ----
     def _on_image(self, msg: Image | CompressedImage) -> None:
@@ -447,6 +466,13 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
             self.queries_received += 1
         if not msg.id:
             msg.id = uuid.uuid4().hex[:12]
+        if not self.active:
+            message = (
+                f"language_node is {self.lifecycle_state} (lifecycle): not serving until a lifecycle manager "
+                "activates it"
+            )
+            self._finish(None, self._answer(msg, AnswerStatus.BUSY, message, received), reply)
+            return
         try:
             check_stamp(int(msg.image_stamp.sec), int(msg.image_stamp.nanosec))
             timeout = query_timeout_s(msg.timeout_s, self.params.query_timeout_s)
@@ -508,8 +534,10 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
         except QueryError as error:
             return self._answer(job.query, error.status, str(error), job.received)
         image, stored = frame.image, frame.proposals
-        if self.backend is None:
-            return self._answer(job.query, AnswerStatus.MODEL_ERROR, NO_MODEL, job.received, frame)
+        backend = self.backend
+        if backend is None:
+            why = NO_MODEL if self.model_loaded else f"the model is not loaded (lifecycle state {self.lifecycle_state})"
+            return self._answer(job.query, AnswerStatus.MODEL_ERROR, why, job.received, frame)
         # One generation at a time on the model device: wait for an abandoned (timed-out) one to finish.
         if self._pending_generation is not None and not self._pending_generation.done():
             try:
@@ -523,7 +551,7 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
             return self._answer(job.query, AnswerStatus.CANCELED, "cancelled", job.received, frame)
         self._set_stage(job, AskAction.Feedback.STAGE_GENERATING)
         self._running = job
-        future = self._model_thread.submit(answer_query, self.backend, image.rgb(), stored.proposals, job.request)
+        future = self._model_thread.submit(answer_query, backend, image.rgb(), stored.proposals, job.request)
         self._pending_generation = future
         try:
             result = self._generation_result(future, job)
@@ -705,8 +733,11 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
         if refused is not None:
             message = f"the newest proposal list on {self.proposal_watch.topic}: {refused[1]}"
             conditions.append(Condition(WARN, "refused_proposals", message))
-        if self.backend is None:
+        if self.backend is None and self.model_loaded:
             conditions.append(Condition(WARN, "no_model", NO_MODEL))
+        lifecycle = self.lifecycle_condition()
+        if lifecycle is not None:
+            conditions.append(lifecycle)
         return conditions
 
     # ---- output ----
@@ -783,6 +814,7 @@ class LanguageNode(ChatrexNode[LanguageNodeParams]):
     def _diagnostic_values(self) -> dict[str, object]:
         return {
             "model": self.backend.name if self.backend is not None else "none (not configured)",
+            "lifecycle": self.lifecycle_state,
             "queue_depth": len(self.jobs),
             "last_latency_ms": self.last_latency_ms,
             **{f"frames.{kind}": count for kind, count in self.cache.sizes().items()},

@@ -25,6 +25,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
@@ -34,13 +35,14 @@ from visualization_msgs.msg import ImageMarker
 from chatrex_ros.core.images import ImageFormatError, decode_rgb
 from chatrex_ros.core.overlays import PROPOSAL_COLOUR
 from chatrex_ros.core.stamps import format_stamp, stamp_to_ns
+from chatrex_ros.models.base import ProposalPipeline
 from chatrex_ros.models.settings import proposal_pipeline, selection_policy
 from chatrex_ros.msg import ProposalArray
 from chatrex_ros.node_parameters import PROPOSAL_NODE, ProposalNodeParams
 from chatrex_ros.ros.conversions import proposals_to_msg
 from chatrex_ros.ros.health import WARN, Condition
+from chatrex_ros.ros.lifecycle import ManagedNode
 from chatrex_ros.ros.markers import box_marker
-from chatrex_ros.ros.node_base import ChatrexNode
 from chatrex_ros.ros.node_runtime import StartupError, publish_from_worker, run_node
 from chatrex_ros.ros.qos import reliable_qos, sensor_qos
 
@@ -54,18 +56,17 @@ class _Pending:
     received: float
 
 
-class ProposalNode(ChatrexNode[ProposalNodeParams]):
-    """Runs the proposal pipeline on the newest camera frame and publishes index-stable proposals."""
+class ProposalNode(ManagedNode[ProposalNodeParams]):
+    """Runs the proposal pipeline on the newest camera frame and publishes index-stable proposals.
+
+    A managed node (:mod:`chatrex_ros.ros.lifecycle`): configure builds and warms up the backend, cleanup frees
+    it; while not active, frames are ignored (counted) and on-demand requests are answered with the reason.
+    """
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("proposal_node", PROPOSAL_NODE, ProposalNodeParams, **kwargs)
         params = self.params
-        try:
-            self.pipeline = proposal_pipeline(params)
-        except (ValueError, TypeError) as error:
-            raise StartupError(str(error)) from error
-        if params.warmup:
-            self.pipeline.warmup()
+        self.pipeline: ProposalPipeline | None = None  # built by configure (load_model)
 
         self.publisher = self.create_publisher(ProposalArray, "proposals", reliable_qos())
         self.marker_pub = (
@@ -77,16 +78,6 @@ class ProposalNode(ChatrexNode[ProposalNodeParams]):
             params.input_silence_s,
             "check the camera topic (`chatrex-ros up --image TOPIC`, or remap `image`) and that the camera runs",
         )
-        compressed = params.image_transport == "compressed"
-        image_sub = self.create_subscription(
-            CompressedImage if compressed else Image,
-            "image/compressed" if compressed else "image",
-            self._on_image,
-            sensor_qos(params.image_qos.reliability, params.image_qos.depth),
-            event_callbacks=self.image_watch.event_callbacks(),
-        )
-        self.image_watch.attach(image_sub.topic_name)
-
         # The frames to compute: continuous, only the newest (a newer one replaces it); on demand, the requested
         # ones in order. Guarded by _wakeup, which also wakes the worker.
         self._mailbox: deque[_Pending] = deque()
@@ -97,6 +88,7 @@ class ProposalNode(ChatrexNode[ProposalNodeParams]):
             "frames": 0,
             "skipped": 0,
             "ignored_while_disabled": 0,
+            "ignored_while_inactive": 0,
             "requests": 0,
             "requests_unmet": 0,
             "last_latency_ms": 0.0,
@@ -104,13 +96,27 @@ class ProposalNode(ChatrexNode[ProposalNodeParams]):
         }
         self._rate_window: list[float] = []
         self._next_start = 0.0  # perf_counter seconds before which max_rate_hz lets no frame start
+        # The model first (autostart): frames that arrive while it loads would only be ignored.
+        self.start_lifecycle(params.autostart)
+        compressed = params.image_transport == "compressed"
+        image_sub = self.create_subscription(
+            CompressedImage if compressed else Image,
+            "image/compressed" if compressed else "image",
+            self._on_image,
+            sensor_qos(params.image_qos.reliability, params.image_qos.depth),
+            event_callbacks=self.image_watch.event_callbacks(),
+        )
+        self.image_watch.attach(image_sub.topic_name)
+
         self.create_service(SetBool, "enable", self._on_enable)
         request_sub = self.create_subscription(Header, "proposals/request", self._on_request, reliable_qos())
         self._worker = self.start_worker("proposal_worker", self._work)
-        backend, policy = self.pipeline.backend, self.pipeline.policy
+        backend = self.pipeline.backend if self.pipeline is not None else None
         provider = getattr(backend, "provider", "")
+        policy = selection_policy(params)
+        name = f"'{backend.name}'{f' ({provider})' if provider else ''} ready" if backend else "(unconfigured)"
         self.start_serving(
-            f"proposal backend '{backend.name}'{f' ({provider})' if provider else ''} ready on "
+            f"proposal backend {name} on "
             f"{image_sub.topic_name}; min_score={policy.min_score} nms_iou={policy.nms_iou} "
             f"max_proposals={policy.max_count}"
             + (f"; on demand: the frames requested on {request_sub.topic_name}" if params.mode == "on_demand" else ""),
@@ -125,8 +131,9 @@ class ProposalNode(ChatrexNode[ProposalNodeParams]):
         except ValueError as error:
             return str(error)
         self.params = params
-        self.pipeline.policy = policy
         with self._wakeup:
+            if self.pipeline is not None:
+                self.pipeline.policy = policy
             if not params.enabled:
                 self._mailbox.clear()  # a frame that waited is not computed after the switch-off
             if params.mode != "on_demand":
@@ -141,8 +148,36 @@ class ProposalNode(ChatrexNode[ProposalNodeParams]):
         response.message = ("proposals on" if request.data else "proposals off") if result.successful else result.reason
         return response
 
+    # ---- lifecycle ----
+    def load_model(self) -> None:
+        """configure: build the backend with the current parameters and warm it up."""
+        try:
+            pipeline = proposal_pipeline(self.params)
+        except (ValueError, TypeError) as error:
+            raise StartupError(str(error)) from error
+        if self.params.warmup:
+            pipeline.warmup()
+        with self._wakeup:
+            self.pipeline = pipeline
+
+    def free_model(self) -> None:
+        """cleanup: drop the backend (a frame in the backend finishes with its own reference)."""
+        with self._wakeup:
+            pipeline, self.pipeline = self.pipeline, None
+            self._mailbox.clear()
+            self._recent.clear()
+        close = getattr(pipeline.backend if pipeline is not None else None, "close", None)
+        if callable(close):
+            close()
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop serving: frames waiting for the backend are dropped with the switch."""
+        with self._wakeup:
+            self._mailbox.clear()  # a frame that waited is not computed after the node stopped serving
+        return super().on_deactivate(state)
+
     def _conditions(self) -> list[Condition]:
-        conditions = [c for c in (self.image_watch.condition(),) if c is not None]
+        conditions = [c for c in (self.image_watch.condition(), self.lifecycle_condition()) if c is not None]
         if not self.params.enabled:
             conditions.append(
                 Condition(
@@ -155,6 +190,9 @@ class ProposalNode(ChatrexNode[ProposalNodeParams]):
 
     def _on_image(self, msg: Image | CompressedImage) -> None:
         self.image_watch.note()
+        if not self.active:
+            self._stats["ignored_while_inactive"] += 1
+            return
         if self.params.mode == "on_demand":
             # Kept undecoded (most frames are never asked about), also while switched off: a query that comes
             # just after it is switched on names a frame from before.
@@ -185,6 +223,13 @@ class ProposalNode(ChatrexNode[ProposalNodeParams]):
                 f"proposals were requested for {wanted}, but mode is continuous (every frame is computed that the "
                 "backend keeps up with): set proposal_node mode:=on_demand, or language_node "
                 "proposals_on_demand:=false",
+            )
+            return
+        if not self.active:
+            self._unmet(
+                header,
+                "request_while_inactive",
+                f"proposals were requested for {wanted} while proposal_node is {self.lifecycle_state} (lifecycle)",
             )
             return
         if not params.enabled:
@@ -249,8 +294,11 @@ class ProposalNode(ChatrexNode[ProposalNodeParams]):
         except ImageFormatError as error:
             self.problems.report("bad_image", f"dropped image: {error}")
             return
+        pipeline = self.pipeline
+        if pipeline is None:  # freed (lifecycle cleanup) while the frame waited
+            return
         try:
-            proposals = self.pipeline.run(image)
+            proposals = pipeline.run(image)
         except BaseException as error:  # a backend failure, SystemExit included, must not stop the node
             self.problems.report("backend_error", f"proposal backend failed: {type(error).__name__}: {error}")
             return
@@ -270,10 +318,11 @@ class ProposalNode(ChatrexNode[ProposalNodeParams]):
     def _diagnostic_values(self) -> dict[str, object]:
         window = self._rate_window
         fps = (len(window) - 1) / (window[-1] - window[0]) if len(window) > 1 and window[-1] > window[0] else 0.0
-        backend = self.pipeline.backend
+        backend = self.pipeline.backend if self.pipeline is not None else None
         provider = str(getattr(backend, "provider", ""))  # how it runs, where a backend says (selective search)
         return {
-            "backend": backend.name,
+            "backend": backend.name if backend is not None else f"{self.params.backend} (not loaded)",
+            "lifecycle": self.lifecycle_state,
             **({"provider": provider} if provider else {}),
             "enabled": self.params.enabled,
             "mode": self.params.mode,

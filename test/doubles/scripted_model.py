@@ -23,6 +23,7 @@ class ScriptedModel:
     raise_by_word: {word: "SystemExit" | "KeyboardInterrupt" | "MemoryError"} for prompts containing word.
     record_path: append one JSON line per call (prompt, boxes) for cross-process checks, and one
         ``{"stopped": true}`` line when :meth:`stop` ends a generation early.
+    weights_mb: memory the "weights" take (written, so resident), for tests that a freed model is released.
     """
 
     name = "scripted_test_double"
@@ -36,7 +37,9 @@ class ScriptedModel:
         fail_word: str = "",
         record_path: str = "",
         raise_by_word: dict[str, str] | None = None,
+        weights_mb: int = 0,
     ) -> None:
+        self.weights = np.ones(weights_mb * 2**20, np.uint8) if weights_mb else None
         self.raise_by_word = raise_by_word or {}
         self.answer = answer
         self.answers_by_word = answers_by_word or {}
