@@ -555,6 +555,10 @@ def test_missing_camera_info_then_boxes_scaled_by_colour_size(graph) -> None:
     target = graph.ask(answer_msg(stamp, "bare-ratio", [detection()]), bare=True)
     assert target.valid, target.reason  # color_width/height = 640x480: the box is halved by size ratio
     assert_on_the_face(target.point)
+    # Points and mask are opt-in: the bare node (both off) publishes neither, the main node (both on) both.
+    node = graph.client.node
+    assert node.count_publishers("/bare/grasp_points") == 0 and node.count_publishers("/bare/grasp_mask") == 0
+    assert node.count_publishers("/grasp_points") == 1 and node.count_publishers("/grasp_mask") == 1
 
 
 ABSURD_FRAME = "camera_absurd_optical_frame"

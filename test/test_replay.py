@@ -289,7 +289,7 @@ def graph():
 def test_step_replay_records_every_frame_and_eval_scores_it(graph, sample_bag, gt, tmp_path) -> None:
     record, summary, out = tmp_path / "rec", tmp_path / "summary.json", tmp_path / "eval"
     annotations, queries = str(sample_annotations_path()), str(sample_queries_path())
-    from ros_harness import RosClient
+    from ros_harness import RosClient, wait_until
     from rosgraph_msgs.msg import Clock
 
     listener = RosClient("replay_clock_listener")
@@ -314,7 +314,11 @@ def test_step_replay_records_every_frame_and_eval_scores_it(graph, sample_bag, g
         )
         # The replay does not wait for /clock subscribers (none is required), so under load this listener
         # could discover it only after the last tick: wait for the discovery while the frames are replayed.
-        listener.wait_for_publishers("/clock", timeout=30.0)
+        wait_until(
+            lambda: listener.node.count_publishers("/clock") >= 1 or replay.poll() is not None,
+            60.0,
+            "the replay's /clock publisher",
+        )
         stdout, stderr = replay.communicate(timeout=120.0)
     except BaseException:
         replay.kill()

@@ -267,7 +267,13 @@ class BagReader:
     def proposals(self, topic: str) -> list[ProposalRecord]:
         """Every ProposalArray on ``topic``, in log-time order, as records."""
         self.require_topic(topic, (PROPOSALS_TYPE,))
-        return [ProposalRecord.from_message(msg, log_time) for log_time, msg in self.messages(topic)]
+        # An on-demand proposer's reply that it could not compute a frame is no proposal list (bags recorded
+        # before the field have none).
+        return [
+            ProposalRecord.from_message(msg, log_time)
+            for log_time, msg in self.messages(topic)
+            if not getattr(msg, "unmet_reason", "")
+        ]
 
     def ground_truth(self, topic: str = GROUND_TRUTH_TOPIC, image_topic: str | None = None) -> GroundTruth:
         """Ground truth from a topic of Answer messages, one per annotated image.
@@ -380,6 +386,7 @@ class BagWriter:
             granularity="fine",
             backend=record.backend,
             inference_ms=float(record.inference_ms),
+            unmet_reason="",
         )
         self.write(topic, PROPOSALS_TYPE, msg, _log_time(record.stamp_ns, record.received_ns, log_time_ns))
 
