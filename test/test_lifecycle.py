@@ -10,6 +10,7 @@ the scripted TEST DOUBLE (test/doubles/scripted_model.py), holding ``weights_mb`
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,7 @@ def test_language_node_configure_activate_deactivate_cleanup_through_the_service
         "backend_options": json.dumps(options),
         "image_qos.reliability": "reliable",
         "pairing_wait_s": 1.0,
+        "input_silence_s": 0.5,
     }
     with NodeProcess("chatrex_ros.ros.language_node", "language_node", params=params, namespace="/managed") as node:
         client = RosClient("lifecycle_client")
@@ -94,9 +96,13 @@ def test_language_node_configure_activate_deactivate_cleanup_through_the_service
 
             assert state(client, name) == State.PRIMARY_STATE_UNCONFIGURED
             unconfigured = ask("before-configure")
-            assert unconfigured.status == Answer.STATUS_BUSY and "unconfigured" in unconfigured.status_message
+            assert (
+                unconfigured.status == Answer.STATUS_BUSY and "configures and activates" in unconfigured.status_message
+            )
+            time.sleep(1.5)  # past input_silence_s: a node kept idle has no camera yet, and says only that
             status = latest_status(diagnostics, "language_node")
             assert status["lifecycle"] == "unconfigured" and "condition.not_active" in status
+            assert not any(key.startswith("condition.no_") for key in status), status
             before = resident_mb(node)
 
             assert transition(client, name, Transition.TRANSITION_CONFIGURE)

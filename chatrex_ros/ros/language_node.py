@@ -265,9 +265,12 @@ class LanguageNode(ManagedNode[LanguageNodeParams]):
         self.create_timer(1.0, self._feedback_all, callback_group=MutuallyExclusiveCallbackGroup())
         self.create_timer(0.05, self._expire_queued, callback_group=MutuallyExclusiveCallbackGroup())
         self._worker = self.start_worker("query_worker", self._serve)
-        model = self.backend.name if self.backend is not None else "none" if self.model_loaded else "(unconfigured)"
+        model = self.backend.name if self.backend is not None else "none"
+        loaded = (
+            f"language backend '{model}' ready" if self.model_loaded else "language model not loaded (unconfigured)"
+        )
         self.start_serving(
-            f"language backend '{model}' ready; queue {params.queue_size}; images on "
+            f"{loaded}; queue {params.queue_size}; images on "
             f"{image_sub.topic_name}, proposals on {proposals_sub.topic_name}"
             + (f" (requested on {self.proposal_requests.topic_name})" if params.proposals_on_demand else ""),
             self._diagnostic_values,
@@ -467,9 +470,9 @@ class LanguageNode(ManagedNode[LanguageNodeParams]):
         if not msg.id:
             msg.id = uuid.uuid4().hex[:12]
         if not self.active:
+            needs = "configures and activates" if self.lifecycle_state == "unconfigured" else "activates"
             message = (
-                f"language_node is {self.lifecycle_state} (lifecycle): not serving until a lifecycle manager "
-                "activates it"
+                f"language_node is {self.lifecycle_state} (lifecycle): not serving until a lifecycle manager {needs} it"
             )
             self._finish(None, self._answer(msg, AnswerStatus.BUSY, message, received), reply)
             return
@@ -715,6 +718,9 @@ class LanguageNode(ManagedNode[LanguageNodeParams]):
             )
 
     def _conditions(self) -> list[Condition]:
+        lifecycle = self.lifecycle_condition()
+        if lifecycle is not None:  # a node a manager keeps idle: silent inputs are expected, not a fault
+            return [lifecycle]
         images = self.image_watch.condition()
         # Proposals are computed from images: without images, their silence says nothing new. On demand they
         # come only when asked: silence is a fault only while a request waits.
@@ -735,9 +741,6 @@ class LanguageNode(ManagedNode[LanguageNodeParams]):
             conditions.append(Condition(WARN, "refused_proposals", message))
         if self.backend is None and self.model_loaded:
             conditions.append(Condition(WARN, "no_model", NO_MODEL))
-        lifecycle = self.lifecycle_condition()
-        if lifecycle is not None:
-            conditions.append(lifecycle)
         return conditions
 
     # ---- output ----

@@ -114,7 +114,9 @@ class ProposalNode(ManagedNode[ProposalNodeParams]):
         backend = self.pipeline.backend if self.pipeline is not None else None
         provider = getattr(backend, "provider", "")
         policy = selection_policy(params)
-        name = f"'{backend.name}'{f' ({provider})' if provider else ''} ready" if backend else "(unconfigured)"
+        name = (
+            f"'{backend.name}'{f' ({provider})' if provider else ''} ready" if backend else "not loaded (unconfigured)"
+        )
         self.start_serving(
             f"proposal backend {name} on "
             f"{image_sub.topic_name}; min_score={policy.min_score} nms_iou={policy.nms_iou} "
@@ -177,7 +179,10 @@ class ProposalNode(ManagedNode[ProposalNodeParams]):
         return super().on_deactivate(state)
 
     def _conditions(self) -> list[Condition]:
-        conditions = [c for c in (self.image_watch.condition(), self.lifecycle_condition()) if c is not None]
+        lifecycle = self.lifecycle_condition()
+        if lifecycle is not None:  # a node a manager keeps idle: a silent camera is expected, not a fault
+            return [lifecycle]
+        conditions = [c for c in (self.image_watch.condition(),) if c is not None]
         if not self.params.enabled:
             conditions.append(
                 Condition(
