@@ -144,6 +144,8 @@ def test_a_switched_off_on_demand_proposer_says_so_at_once_and_serves_again_when
             assert answer.status == AnswerStatus.NO_PROPOSALS, answer.status_message
             assert "switched off" in answer.status_message and "enable service" in answer.status_message
             assert waited < 5.0, f"told after {waited:.1f} s: the reply, not pairing_wait_s (10 s), must answer it"
+            assert stamp_to_ns(answer.header.stamp) > 0, "placed at the frame it was about, though not answered"
+            assert answer.header.frame_id == "camera_color_optical_frame"
             language = _diagnostics(client, "language_node")
             assert "condition.no_proposals" not in language, "the proposer answered: no silence to warn of"
 

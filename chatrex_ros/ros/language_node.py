@@ -140,6 +140,7 @@ class _Job:
     deadline: float
     reply: Callable[[Answer], None] | None = None
     goal: _Goal | None = None  # set for a query that came as an ``ask`` action goal
+    frame_stamp: int | None = None  # the frame it turned out to be about (a "newest" resolved), once known
     answered: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -534,8 +535,8 @@ class LanguageNode(ManagedNode[LanguageNodeParams]):
             return self._answer(job.query, AnswerStatus.TIMEOUT, "timed out while queued", job.received)
         try:
             frame = self._frame_for(job)
-        except QueryError as error:
-            return self._answer(job.query, error.status, str(error), job.received)
+        except QueryError as error:  # placed at the frame it was about when that is known
+            return self._answer(job.query, error.status, str(error), job.received, about=job.frame_stamp)
         image, stored = frame.image, frame.proposals
         backend = self.backend
         if backend is None:
@@ -602,6 +603,7 @@ class LanguageNode(ManagedNode[LanguageNodeParams]):
         on_demand = self.params.proposals_on_demand
         if on_demand:
             stamp = self._request_proposals(stamp, wait)
+        job.frame_stamp = stamp
         frame = self.cache.wait_for(stamp, 0.0)
         if frame is None:
             self._raise_if_refused(stamp)
@@ -753,9 +755,17 @@ class LanguageNode(ManagedNode[LanguageNodeParams]):
         frame: Frame[_StoredImage, _StoredProposals] | None = None,
         result: AnswerResult | None = None,
         queue_ms: float = 0.0,
+        about: int | None = None,
     ) -> Answer:
-        # Without a frame: the stamp the query asked about (zero for "newest"), so the answer is still placed.
-        header = frame.image.header if frame is not None else Header(stamp=query.image_stamp)
+        # Without a frame: the frame it was about (``about``, with its frame_id if its image is here), else the
+        # stamp the query asked about (zero for "newest"), so the answer is still placed.
+        if frame is not None:
+            header = frame.image.header
+        elif about:
+            image = self.cache.image(about)
+            header = Header(stamp=ns_to_stamp(about), frame_id=image.header.frame_id if image is not None else "")
+        else:
+            header = Header(stamp=query.image_stamp)
         proposals = frame.proposals if frame is not None else None
         outcome = QueryOutcome(
             query.id,
