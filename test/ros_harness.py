@@ -154,22 +154,25 @@ def textured_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     return image
 
 
+def call_service(client: RosClient, service_type: type, name: str, request: Any, timeout: float = 10.0) -> Any:
+    """One call of a node's service from the test client: its response (waits for the service first)."""
+    service = client.node.create_client(service_type, name)
+    try:
+        assert service.wait_for_service(timeout_sec=timeout), f"no {name} service"
+        future = service.call_async(request)
+        wait_until(future.done, timeout, f"{name} to answer")
+        return future.result()
+    finally:
+        client.node.destroy_client(service)
+
+
 def set_parameters(client: RosClient, node_name: str, **values: Any) -> list[Any]:
     """Set parameters of a running node through its standard service (what `ros2 param set` does)."""
     from rcl_interfaces.srv import SetParameters
     from rclpy.parameter import Parameter
 
-    service = client.node.create_client(SetParameters, f"{node_name}/set_parameters")
-    try:
-        assert service.wait_for_service(timeout_sec=10), f"no parameter service for {node_name}"
-        request = SetParameters.Request(
-            parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()]
-        )
-        future = service.call_async(request)
-        wait_until(future.done, 10, "set_parameters")
-        return list(future.result().results)
-    finally:
-        client.node.destroy_client(service)
+    request = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
+    return list(call_service(client, SetParameters, f"{node_name}/set_parameters", request).results)
 
 
 def get_parameters(client: RosClient, node_name: str, *names: str) -> dict[str, Any]:
@@ -180,13 +183,7 @@ def get_parameters(client: RosClient, node_name: str, *names: str) -> dict[str, 
     from rcl_interfaces.srv import GetParameters
     from rclpy.parameter import parameter_value_to_python
 
-    service = client.node.create_client(GetParameters, f"{node_name}/get_parameters")
-    try:
-        assert service.wait_for_service(timeout_sec=10), f"no parameter service for {node_name}"
-        future = service.call_async(GetParameters.Request(names=list(names)))
-        wait_until(future.done, 10, "get_parameters")
-        return {
-            name: parameter_value_to_python(value) for name, value in zip(names, future.result().values, strict=True)
-        }
-    finally:
-        client.node.destroy_client(service)
+    response = call_service(
+        client, GetParameters, f"{node_name}/get_parameters", GetParameters.Request(names=list(names))
+    )
+    return {name: parameter_value_to_python(value) for name, value in zip(names, response.values, strict=True)}

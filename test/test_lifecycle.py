@@ -18,7 +18,7 @@ import pytest
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from lifecycle_msgs.msg import State, Transition
 from lifecycle_msgs.srv import ChangeState, GetState
-from ros_harness import NodeProcess, RosClient, header, textured_image, wait_until
+from ros_harness import NodeProcess, RosClient, call_service, header, textured_image, wait_until
 from sensor_msgs.msg import Image
 
 from chatrex_ros.core.types import Proposals
@@ -32,25 +32,13 @@ BOXES = np.array([[10, 10, 50, 60], [100, 20, 180, 90]], np.float32)
 SCORES = np.array([0.9, 0.8], np.float32)
 
 
-def _call(client: RosClient, service_type, name: str, request):
-    service = client.node.create_client(service_type, name)
-    try:
-        assert service.wait_for_service(timeout_sec=20), f"no {name} service"
-        future = service.call_async(request)
-        wait_until(future.done, 60, f"{name} to answer")
-        return future.result()
-    finally:
-        client.node.destroy_client(service)
-
-
 def state(client: RosClient, node: str) -> int:
-    return _call(client, GetState, f"/{node}/get_state", GetState.Request()).current_state.id
+    return call_service(client, GetState, f"/{node}/get_state", GetState.Request(), timeout=20).current_state.id
 
 
 def transition(client: RosClient, node: str, transition_id: int) -> bool:
-    return _call(
-        client, ChangeState, f"/{node}/change_state", ChangeState.Request(transition=Transition(id=transition_id))
-    ).success
+    request = ChangeState.Request(transition=Transition(id=transition_id))
+    return call_service(client, ChangeState, f"/{node}/change_state", request, timeout=60).success
 
 
 def resident_mb(process: NodeProcess) -> float:

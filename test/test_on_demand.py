@@ -14,7 +14,7 @@ import time
 
 import pytest
 from builtin_interfaces.msg import Time
-from ros_harness import RosClient, wait_until
+from ros_harness import RosClient, call_service, wait_until
 from std_srvs.srv import SetBool
 from test_robot_path import _diagnostics, ask_many, graph_args
 from user_path import camera, up, workdir
@@ -115,14 +115,7 @@ def test_a_request_the_proposer_cannot_meet_is_answered_with_the_reason() -> Non
 
 
 def _switch(client: RosClient, on: bool) -> SetBool.Response:
-    service = client.node.create_client(SetBool, "/chatrex/enable")
-    try:
-        assert service.wait_for_service(timeout_sec=10), "no enable service"
-        future = service.call_async(SetBool.Request(data=on))
-        wait_until(future.done, 10, "the enable service's reply")
-        return future.result()
-    finally:
-        client.node.destroy_client(service)
+    return call_service(client, SetBool, "/chatrex/enable", SetBool.Request(data=on))
 
 
 def test_a_switched_off_on_demand_proposer_says_so_at_once_and_serves_again_when_switched_on() -> None:

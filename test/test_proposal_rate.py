@@ -11,7 +11,16 @@ import time
 
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from ros_harness import NodeProcess, RosClient, get_parameters, header, set_parameters, textured_image, wait_until
+from ros_harness import (
+    NodeProcess,
+    RosClient,
+    call_service,
+    get_parameters,
+    header,
+    set_parameters,
+    textured_image,
+    wait_until,
+)
 from sensor_msgs.msg import Image
 from std_srvs.srv import SetBool
 
@@ -92,14 +101,7 @@ def _node_status(diagnostics: list) -> DiagnosticStatus | None:
 
 
 def _enable(client: RosClient, on: bool) -> SetBool.Response:
-    service = client.node.create_client(SetBool, f"{NAMESPACE}/enable")
-    try:
-        assert service.wait_for_service(timeout_sec=10), "no enable service"
-        future = service.call_async(SetBool.Request(data=on))
-        wait_until(future.done, 10, "enable")
-        return future.result()
-    finally:
-        client.node.destroy_client(service)
+    return call_service(client, SetBool, f"{NAMESPACE}/enable", SetBool.Request(data=on))
 
 
 def test_max_rate_hz_caps_the_proposal_rate_and_changes_at_runtime(graph) -> None:

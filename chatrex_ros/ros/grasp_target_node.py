@@ -478,13 +478,21 @@ def _pose(position: tuple[float, float, float], orientation: tuple[float, float,
     return pose
 
 
-def _extent_marker(header: Header, target: Target) -> Marker:
-    """The object's extent as a translucent box; a DELETE when there is none so no old box lingers."""
-    marker = Marker(header=header, ns=MARKER_NAMESPACE, id=1)
-    if target.extent is None:
+def _new_marker(header: Header, marker_id: int, kind: int, shown: bool) -> Marker:
+    """A marker of this kind to fill in, or, when there is nothing to show, a DELETE so no old one lingers."""
+    marker = Marker(header=header, ns=MARKER_NAMESPACE, id=marker_id)
+    if shown:
+        marker.type, marker.action = kind, Marker.ADD
+    else:
         marker.action = Marker.DELETE
+    return marker
+
+
+def _extent_marker(header: Header, target: Target) -> Marker:
+    """The object's extent as a translucent box (a DELETE when there is none)."""
+    marker = _new_marker(header, 1, Marker.CUBE, target.extent is not None)
+    if target.extent is None:
         return marker
-    marker.type, marker.action = Marker.CUBE, Marker.ADD
     marker.pose = _pose(target.extent.centre, target.extent.orientation)
     # RViz does not draw a box of zero thickness (a flat face seen head-on): give it one millimetre.
     marker.scale.x, marker.scale.y, marker.scale.z = (max(float(v), 0.001) for v in target.extent.size)
@@ -493,12 +501,10 @@ def _extent_marker(header: Header, target: Target) -> Marker:
 
 
 def _point_marker(header: Header, target: Target) -> Marker:
-    """The target point as a small sphere; a DELETE when not valid."""
-    marker = Marker(header=header, ns=MARKER_NAMESPACE, id=2)
+    """The target point as a small sphere (a DELETE when not valid)."""
+    marker = _new_marker(header, 2, Marker.SPHERE, target.valid)
     if not target.valid:
-        marker.action = Marker.DELETE
         return marker
-    marker.type, marker.action = Marker.SPHERE, Marker.ADD
     marker.pose = _pose(target.point, (0.0, 0.0, 0.0, 1.0))
     marker.scale.x = marker.scale.y = marker.scale.z = POINT_DIAMETER_M
     marker.color.r, marker.color.g, marker.color.b, marker.color.a = 1.0, 0.9, 0.1, 1.0
@@ -506,12 +512,10 @@ def _point_marker(header: Header, target: Target) -> Marker:
 
 
 def _marker(header: Header, target: Target) -> Marker:
-    """An arrow along the approach ending at the target; a DELETE when not valid so no old arrow lingers."""
-    marker = Marker(header=header, ns=MARKER_NAMESPACE, id=0)
+    """An arrow along the approach ending at the target (a DELETE when not valid)."""
+    marker = _new_marker(header, 0, Marker.ARROW, target.valid)
     if not target.valid:
-        marker.action = Marker.DELETE
         return marker
-    marker.type, marker.action = Marker.ARROW, Marker.ADD
     end = np.asarray(target.point, np.float64)
     start = end - ARROW_LENGTH_M * np.asarray(target.approach, np.float64)
     marker.points = [
@@ -525,7 +529,7 @@ def _marker(header: Header, target: Target) -> Marker:
 
 
 def main(args: list[str] | None = None) -> None:
-    """The ``grasp_target_node`` executable: answers, depth and camera_info are served on their own threads."""
+    """The ``grasp_target_node`` executable: one executor thread for the intake, targets on the target worker."""
     raise SystemExit(run_node(GraspTargetNode, args))
 
 

@@ -188,15 +188,13 @@ class InputWatch:
         with self._lock:
             last = self._last
         if asked_at is not None:
-            reference, since = asked_at, "for"
+            reference, since = asked_at, "after a request, for"
         else:
             reference = last if last is not None else max(self._started, expected_since or 0.0)
             since = "since start" if last is None else "for"
         silent_for = time.monotonic() - reference
         if silent_for < self.silence_s:
             return None
-        if asked_at is not None:
-            since = "after a request, for"
         publishers = self._node.count_publishers(self.topic)
         if publishers == 0:
             detail = f"no publisher on {self.topic}: {self.fix}"

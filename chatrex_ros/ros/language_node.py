@@ -61,7 +61,7 @@ from chatrex_ros.ros.deferred_service import DeferredService, Reply
 from chatrex_ros.ros.health import FASTDDS_PROFILE_HINT, WARN, Condition, LossCounter
 from chatrex_ros.ros.lifecycle import ManagedNode
 from chatrex_ros.ros.markers import box_marker
-from chatrex_ros.ros.node_runtime import StartupError, publish_from_worker, run_node
+from chatrex_ros.ros.node_runtime import publish_from_worker, run_node
 from chatrex_ros.ros.qos import query_qos, reliable_qos, sensor_qos
 from chatrex_ros.srv import Ask
 
@@ -283,11 +283,7 @@ class LanguageNode(ManagedNode[LanguageNodeParams]):
     # ---- lifecycle ----
     def load_model(self) -> None:
         """configure: load the language model the parameters name (ChatRex-7B can take a minute)."""
-        try:
-            backend = language_backend(self.params)
-        except (ValueError, TypeError) as error:
-            raise StartupError(str(error)) from error
-        self.backend, self.model_loaded = backend, True
+        self.backend, self.model_loaded = language_backend(self.params), True
 
     def free_model(self) -> None:
         """cleanup: drop the model (a generation still running keeps it until it ends)."""

@@ -26,6 +26,8 @@ from chatrex_ros.ros.node_base import ChatrexNode
 from chatrex_ros.ros.node_runtime import StartupError
 
 P = TypeVar("P")
+_SETTING_ERRORS = (StartupError, ValueError, TypeError)
+"""What a model raises for a bad setting: reported by its message alone (anything else with its type too)."""
 
 
 class ManagedNode(ChatrexNode[P], LifecycleNodeMixin):
@@ -38,11 +40,16 @@ class ManagedNode(ChatrexNode[P], LifecycleNodeMixin):
         self.active = False
         self.lifecycle_state = "unconfigured"
         self.configure_failure: str | None = None
+        self._configure_error: Exception | None = None
         self._autostarting = False  # a failure then ends the process with run_node's one line: not logged here
 
     # ---- what a node provides ----
     def load_model(self) -> None:
-        """Build and warm up the model (configure); raise with a one-line reason when it cannot."""
+        """Build and warm up the model (configure); raise with a one-line reason when it cannot.
+
+        A :class:`StartupError`, ``ValueError`` or ``TypeError`` (a bad setting) is reported by its message alone,
+        anything else with its type (:data:`_SETTING_ERRORS`).
+        """
 
     def free_model(self) -> None:
         """Drop every reference to the model (cleanup); :meth:`on_cleanup` then collects and empties the GPU cache."""
@@ -58,8 +65,9 @@ class ManagedNode(ChatrexNode[P], LifecycleNodeMixin):
             self.trigger_configure()
         finally:
             self._autostarting = False
-        if self.configure_failure is not None:
-            raise StartupError(self.configure_failure)
+        error = self._configure_error
+        if error is not None:  # as an unmanaged node failed: run_node prints it in one line, exit 1
+            raise StartupError(str(error)) if isinstance(error, _SETTING_ERRORS) else error
         self.trigger_activate()
 
     def lifecycle_condition(self) -> Condition | None:
@@ -78,13 +86,14 @@ class ManagedNode(ChatrexNode[P], LifecycleNodeMixin):
         try:
             self.load_model()
         except Exception as error:  # the reason, in one line; the node stays UNCONFIGURED and keeps running
-            named = isinstance(error, StartupError)
+            self._configure_error = error
+            named = isinstance(error, _SETTING_ERRORS)
             self.configure_failure = str(error) if named else f"{type(error).__name__}: {error}"
             if not self._autostarting:
                 self.get_logger().error(f"configure failed: {self.configure_failure}")
             self.free_model()
             return TransitionCallbackReturn.FAILURE
-        self.configure_failure = None
+        self.configure_failure, self._configure_error = None, None
         self.lifecycle_state = "inactive"
         return TransitionCallbackReturn.SUCCESS
 

@@ -43,7 +43,7 @@ from chatrex_ros.ros.conversions import proposals_to_msg
 from chatrex_ros.ros.health import WARN, Condition
 from chatrex_ros.ros.lifecycle import ManagedNode
 from chatrex_ros.ros.markers import box_marker
-from chatrex_ros.ros.node_runtime import StartupError, publish_from_worker, run_node
+from chatrex_ros.ros.node_runtime import publish_from_worker, run_node
 from chatrex_ros.ros.qos import reliable_qos, sensor_qos
 
 REQUEST_QUEUE = 8
@@ -153,10 +153,7 @@ class ProposalNode(ManagedNode[ProposalNodeParams]):
     # ---- lifecycle ----
     def load_model(self) -> None:
         """configure: build the backend with the current parameters and warm it up."""
-        try:
-            pipeline = proposal_pipeline(self.params)
-        except (ValueError, TypeError) as error:
-            raise StartupError(str(error)) from error
+        pipeline = proposal_pipeline(self.params)
         if self.params.warmup:
             pipeline.warmup()
         with self._wakeup:
@@ -198,16 +195,16 @@ class ProposalNode(ManagedNode[ProposalNodeParams]):
         if not self.active:
             self._stats["ignored_while_inactive"] += 1
             return
+        disabled = not self.params.enabled
+        if disabled:
+            self._stats["ignored_while_disabled"] += 1
         if self.params.mode == "on_demand":
             # Kept undecoded (most frames are never asked about), also while switched off: a query that comes
             # just after it is switched on names a frame from before.
             with self._wakeup:
                 self._recent.append(msg)
-            if not self.params.enabled:
-                self._stats["ignored_while_disabled"] += 1
             return
-        if not self.params.enabled:
-            self._stats["ignored_while_disabled"] += 1
+        if disabled:
             return
         with self._wakeup:
             self._stats["skipped"] += len(self._mailbox)
