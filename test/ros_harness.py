@@ -83,11 +83,12 @@ class RosClient:
         self.executor.add_node(self.node)
         self._lock = threading.Lock()
         self.received: dict[str, list[Any]] = {}
+        self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
 
     def _spin(self) -> None:
-        while self.context.ok():
+        while self.context.ok() and not self._stopping.is_set():
             try:
                 self.executor.spin_once(timeout_sec=0.05)
             except Exception:  # shutting down
@@ -121,10 +122,12 @@ class RosClient:
         wait_until(lambda: self.node.count_publishers(topic) >= count, timeout, f"publisher on {topic}")
 
     def close(self) -> None:
+        # The spin thread ends first: destroying the node while it builds a wait set crashed the test process.
+        self._stopping.set()
+        self._thread.join(timeout=5.0)
         self.executor.shutdown(timeout_sec=1.0)
         self.node.destroy_node()
         rclpy.shutdown(context=self.context)
-        self._thread.join(timeout=2.0)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
