@@ -191,7 +191,8 @@ def test_ctrl_c_on_ask_cli_with_action_cancels_the_goal(graph) -> None:
         assert line, "".join(seen)
         seen.append(line)
     process.send_signal(signal.SIGINT)
-    output, errors = process.communicate(timeout=20)
+    output, errors = process.communicate(timeout=30)
+    assert output, errors
     answer = json.loads(output)
     assert process.returncode == 1 and answer["status"] == "CANCELED", output + errors
     time.sleep(3.5)  # the generation's full length: a late answer would be on the topic by now

@@ -103,6 +103,7 @@ def test_referring_queries_without_ground_truth_are_refused(sample_bag, gt) -> N
         ({"namespace": "chatrex"}, "absolute"),
         ({"storage": "rosbag1"}, "storage"),
         ({"wait_s": -1.0}, "--wait"),
+        ({"delay_s": float("inf")}, "--delay"),
     ],
 )
 def test_options_reject_bad_values(kwargs, message) -> None:
@@ -311,14 +312,12 @@ def test_step_replay_records_every_frame_and_eval_scores_it(graph, sample_bag, g
             "30",
             "--frame-timeout",
             "30",
+            "--delay",
+            "4",
         )
-        # The replay does not wait for /clock subscribers (none is required), so under load this listener
-        # could discover it only after the last tick: wait for the discovery while the frames are replayed.
-        wait_until(
-            lambda: listener.node.count_publishers("/clock") >= 1 or replay.poll() is not None,
-            60.0,
-            "the replay's /clock publisher",
-        )
+        # The replay waits for its graph, not for /clock subscribers (none is required), and the sample bag
+        # plays in under a second: --delay holds /clock at the first frame while this listener matches.
+        wait_until(lambda: len(clock) > 0 or replay.poll() is not None, 60.0, "the replay's /clock")
         stdout, stderr = replay.communicate(timeout=120.0)
     except BaseException:
         replay.kill()

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -29,6 +31,7 @@ from chatrex_ros.names import GRAPH_NAMESPACE
 
 QUERY_TYPE = "chatrex_ros/msg/Query"
 SPIN_S = 0.05
+CANCEL_WAIT_S = 10.0  # for the cancel's response, then again for the goal's CANCELED result
 
 
 def parse_indices(text: str) -> list[int]:
@@ -283,8 +286,17 @@ def run_action(args: argparse.Namespace) -> int:
     query = build_query(args)
     namespace, query_topic, _ = topic_names(args.namespace)
     action_name = query_topic.rsplit("/", 1)[0] + "/ask"
-    # rclpy's own SIGINT handler would shut the context down: Ctrl-C must stay a KeyboardInterrupt, to cancel.
+    # Ctrl-C only sets a flag that the spin loop checks: a KeyboardInterrupt raised inside rclpy's spin could
+    # leave a half-run executor task behind, and the cancel's response or the result would then never arrive.
+    # A second Ctrl-C gives up waiting at once.
+    interrupted = threading.Event()
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        interrupted.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
     rclpy.init(args=[], signal_handler_options=SignalHandlerOptions.NO)
+    previous_handler = signal.signal(signal.SIGINT, on_sigint)
     node = Node(f"chatrex_ask_{query.id}")
     client: ActionClient = ActionClient(node, Ask, action_name)
     shown: list[tuple[str, int]] = []
@@ -297,9 +309,9 @@ def run_action(args: argparse.Namespace) -> int:
             print(f"[{feedback.elapsed_s:5.1f} s] {feedback.stage_name}{place}", file=sys.stderr)
         shown.append(stage)
 
-    def spin_until(done: Callable[[], bool], seconds: float) -> bool:
+    def spin_until(done: Callable[[], bool], seconds: float, until_ctrl_c: bool = False) -> bool:
         deadline = time.monotonic() + seconds
-        while not done() and time.monotonic() < deadline:
+        while not done() and time.monotonic() < deadline and not (until_ctrl_c and interrupted.is_set()):
             rclpy.spin_once(node, timeout_sec=SPIN_S)
         return done()
 
@@ -317,20 +329,24 @@ def run_action(args: argparse.Namespace) -> int:
             print(f"chatrex-ros ask: the goal was not accepted by {action_name}", file=sys.stderr)
             return ExitCode.FAILED
         result = goal_handle.get_result_async()
-        try:
-            if not spin_until(result.done, args.timeout):
-                print(f"chatrex-ros ask: no result from {action_name} within {args.timeout:g} s", file=sys.stderr)
-                return ExitCode.TIMEOUT
-        except KeyboardInterrupt:
+        if not spin_until(result.done, args.timeout, until_ctrl_c=True) and not interrupted.is_set():
+            print(f"chatrex-ros ask: no result from {action_name} within {args.timeout:g} s", file=sys.stderr)
+            return ExitCode.TIMEOUT
+        if not result.done():
             print("chatrex-ros ask: cancelling the goal", file=sys.stderr)
             cancel = goal_handle.cancel_goal_async()
-            spin_until(cancel.done, 5.0)
-            spin_until(result.done, 5.0)
+            spin_until(cancel.done, CANCEL_WAIT_S)
+            spin_until(result.done, CANCEL_WAIT_S)
         response = result.result() if result.done() else None
         if response is None:
+            print(f"chatrex-ros ask: no result from {action_name} after cancelling the goal", file=sys.stderr)
             return ExitCode.FAILED
         answer = response.result.answer
+    except KeyboardInterrupt:  # a second Ctrl-C
+        print("chatrex-ros ask: interrupted before the goal ended", file=sys.stderr)
+        return ExitCode.FAILED
     finally:
+        signal.signal(signal.SIGINT, previous_handler)
         node.destroy_node()
         rclpy.shutdown()
     return print_answer(answer, args.json)

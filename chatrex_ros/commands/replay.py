@@ -85,6 +85,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="S",
         help="how long to wait for the nodes to appear before giving up (default 10)",
     )
+    timing.add_argument(
+        "--delay",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="once the nodes are there, wait this long before the first frame, with /clock held at its time "
+        "(time for late subscribers such as a recorder or RViz to match; default 0)",
+    )
     timing.add_argument("--no-clock", action="store_true", help="do not publish /clock")
     timing.add_argument("--clock-hz", type=float, default=50.0, help="/clock publication rate (default 50)")
     graph = parser.add_argument_group("graph")
@@ -148,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
             clock=not args.no_clock,
             clock_hz=args.clock_hz,
             wait_s=args.wait,
+            delay_s=args.delay,
             frame_timeout_s=args.frame_timeout,
             drain_s=args.drain,
         )

@@ -28,6 +28,7 @@ class ReplayOptions:
     clock: bool = True
     clock_hz: float = 50.0
     wait_s: float = 10.0
+    delay_s: float = 0.0  # after the graph is there: /clock held at the first frame, nothing published
     frame_timeout_s: float = 120.0
     drain_s: float = 10.0
 
@@ -39,8 +40,10 @@ class ReplayOptions:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ReplayError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
-        if not (math.isfinite(self.wait_s) and self.wait_s >= 0):
-            raise ReplayError(f"--wait must be >= 0 seconds, got {self.wait_s}")
+        for name, flag in (("wait_s", "--wait"), ("delay_s", "--delay")):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ReplayError(f"{flag} must be >= 0 seconds, got {value}")
         if self.storage not in STORAGES:
             raise ReplayError(f"unknown bag storage {self.storage!r}; choose one of {', '.join(STORAGES)}")
         if not self.namespace.startswith("/"):

@@ -201,6 +201,11 @@ class _ReplayNode:
     def replay(self, pacer: Pacer) -> str:
         """Publish what ``pacer`` says is due; returns why it stopped early ('' when every frame went out)."""
         self.clock = pacer.clock
+        if self.options.delay_s > 0:  # /clock stands at the first frame while late subscribers match
+            first = self.plan.frames[0].log_time_ns
+            self.clock.hold(first, time.monotonic_ns())
+            time.sleep(self.options.delay_s)
+            self.clock.release(time.monotonic_ns())
         with closing(pacer.schedule()) as schedule:
             for due in schedule:
                 if not isinstance(due, FrameDue):
