@@ -1,6 +1,8 @@
 """`pip install .` builds the ROS 2 messages with the real rosidl generators, then installs everything.
 
-Metadata and dependencies live in pyproject.toml. This file only adds one build step: CMake runs the
+Metadata lives in pyproject.toml. This file adds the run-time dependencies (the ROS 2 wheels of the
+distribution ROS_DISTRO selects, from build_tools/ros_distros.py, and pyproject's [tool.chatrex_ros]
+dependencies) and one build step: CMake runs the
 package's own CMakeLists.txt (rosidl_generate_interfaces) into a staging prefix, and the generated Python
 modules, type-support extensions, shared libraries and ament index files are put where the ROS 2 PyPI
 wheels put theirs: the Python package in site-packages, libraries in <prefix>/lib (on the bootstrapper's
@@ -19,7 +21,15 @@ from pathlib import Path
 from setuptools import Distribution, setup
 from setuptools.command.build_py import build_py
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # a [build-system] requirement there
+    import tomli as tomllib
+
 ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT / "build_tools"))
+from ros_distros import runtime_requirements, selected_distro  # noqa: E402  (the path above)
+
 PACKAGE = "chatrex_ros"
 GENERATED_PACKAGES = ("msg", "srv", "action")
 
@@ -137,4 +147,10 @@ class BinaryDistribution(Distribution):
         return True
 
 
-setup(cmdclass={"build_py": BuildPyWithMessages}, distclass=BinaryDistribution)
+def install_requires() -> list[str]:
+    """The ROS 2 wheels of the selected distribution, then the other run-time dependencies."""
+    own = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["chatrex_ros"]["dependencies"]
+    return [*runtime_requirements(selected_distro()), *own]
+
+
+setup(cmdclass={"build_py": BuildPyWithMessages}, distclass=BinaryDistribution, install_requires=install_requires())

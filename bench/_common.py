@@ -21,11 +21,12 @@ def local_dds_environment() -> None:
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     os.environ.setdefault("ROS_DOMAIN_ID", str(random.SystemRandom().randint(100, 200)))
     os.environ.setdefault("ROS_LOG_DIR", tempfile.mkdtemp(prefix="chatrex_bench_logs_"))
-    os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(ROOT / "config" / "fastdds.xml"))
-    os.environ.setdefault("RMW_FASTRTPS_USE_QOS_FROM_XML", "0")
     os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
+    from chatrex_ros.launcher import with_fastdds_profile
+
+    os.environ.update(with_fastdds_profile(dict(os.environ), str(ROOT / "config" / "fastdds.xml")))
 
 
 def summary(samples_ms: list[float]) -> dict[str, float]:

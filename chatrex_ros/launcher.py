@@ -243,6 +243,25 @@ def plan_graph(
     return planned
 
 
+FASTDDS_PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
+"""Where Fast DDS looks for its XML profile: Fast DDS 3 (Kilted) reads the first, Fast DDS 2 (Jazzy) only the second."""
+
+
+def with_fastdds_profile(env: dict[str, str], default: str) -> dict[str, str]:
+    """``env`` with one Fast DDS profile under both variable names: the one already set there, else ``default``.
+
+    A profile set under one name only (a Kilted habit on Jazzy, or the reverse) would be silently ignored by the
+    other Fast DDS, and camera frames would leave shared memory: the same file goes under both.
+    """
+    chosen = next((env[name] for name in FASTDDS_PROFILE_VARIABLES if env.get(name)), None)
+    if chosen is None:
+        chosen = default
+        env.setdefault("RMW_FASTRTPS_USE_QOS_FROM_XML", "0")
+    for name in FASTDDS_PROFILE_VARIABLES:
+        env.setdefault(name, chosen)
+    return env
+
+
 def dds_environment(
     base: Mapping[str, str] | None = None, *, multihost: bool = False, discovery_server: str = ""
 ) -> dict[str, str]:
@@ -256,9 +275,7 @@ def dds_environment(
     """
     env = dict(base if base is not None else os.environ)
     spanning = multihost or bool(discovery_server)
-    if "FASTDDS_DEFAULT_PROFILES_FILE" not in env:
-        env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(config_file("fastdds_multihost.xml" if spanning else "fastdds.xml"))
-        env.setdefault("RMW_FASTRTPS_USE_QOS_FROM_XML", "0")
+    with_fastdds_profile(env, str(config_file("fastdds_multihost.xml" if spanning else "fastdds.xml")))
     if spanning and env.get("ROS_AUTOMATIC_DISCOVERY_RANGE") == "LOCALHOST":
         env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "SUBNET"
     if discovery_server:

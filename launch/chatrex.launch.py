@@ -126,7 +126,9 @@ def generate_launch_description():
         ),
     ]
     environment = [
+        # Fast DDS 3 (Kilted) reads the first name, Fast DDS 2 (Jazzy) the second
         SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", LaunchConfiguration("fastdds_profile")),
+        SetEnvironmentVariable("FASTRTPS_DEFAULT_PROFILES_FILE", LaunchConfiguration("fastdds_profile")),
         SetEnvironmentVariable("RMW_FASTRTPS_USE_QOS_FROM_XML", "0"),
     ]
     return LaunchDescription([*arguments, *environment, OpaqueFunction(function=_nodes)])

@@ -15,8 +15,10 @@ TEST_DIR = Path(__file__).resolve().parent
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.SystemRandom().randint(10, 99)))
 os.environ.setdefault("ROS_LOG_DIR", tempfile.mkdtemp(prefix="chatrex_ros_test_logs_"))
-os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(ROOT / "config" / "fastdds.xml"))
-os.environ.setdefault("RMW_FASTRTPS_USE_QOS_FROM_XML", "0")
+sys.path.insert(0, str(ROOT))
+from chatrex_ros.launcher import with_fastdds_profile  # noqa: E402  (needs only the path above)
+
+os.environ.update(with_fastdds_profile(dict(os.environ), str(ROOT / "config" / "fastdds.xml")))
 os.environ.setdefault("AMENT_PREFIX_PATH", sys.prefix)
 # Node processes started by the tests import this tree's code and the test doubles.
 os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TEST_DIR), os.environ.get("PYTHONPATH", "")]).rstrip(

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from chatrex_ros.launcher import (
+    FASTDDS_PROFILE_VARIABLES,
     GRAPH,
     NAMESPACE,
     GraphConfig,
@@ -423,8 +424,11 @@ def test_up_uses_the_shipped_fastdds_profile_unless_one_is_set() -> None:
     env = dds_environment({})
     assert Path(env["FASTDDS_DEFAULT_PROFILES_FILE"]).name == "fastdds.xml"
     assert env["RMW_FASTRTPS_USE_QOS_FROM_XML"] == "0"
-    mine = dds_environment({"FASTDDS_DEFAULT_PROFILES_FILE": "/mine.xml"})
-    assert mine["FASTDDS_DEFAULT_PROFILES_FILE"] == "/mine.xml"
+    assert env["FASTRTPS_DEFAULT_PROFILES_FILE"] == env["FASTDDS_DEFAULT_PROFILES_FILE"]  # Fast DDS 2 (Jazzy)
+    for name in FASTDDS_PROFILE_VARIABLES:  # the user's profile, under either name, goes under both
+        mine = dds_environment({name: "/mine.xml"})
+        assert [mine[n] for n in FASTDDS_PROFILE_VARIABLES] == ["/mine.xml", "/mine.xml"]
+        assert "RMW_FASTRTPS_USE_QOS_FROM_XML" not in mine  # their profile's QoS are theirs to use
 
 
 def test_a_graph_across_hosts_gets_the_multihost_profile_and_the_discovery_server() -> None:

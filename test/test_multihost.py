@@ -30,6 +30,7 @@ from netns import ADDRESSES, ROUTED_ADDRESSES, TwoHosts, log_file, unavailable
 from test_robot_path import graph_args
 from user_path import CHATREX_ROS
 
+from chatrex_ros.launcher import FASTDDS_PROFILE_VARIABLES
 from chatrex_ros.paths import config_file
 
 pytestmark = pytest.mark.ros
@@ -46,7 +47,7 @@ def environment(discovery_server: str = "") -> dict[str, str]:
     env.update(
         {
             "ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET",  # the namespaces hold nothing but the veth link
-            "FASTDDS_DEFAULT_PROFILES_FILE": str(config_file("fastdds_multihost.xml")),
+            **dict.fromkeys(FASTDDS_PROFILE_VARIABLES, str(config_file("fastdds_multihost.xml"))),
             "RMW_FASTRTPS_USE_QOS_FROM_XML": "0",
         }
     )
@@ -154,7 +155,7 @@ def test_across_a_router_multicast_discovery_fails_and_up_discovery_server_joins
         # Host 1 (the GPU machine) runs the whole graph with `up`, which sets the profile and the discovery
         # environment itself; host 0 (the robot) has the camera and asks, as discovery clients of the server.
         graph_env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", PYTHONPATH=str(TEST_DIR))
-        for name in ("FASTDDS_DEFAULT_PROFILES_FILE", "RMW_FASTRTPS_USE_QOS_FROM_XML", "ROS_DISCOVERY_SERVER"):
+        for name in (*FASTDDS_PROFILE_VARIABLES, "RMW_FASTRTPS_USE_QOS_FROM_XML", "ROS_DISCOVERY_SERVER"):
             graph_env.pop(name, None)
         up = [CHATREX_ROS, "up", "--discovery-server", server_address, *graph_args("/robot/image", 0.1)]
         hosts.popen(1, up, graph_env, log_file(directory, "up"))

@@ -46,9 +46,13 @@ def test_ci_runs_exactly_the_readme_install_and_test_commands() -> None:
     setup = re.search(r"## Set-up.*?```bash\n(.*?)```", README, re.S).group(1)
     commands = [line for line in setup.splitlines() if line and not line.startswith("#")]
     install, test, main_job = commands
-    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert install in ci and test in ci
     assert ci.index(install) < ci.index(test)
+    # once per supported distribution, which ROS_DISTRO selects
+    from build_tools.ros_distros import DISTROS
+
+    assert f"for distro in {' '.join(DISTROS)}; do" in ci and "export ROS_DISTRO=$distro" in ci
     assert main_job.split()[:2] == ["chatrex-ros", "demo"]
     assert "ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST" in "\n".join(ci)
 

@@ -17,6 +17,7 @@ import yaml
 from ros_harness import RosClient, get_parameters, wait_until
 
 from chatrex_ros.cli import main
+from chatrex_ros.launcher import FASTDDS_PROFILE_VARIABLES
 
 # Light nodes: no warm-up frame, no language model.
 LIGHT = ["--set", "proposal_node.warmup=false", "--set", "language_node.language_backend=none"]
@@ -257,7 +258,8 @@ def test_use_sim_time_is_accepted_for_every_node_and_dry_run_shows_the_resolved_
 
 
 def test_dry_run_shows_the_dds_settings_of_a_graph_across_machines(capsys, monkeypatch) -> None:
-    monkeypatch.delenv("FASTDDS_DEFAULT_PROFILES_FILE", raising=False)
+    for name in FASTDDS_PROFILE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
     assert main(["up", "--dry-run", "--discovery-server", "192.168.1.10:11811"]) == 0
     commands = [line for line in capsys.readouterr().out.splitlines() if " -m chatrex_ros.ros." in line]
     assert len(commands) == 2

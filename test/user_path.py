@@ -14,6 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from chatrex_ros.launcher import FASTDDS_PROFILE_VARIABLES
+
 TEST_DIR = Path(__file__).resolve().parent
 ROOT = TEST_DIR.parent
 CHATREX_ROS = str(Path(sys.executable).with_name("chatrex-ros"))
@@ -29,7 +31,8 @@ def user_environment(profile: bool = True) -> dict[str, str]:
     env["PYTHONPATH"] = str(TEST_DIR)  # test doubles only: chatrex_ros comes from site-packages
     env["PYTHONUNBUFFERED"] = "1"
     if not profile:
-        env.pop("FASTDDS_DEFAULT_PROFILES_FILE", None)
+        for name in FASTDDS_PROFILE_VARIABLES:
+            env.pop(name, None)
         env.pop("RMW_FASTRTPS_USE_QOS_FROM_XML", None)
     return env
 

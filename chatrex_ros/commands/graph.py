@@ -20,6 +20,7 @@ from chatrex_ros.launcher import (
     DEFAULT_DEPTH_INFO_TOPIC,
     DEFAULT_DEPTH_TOPIC,
     DEFAULT_IMAGE_TOPIC,
+    FASTDDS_PROFILE_VARIABLES,
 )
 from chatrex_ros.names import NAMESPACE
 
@@ -137,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.dry_run:
         # Each command as a shell would run it: the DDS settings up gives the nodes, then the node's command line.
-        keys = ("FASTDDS_DEFAULT_PROFILES_FILE", "ROS_DISCOVERY_SERVER", "ROS_AUTOMATIC_DISCOVERY_RANGE")
+        keys = (*FASTDDS_PROFILE_VARIABLES, "ROS_DISCOVERY_SERVER", "ROS_AUTOMATIC_DISCOVERY_RANGE")
         settings = [f"{key}={shlex.quote(environment[key])}" for key in keys if environment.get(key)]
         for node in planned:
             print(" ".join([*settings, shlex.join(node.command(Path(f"<{node.spec.name}.yaml>")))]))

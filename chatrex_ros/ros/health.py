@@ -29,7 +29,8 @@ PROBLEM_WARN_S = 30.0
 
 FASTDDS_PROFILE_HINT = (
     "large frames leave Fast DDS shared memory without the package's profile: start the camera driver with "
-    "FASTDDS_DEFAULT_PROFILES_FILE=<chatrex_ros share>/config/fastdds.xml (docs: 'Fast DDS profile')"
+    "FASTDDS_DEFAULT_PROFILES_FILE=<chatrex_ros share>/config/fastdds.xml (on Jazzy: FASTRTPS_DEFAULT_PROFILES_FILE; "
+    "docs: 'Fast DDS profile')"
 )
 
 
