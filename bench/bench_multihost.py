@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT / "test"))
 
 from netns import TwoHosts, log_file, unavailable  # noqa: E402
 
+from chatrex_ros.launcher import fastdds_profile_variable  # noqa: E402
 from chatrex_ros.paths import config_file  # noqa: E402
 
 SIZES = ((640, 480), (1280, 720))
@@ -36,7 +37,7 @@ def environment() -> dict[str, str]:
     env.update(
         {
             "ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET",
-            "FASTDDS_DEFAULT_PROFILES_FILE": str(config_file("fastdds_multihost.xml")),
+            fastdds_profile_variable(): str(config_file("fastdds_multihost.xml")),
             "RMW_FASTRTPS_USE_QOS_FROM_XML": "0",
         }
     )

@@ -244,21 +244,39 @@ def plan_graph(
 
 
 FASTDDS_PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
-"""Where Fast DDS looks for its XML profile: Fast DDS 3 (Kilted) reads the first, Fast DDS 2 (Jazzy) only the second."""
+"""Where Fast DDS looks for its XML profile: Fast DDS 3 (Kilted) reads the first (and warns, on every start, that
+the second is deprecated when it is set), Fast DDS 2 (Jazzy) reads only the second."""
+
+
+def fastdds_major(environ: Mapping[str, str] | None = None) -> int:
+    """The installed Fast DDS's major version: from the PyPI wheels' metadata, else the sourced ROS_DISTRO."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for distribution in ("ros-fastdds", "ros-fastrtps"):
+        try:
+            return int(version(distribution).split(".")[0])
+        except (PackageNotFoundError, ValueError):
+            continue
+    distro = (os.environ if environ is None else environ).get("ROS_DISTRO", "")
+    return 2 if distro in ("humble", "jazzy") else 3
+
+
+def fastdds_profile_variable(environ: Mapping[str, str] | None = None) -> str:
+    """The one of :data:`FASTDDS_PROFILE_VARIABLES` that the installed Fast DDS reads."""
+    return FASTDDS_PROFILE_VARIABLES[1] if fastdds_major(environ) == 2 else FASTDDS_PROFILE_VARIABLES[0]
 
 
 def with_fastdds_profile(env: dict[str, str], default: str) -> dict[str, str]:
-    """``env`` with one Fast DDS profile under both variable names: the one already set there, else ``default``.
+    """``env`` with a Fast DDS profile where the installed Fast DDS reads it: the one already set, else ``default``.
 
-    A profile set under one name only (a Kilted habit on Jazzy, or the reverse) would be silently ignored by the
-    other Fast DDS, and camera frames would leave shared memory: the same file goes under both.
+    A profile set under the other distribution's name (a Kilted habit on Jazzy, or the reverse) would be silently
+    ignored, and camera frames would leave shared memory: it is copied to the name that counts.
     """
     chosen = next((env[name] for name in FASTDDS_PROFILE_VARIABLES if env.get(name)), None)
     if chosen is None:
         chosen = default
         env.setdefault("RMW_FASTRTPS_USE_QOS_FROM_XML", "0")
-    for name in FASTDDS_PROFILE_VARIABLES:
-        env.setdefault(name, chosen)
+    env.setdefault(fastdds_profile_variable(env), chosen)
     return env
 
 

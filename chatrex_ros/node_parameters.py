@@ -34,6 +34,7 @@ from chatrex_ros.core.types import MAX_PROPOSALS
 from chatrex_ros.core.vlm_protocol import BOX_FORMATS, DEFAULT_MATCH_IOU
 from chatrex_ros.models.registry import LANGUAGE_BACKENDS, NO_LANGUAGE_BACKEND, PROPOSAL_BACKENDS
 from chatrex_ros.models.selective_search import MODES as SELECTIVE_SEARCH_MODES
+from chatrex_ros.models.upn.engine_cache import DEFAULT_PRECISION
 from chatrex_ros.parameters import ParamSpec, resolve, sensor_qos_specs
 
 P = TypeVar("P")
@@ -59,6 +60,7 @@ class ProposalNodeParams:
     onnx: str
     engine_cache_dir: str
     device: str
+    gpu_index: int
     precision: str
     selective_search_long_side: int
     selective_search_mode: str
@@ -99,6 +101,7 @@ class LanguageNodeParams:
     language_backend: str
     model_path: str
     trust_remote_code: bool
+    allow_hub_download: bool
     device: str
     dtype: str
     backend_options: str
@@ -238,10 +241,18 @@ PROPOSAL_NODE: list[ParamSpec] = [
     ParamSpec("engine_cache_dir", "~/.cache/chatrex_ros/engines", "TensorRT engine cache directory.", read_only=True),
     ParamSpec("device", "cpu", "Device for torch / onnxruntime backends.", ("cpu", "cuda"), read_only=True),
     ParamSpec(
+        "gpu_index",
+        0,
+        "CUDA device number for the tensorrt backend and for torch / onnxruntime with device cuda.",
+        minimum=0,
+        read_only=True,
+    ),
+    ParamSpec(
         "precision",
-        "fp32",
-        "Inference precision (torch: fp32/fp16/bf16, tensorrt: fp32/fp16).",
-        ("fp32", "fp16", "bf16"),
+        "auto",
+        f"Inference precision (torch: fp32/fp16/bf16, tensorrt: fp32/fp16); auto: {DEFAULT_PRECISION} for tensorrt "
+        "(the build-engine default, so the node loads the engine it built), fp32 for torch.",
+        ("auto", "fp32", "fp16", "bf16"),
         read_only=True,
     ),
     ParamSpec(
@@ -351,12 +362,20 @@ LANGUAGE_NODE: list[ParamSpec] = [
     ParamSpec(
         "trust_remote_code", False, "Allow the checkpoint's own Python code to run (ChatRex needs it).", read_only=True
     ),
+    ParamSpec(
+        "allow_hub_download",
+        False,
+        "Let the checkpoint's code download the hub repositories it names (e.g. its vision tower) when they are "
+        "not in the local Hugging Face cache; off: nothing is ever downloaded.",
+        read_only=True,
+    ),
     ParamSpec("device", "cuda", "Model device.", ("cpu", "cuda"), read_only=True),
     ParamSpec(
         "dtype",
         "auto",
-        "Model dtype (auto: bfloat16 on CUDA, float32 on CPU).",
-        ("auto", "float32", "float16", "bfloat16"),
+        "Model dtype (auto: bfloat16 on CUDA, float32 on CPU; autocast-bfloat16: float32 weights under bfloat16 "
+        "autocast, the authors' inference).",
+        ("auto", "float32", "float16", "bfloat16", "autocast-bfloat16"),
         read_only=True,
     ),
     ParamSpec(

@@ -18,7 +18,7 @@ from launch.conditions import IfCondition
 from launch.substitutions import EnvironmentVariable, LaunchConfiguration
 from launch_ros.actions import Node
 
-from chatrex_ros.launcher import check_discovery_server
+from chatrex_ros.launcher import check_discovery_server, fastdds_profile_variable
 from chatrex_ros.names import NAMESPACE
 
 # (launch argument, node, parameter, description): applied over the params file only when not empty.
@@ -87,6 +87,7 @@ def _nodes(context, *args, **kwargs):
 
 def generate_launch_description():
     share = get_package_share_directory("chatrex_ros")
+    profile_variable = fastdds_profile_variable()
     arguments = [
         DeclareLaunchArgument(
             "params_file",
@@ -120,15 +121,14 @@ def generate_launch_description():
         DeclareLaunchArgument(
             "fastdds_profile",
             default_value=EnvironmentVariable(
-                "FASTDDS_DEFAULT_PROFILES_FILE", default_value=os.path.join(share, "config", "fastdds.xml")
+                profile_variable, default_value=os.path.join(share, "config", "fastdds.xml")
             ),
             description="Fast DDS XML profile for the nodes",
         ),
     ]
     environment = [
-        # Fast DDS 3 (Kilted) reads the first name, Fast DDS 2 (Jazzy) the second
-        SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", LaunchConfiguration("fastdds_profile")),
-        SetEnvironmentVariable("FASTRTPS_DEFAULT_PROFILES_FILE", LaunchConfiguration("fastdds_profile")),
+        # FASTDDS_DEFAULT_PROFILES_FILE for Fast DDS 3 (Kilted), FASTRTPS_DEFAULT_PROFILES_FILE for 2 (Jazzy)
+        SetEnvironmentVariable(profile_variable, LaunchConfiguration("fastdds_profile")),
         SetEnvironmentVariable("RMW_FASTRTPS_USE_QOS_FROM_XML", "0"),
     ]
     return LaunchDescription([*arguments, *environment, OpaqueFunction(function=_nodes)])

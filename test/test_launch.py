@@ -26,6 +26,8 @@ from chatrex_ros.launcher import (
     GraphConfig,
     GraphConfigError,
     dds_environment,
+    fastdds_major,
+    fastdds_profile_variable,
     load_config,
     plan_graph,
 )
@@ -424,11 +426,29 @@ def test_up_uses_the_shipped_fastdds_profile_unless_one_is_set() -> None:
     env = dds_environment({})
     assert Path(env["FASTDDS_DEFAULT_PROFILES_FILE"]).name == "fastdds.xml"
     assert env["RMW_FASTRTPS_USE_QOS_FROM_XML"] == "0"
-    assert env["FASTRTPS_DEFAULT_PROFILES_FILE"] == env["FASTDDS_DEFAULT_PROFILES_FILE"]  # Fast DDS 2 (Jazzy)
-    for name in FASTDDS_PROFILE_VARIABLES:  # the user's profile, under either name, goes under both
+    read, other = (
+        fastdds_profile_variable(),
+        next(v for v in FASTDDS_PROFILE_VARIABLES if v != fastdds_profile_variable()),
+    )
+    assert other not in env  # Fast DDS 3 warns on every start when the Fast DDS 2 name is set
+    for name in FASTDDS_PROFILE_VARIABLES:  # the user's profile, under either name, goes where it is read
         mine = dds_environment({name: "/mine.xml"})
-        assert [mine[n] for n in FASTDDS_PROFILE_VARIABLES] == ["/mine.xml", "/mine.xml"]
+        assert mine[read] == "/mine.xml"
         assert "RMW_FASTRTPS_USE_QOS_FROM_XML" not in mine  # their profile's QoS are theirs to use
+
+
+@pytest.mark.parametrize("distribution,major", [("ros-fastdds", 3), ("ros-fastrtps", 2)])
+def test_the_profile_variable_is_the_one_the_installed_fast_dds_reads(monkeypatch, distribution, major) -> None:
+    import importlib.metadata
+
+    def version(name: str) -> str:  # test double: which Fast DDS wheel is installed
+        if name != distribution:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return f"{major}.1.0"
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    assert fastdds_major() == major
+    assert fastdds_profile_variable() == FASTDDS_PROFILE_VARIABLES[0 if major == 3 else 1]
 
 
 def test_a_graph_across_hosts_gets_the_multihost_profile_and_the_discovery_server() -> None:

@@ -30,7 +30,7 @@ from netns import ADDRESSES, ROUTED_ADDRESSES, TwoHosts, log_file, unavailable
 from test_robot_path import graph_args
 from user_path import CHATREX_ROS
 
-from chatrex_ros.launcher import FASTDDS_PROFILE_VARIABLES
+from chatrex_ros.launcher import FASTDDS_PROFILE_VARIABLES, fastdds_profile_variable
 from chatrex_ros.paths import config_file
 
 pytestmark = pytest.mark.ros
@@ -47,7 +47,7 @@ def environment(discovery_server: str = "") -> dict[str, str]:
     env.update(
         {
             "ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET",  # the namespaces hold nothing but the veth link
-            **dict.fromkeys(FASTDDS_PROFILE_VARIABLES, str(config_file("fastdds_multihost.xml"))),
+            fastdds_profile_variable(): str(config_file("fastdds_multihost.xml")),
             "RMW_FASTRTPS_USE_QOS_FROM_XML": "0",
         }
     )
@@ -120,6 +120,8 @@ def test_with_a_discovery_server_the_hosts_meet_only_through_it(directory) -> No
         server = [
             shutil.which("fastdds") or "fastdds",
             "discovery",
+            "-i",
+            "0",
             "-l",
             hosts.addresses[0],
             "-p",
@@ -136,7 +138,8 @@ def test_with_a_discovery_server_the_hosts_meet_only_through_it(directory) -> No
 
 def discovery_server(hosts: TwoHosts, directory: Path) -> None:
     """The documented command (Fast DDS's own tool) on host 0."""
-    command = [shutil.which("fastdds") or "fastdds", "discovery", "-l", hosts.addresses[0], "-p", str(DISCOVERY_PORT)]
+    command = [shutil.which("fastdds") or "fastdds", "discovery", "-i", "0", "-l", hosts.addresses[0]]
+    command += ["-p", str(DISCOVERY_PORT)]
     hosts.popen(0, command, os.environ, log_file(directory, "discovery_server"))
     time.sleep(1.0)
 

@@ -46,7 +46,7 @@ NOT_RUNNABLE = {
     "vllm serve Qwen/Qwen2.5-VL-7B-Instruct --port 8000 --max-model-len 16384 --limit-mm-per-prompt "
     "'{\"image\": 1}'": "serves a VLM on a GPU machine (vLLM is not installed here)",
     "ollama pull qwen2.5vl:7b": "downloads a model for Ollama on a GPU machine (not installed here)",
-    "fastdds discovery -l 0.0.0.0 -p 11811": (
+    "fastdds discovery -i 0 -l 0.0.0.0 -p 11811": (
         "a server that runs until stopped; test_multihost.py runs it inside a network namespace"
     ),
     "chatrex-ros up --image /camera/camera/color/image_raw --set language_node.language_backend=openai "
@@ -210,6 +210,12 @@ def test_robot_block() -> None:
     result = run(_args(dry_run), cwd)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "min_score: 0.5" in result.stdout
+
+    (check,) = [c for c in ROBOT if c.startswith("chatrex-ros doctor")]
+    result = run(_args(check), cwd)  # the default graph needs nothing this CPU machine lacks
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "✔ chatrex_ros messages" in result.stdout and "GPU (torch)" in result.stdout
+    assert result.stdout.rstrip().endswith("no problems found")
 
 
 def test_grasp_node_alone_joins_the_graph_namespace() -> None:

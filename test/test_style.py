@@ -37,6 +37,18 @@ def test_ruff_format_is_clean() -> None:
     assert result.returncode == 0, "run `ruff format .`:\n" + result.stdout + result.stderr
 
 
+def _rclpy_major() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ros-rclpy").split(".")[0]
+    except PackageNotFoundError:
+        return ""
+
+
+@pytest.mark.skipif(
+    _rclpy_major() != "9", reason="the types are checked against Kilted's rclpy (9.x); Jazzy's hints are incomplete"
+)
 def test_mypy_is_clean() -> None:
     result = _run([*_tool("mypy"), "--no-incremental", "--cache-dir", "/dev/null"])
     assert result.returncode == 0, result.stdout + result.stderr

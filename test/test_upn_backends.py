@@ -13,7 +13,7 @@ import pytest
 from chatrex_ros.core.proposals import select_proposals
 from chatrex_ros.models.base import ProposalBackend, ProposalPipeline, SelectionPolicy
 from chatrex_ros.models.registry import make_proposal_backend
-from chatrex_ros.models.upn.engine_cache import EngineKey, cache_entry
+from chatrex_ros.models.upn.engine_cache import BuilderSettings, EngineKey, cache_entry
 from chatrex_ros.models.upn.processing import decode_outputs
 
 skimage_data = pytest.importorskip("skimage.data", reason="the golden images come from scikit-image's bundled data")
@@ -187,13 +187,19 @@ def test_tensorrt_backend_without_tensorrt_fails_at_start_up(exported, tmp_path,
 # --- engine cache (pure Python: runs without TensorRT) ---------------------------------------------------
 
 
+BUILDER = BuilderSettings(workspace_bytes=4 << 30, optimization_level=3, tf32=False, fp32_rule="2")
+
+
 def key(**changes) -> EngineKey:
     values = dict(
         gpu_name="NVIDIA H100 80GB HBM3",
+        compute_capability="9.0",
         tensorrt_version="10.3.0",
         precision="fp16",
         input_shape=(1, 3, 750, 1333),
         onnx_sha256="a" * 64,
+        builder=BUILDER,
+        package_version="0.1.0",
     )
     values.update(changes)
     return EngineKey(**values)
@@ -203,14 +209,23 @@ def key(**changes) -> EngineKey:
     "change",
     [
         {"gpu_name": "NVIDIA RTX 4090"},
+        {"compute_capability": "8.9"},
         {"tensorrt_version": "10.4.0"},
         {"precision": "fp32"},
         {"input_shape": (1, 3, 800, 1066)},
         {"onnx_sha256": "b" * 64},
+        {"builder": BuilderSettings(2 << 30, 3, False, "2")},
+        {"builder": BuilderSettings(4 << 30, 5, False, "2")},
+        {"builder": BuilderSettings(4 << 30, 3, True, "2")},
+        {"builder": BuilderSettings(4 << 30, 3, False, "3")},
+        {"package_version": "0.2.0"},
     ],
 )
 def test_any_key_change_selects_another_engine_file(tmp_path, change):
-    assert cache_entry(tmp_path, key()).engine_path != cache_entry(tmp_path, key(**change)).engine_path
+    entry, changed = cache_entry(tmp_path, key()), cache_entry(tmp_path, key(**change))
+    assert entry.engine_path != changed.engine_path and entry.lock_path != changed.lock_path
+    entry.store(b"plan")
+    assert entry.is_valid() and not changed.is_valid()
 
 
 def test_cache_entry_is_valid_only_after_a_complete_store(tmp_path):
@@ -218,7 +233,7 @@ def test_cache_entry_is_valid_only_after_a_complete_store(tmp_path):
     assert not entry.is_valid()
     entry.store(b"plan bytes")
     assert entry.is_valid() and entry.engine_path.read_bytes() == b"plan bytes"
-    assert "750x1333_fp16_NVIDIA-H100-80GB-HBM3_trt10.3.0" in entry.engine_path.name
+    assert "750x1333_fp16_NVIDIA-H100-80GB-HBM3_sm90_trt10.3.0" in entry.engine_path.name
     entry.sidecar_path.write_text(json.dumps({"precision": "fp32"}))  # a sidecar from another key
     assert not entry.is_valid()
     entry.store(b"plan bytes")
@@ -234,13 +249,15 @@ def test_engine_key_validation():
         key(onnx_sha256="xyz")
     with pytest.raises(ValueError, match="static"):
         key(input_shape=(1, 3, -1, 1333))
+    with pytest.raises(ValueError, match="compute_capability"):
+        key(compute_capability="sm_90")
 
 
 # --- TensorRT build logic against a stand-in for the tensorrt module (TensorRT itself is not installable here)
 
 
 class FakeTensorRTModule:
-    """Test double of the ``tensorrt`` module: only the attributes the precision pinning reads."""
+    """Test double of the ``tensorrt`` module as TensorRT 11 is: no weak typing flags."""
 
     float32, float16, int32, bool_ = "float32", "float16", "int32", "bool"
 
@@ -250,43 +267,7 @@ class FakeTensorRTModule:
     __version__ = "11.0.0"
 
 
-class FakeLayer:
-    def __init__(self, name: str, output_dtypes: list[str]) -> None:
-        self.name = name
-        self.outputs = [type("FakeTensor", (), {"dtype": d})() for d in output_dtypes]
-        self.num_outputs = len(self.outputs)
-        self.precision = None
-        self.output_types: dict[int, str] = {}
-
-    def get_output(self, index: int):
-        return self.outputs[index]
-
-    def set_output_type(self, index: int, dtype: str) -> None:
-        self.output_types[index] = dtype
-
-
-class FakeNetwork:
-    def __init__(self, layers: list[FakeLayer]) -> None:
-        self.layers = layers
-        self.num_layers = len(layers)
-
-    def get_layer(self, index: int) -> FakeLayer:
-        return self.layers[index]
-
-
-def test_fp16_engines_pin_only_the_float_layers_of_the_fp32_scopes():
-    from chatrex_ros.models.upn.artifacts import FP32_NAME_PATTERNS
-    from chatrex_ros.models.upn.runtime_tensorrt import pin_fp32_layers
-
-    layers = [
-        FakeLayer("/model/transformer/query_selection/proposals/Log", ["float16"]),
-        FakeLayer("/model/transformer/query_selection/TopK", ["float16", "int32"]),  # indices: leave alone
-        FakeLayer("/model/transformer/decoder/box_update/Sigmoid", ["float32"]),
-        FakeLayer("/model/transformer/encoder/layers.0/self_attn/GridSample", ["float16"]),  # may run fp16
-    ]
-    assert pin_fp32_layers(FakeTensorRTModule, FakeNetwork(layers), FP32_NAME_PATTERNS) == 2
-    assert [layer.precision for layer in layers] == ["float32", None, "float32", None]
-    assert layers[0].output_types == {0: "float32"} and layers[1].output_types == {}
+# The fp32 pinning rule and the fp16 build are tested in test_tensorrt_precision.py.
 
 
 def test_fp16_on_tensorrt_without_weak_typing_says_what_to_do(tmp_path):

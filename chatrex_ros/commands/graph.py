@@ -82,8 +82,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--discovery-server",
         metavar="HOST:PORT",
         default="",
-        help="discover through this Fast DDS discovery server (started with `fastdds discovery -l 0.0.0.0 -p PORT`) "
-        "instead of multicast; implies --multihost",
+        help="discover through this Fast DDS discovery server (started with "
+        "`fastdds discovery -i 0 -l 0.0.0.0 -p PORT`) instead of multicast; implies --multihost",
     )
     parser.add_argument(
         "--dry-run",

@@ -1,20 +1,28 @@
-"""`chatrex-ros export-upn` and `chatrex-ros build-engine`: UPN checkpoint to ONNX, ONNX to a TensorRT engine."""
+"""`chatrex-ros export-upn`, `build-engine`, `convert-upn`: UPN to ONNX, ONNX to TensorRT, .pth to safetensors."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chatrex_ros.commands.exit_codes import ExitCode
 
+if TYPE_CHECKING:
+    from torch import Tensor
+
 EXPECTED_ERRORS = (FileNotFoundError, ImportError, ValueError, RuntimeError)
+UNSAFE_LOAD_WARNING = (
+    "convert-upn: WARNING: reading {file} with weights_only=False runs any code its pickle holds; "
+    "use this only on a file you trust"
+)
 
 
 def register(subparsers: Any) -> None:
-    """Add the two subcommands to the main CLI's subparsers."""
+    """Add the three subcommands to the main CLI's subparsers."""
     export = subparsers.add_parser(
         "export-upn",
         help="export UPN to ONNX (static shape per camera resolution, prompt baked in)",
@@ -48,9 +56,32 @@ def register(subparsers: Any) -> None:
         default=_default_engine_cache(),
         help="engine cache directory: the node's engine_cache_dir (default %(default)s)",
     )
-    engine.add_argument("--precision", choices=("fp16", "fp32"), default="fp16")
+    from chatrex_ros.models.upn.engine_cache import DEFAULT_PRECISION, PRECISIONS
+
+    engine.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=DEFAULT_PRECISION,
+        help="engine precision; the default is the node's (precision:=auto), so the node finds this engine "
+        "(default %(default)s)",
+    )
+    engine.add_argument(
+        "--gpu-index", type=int, default=0, help="CUDA device to build on: the node's gpu_index (default %(default)s)"
+    )
     engine.add_argument("--rebuild", action="store_true", help="build even if a valid cached engine exists")
     engine.set_defaults(func=run_build_engine)
+
+    convert = subparsers.add_parser(
+        "convert-upn",
+        help="convert a trusted .pth UPN checkpoint that weights-only loading refuses to .safetensors",
+        description="Read a .pth with weights_only=False (this RUNS the code its pickle holds: only for a file "
+        "you trust), keep the tensors of its 'model' state dict (or of the file itself, when it is a plain "
+        "state dict) and write them to safetensors, which every command and node then loads without pickle.",
+    )
+    convert.add_argument("--checkpoint", required=True, help="the trusted .pth file")
+    convert.add_argument("--out", help="output .safetensors path (default: the checkpoint's name with .safetensors)")
+    convert.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    convert.set_defaults(func=run_convert)
 
 
 def _default_engine_cache() -> str:
@@ -104,9 +135,113 @@ def run_build_engine(args: argparse.Namespace) -> int:
     try:
         from chatrex_ros.models.upn.runtime_tensorrt import ensure_engine
 
-        entry = ensure_engine(args.onnx, args.cache_dir, args.precision, rebuild=args.rebuild)
+        entry = ensure_engine(args.onnx, args.cache_dir, args.precision, args.rebuild, args.gpu_index)
     except EXPECTED_ERRORS as error:
         print(f"build-engine: {error}", file=sys.stderr)
         return ExitCode.FAILED
     print(f"engine {entry.engine_path}")
     return ExitCode.OK
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    """`convert-upn`: the one place a pickle is loaded with ``weights_only=False``, on the user's say-so."""
+    source = Path(args.checkpoint).expanduser()
+    out = Path(args.out).expanduser() if args.out else source.with_suffix(".safetensors")
+    problem = _convert_problem(source, out, args.force)
+    if problem:
+        print(f"convert-upn: {problem}", file=sys.stderr)
+        return ExitCode.BAD_INPUT
+    try:
+        from chatrex_ros.models.upn.runtime_torch import import_torch
+
+        torch = import_torch()
+        from safetensors.torch import save_file
+    except ImportError as error:
+        print(f"convert-upn: {error}", file=sys.stderr)
+        return ExitCode.FAILED
+    print(UNSAFE_LOAD_WARNING.format(file=source), file=sys.stderr)
+    try:
+        loaded = torch.load(str(source), map_location="cpu", weights_only=False)
+    except Exception as error:  # whatever the pickle's own code raises (a missing module, a corrupt file, ...)
+        print(f"convert-upn: cannot read {source}: {_one_line(error)}", file=sys.stderr)
+        return ExitCode.BAD_INPUT
+    try:
+        tensors, ignored = _state_dict_tensors(loaded)
+    except ValueError as error:
+        print(f"convert-upn: {source}: {error}", file=sys.stderr)
+        return ExitCode.BAD_INPUT
+    partial = out.with_name(out.name + ".partial")
+    try:  # write beside and rename: an interrupted run never leaves a truncated file under the real name
+        save_file(_unshared(tensors), str(partial), metadata={"format": "pt"})
+        partial.replace(out)
+    except Exception as error:  # OSError, or safetensors' own SafetensorError for a failed write
+        partial.unlink(missing_ok=True)
+        print(f"convert-upn: cannot write {out}: {_one_line(error)}", file=sys.stderr)
+        return ExitCode.FAILED
+    size_mb = out.stat().st_size / 1e6
+    print(
+        f"wrote {out}: {len(tensors)} tensors, {size_mb:.1f} MB; "
+        f"ignored non-tensor entries: {', '.join(ignored) if ignored else 'none'}"
+    )
+    return ExitCode.OK
+
+
+def _convert_problem(source: Path, out: Path, force: bool) -> str | None:
+    """Why the conversion must not start (before anything is read), or None."""
+    if not source.is_file():
+        return f"checkpoint not found: {source}"
+    if source.suffix == ".safetensors":
+        return f"{source} is already a safetensors file: pass it as the checkpoint directly"
+    if out.exists() and out.resolve() == source.resolve():
+        return f"--out {out} is the checkpoint itself"
+    if out.exists() and not force:
+        return f"{out} exists: pass --force to overwrite it"
+    if out.is_dir():
+        return f"--out {out} is a directory"
+    return None
+
+
+def _state_dict_tensors(loaded: object) -> tuple[dict[str, Tensor], list[str]]:
+    """The tensors of ``loaded["model"]`` (or of ``loaded`` itself), and the names of every entry left out."""
+    import torch
+
+    if not isinstance(loaded, Mapping):
+        raise ValueError(f"expected a state dict or {{'model': state_dict}}, got {type(loaded).__name__}")
+    ignored: list[str] = []
+    state: Mapping[Any, Any] = loaded
+    if isinstance(loaded.get("model"), Mapping):
+        state = loaded["model"]
+        ignored = [str(key) for key in loaded if key != "model"]
+    tensors: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if isinstance(key, str) and isinstance(value, torch.Tensor):
+            tensors[key] = value
+        else:
+            ignored.append(f"{key} ({type(value).__name__})")
+    if not tensors:
+        raise ValueError("holds no tensors: expected a state dict or {'model': state_dict}")
+    return tensors, ignored
+
+
+def _unshared(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """CPU, contiguous tensors with one storage each: safetensors refuses aliased or strided ones.
+
+    The official UPN file stores the one shared box MLP under several names, all views of the same storage;
+    each later alias becomes its own copy (the loader checks that aliases agree, so copies are equivalent).
+    """
+    seen: set[int] = set()
+    result: dict[str, Tensor] = {}
+    for key, tensor in tensors.items():
+        tensor = tensor.detach().cpu()
+        pointer = tensor.untyped_storage().data_ptr()
+        if (pointer and pointer in seen) or not tensor.is_contiguous():
+            tensor = tensor.clone().contiguous()
+        seen.add(tensor.untyped_storage().data_ptr())
+        result[key] = tensor
+    return result
+
+
+def _one_line(error: BaseException) -> str:
+    """``Type: first line`` of an exception, for the one-line error a command prints."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__

@@ -14,9 +14,12 @@ Start-up errors (all raised by the constructor, before any weights are read):
 
 * ``ValueError``: a bad argument (device string, dtype name, max_boxes) or a directory that is not a ChatRex
   checkpoint (unreadable ``config.json``, no ``auto_map``).
-* ``FileNotFoundError``: the model directory, or files in it (config, weights, tokenizer, remote code).
+* ``FileNotFoundError``: the model directory, or files in it (config, weights, tokenizer, remote code);
+  :class:`HubFilesMissing`: hub repositories the checkpoint's code loads by id that are not in the local
+  Hugging Face cache, while ``allow_hub_download`` is off (:mod:`~chatrex_ros.models.checkpoint_scan`).
 * ``ImportError``: torch / transformers missing, a transformers version outside
-  :data:`SUPPORTED_TRANSFORMERS`, or a package the checkpoint's own code imports (e.g. torchvision).
+  :data:`SUPPORTED_TRANSFORMERS`, or a package the checkpoint's own code imports (e.g. torchvision), found
+  by reading that code before it runs.
 * :class:`RemoteCodeRefused` (a ``RuntimeError``): ``trust_remote_code`` was not set.
 * ``RuntimeError``: CUDA requested but unavailable; the checkpoint failed to load.
 """
@@ -36,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from chatrex_ros.core.types import MAX_PROPOSALS
+from chatrex_ros.models.checkpoint_scan import CheckpointScan, hub_cache_dir, scan_checkpoint
 
 SUPPORTED_TRANSFORMERS = ">=4.44.2,<4.46"
 """PEP 440 range of transformers the ChatRex remote code is supported with (the one pin; see
@@ -47,7 +51,9 @@ DOWNLOAD_HINT = (
     "network access, e.g. `huggingface-cli download IDEA-Research/ChatRex-7B --local-dir <dir>`, copy it "
     "here and point model_path at it; this package never downloads weights"
 )
-DTYPES = ("float32", "float16", "bfloat16")
+AUTHORS_DTYPE = "autocast-bfloat16"
+"""float32 weights run under bfloat16 autocast: how the authors' inference code loads ChatRex-7B."""
+DTYPES = ("float32", "float16", "bfloat16", AUTHORS_DTYPE)
 HALF_DTYPES = ("float16", "bfloat16")
 _DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?)$")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
@@ -55,6 +61,10 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 
 class RemoteCodeRefused(RuntimeError):
     """The checkpoint needs its own Python code executed and the caller has not allowed it."""
+
+
+class HubFilesMissing(FileNotFoundError):
+    """The checkpoint's code loads hub repositories by id that the local cache lacks, and downloads are off."""
 
 
 @dataclass(frozen=True)
@@ -65,13 +75,18 @@ class LoadPlan:
     device: str
     dtype: str
     transformers_version: str
+    to_download: tuple[str, ...] = ()  # hub ids the checkpoint's code will fetch (allow_hub_download only)
 
 
 # --------------------------------------------------------------------------- start-up checks
 
 
 def resolve_dtype(dtype: str | None, device: str) -> str:
-    """None -> bfloat16 on CUDA (what the authors run), float32 on CPU (half precision is slow there)."""
+    """None -> bfloat16 on CUDA (half the weight memory), float32 on CPU (half precision is slow there).
+
+    The authors' own mode, :data:`AUTHORS_DTYPE` (float32 weights, bfloat16 autocast), is a choice: it is what
+    their evaluation ran, at twice the weight memory (about 30 GB for the 7B model).
+    """
     if dtype is None:
         return "bfloat16" if device.startswith("cuda") else "float32"
     if dtype not in DTYPES:
@@ -108,11 +123,12 @@ def check_transformers_version(version: str, supported: str | None = None) -> st
     return version
 
 
-def import_dependencies() -> tuple[Any, Any]:
+def import_dependencies(allow_hub_download: bool = False) -> tuple[Any, Any]:
     """Torch and transformers, imported late (they are heavy) and offline; clear errors when missing."""
-    # Read by huggingface_hub at import: no hub calls even if some code path asks for one.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    if not allow_hub_download:
+        # Read by huggingface_hub at import: no hub calls even if some code path asks for one.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
         import torch
     except ImportError as error:
@@ -201,6 +217,24 @@ def check_remote_code_trusted(trust_remote_code: bool, directory: Path) -> None:
         )
 
 
+def check_hub_ids(scan: CheckpointScan, allow_hub_download: bool) -> tuple[str, ...]:
+    """Raise (downloads off) for hub ids the checkpoint's code loads that the local cache lacks.
+
+    Returns the hub ids that will be downloaded (only when ``allow_hub_download``).
+    """
+    cache = hub_cache_dir()
+    missing = scan.missing_hub_ids(cache)
+    if missing and not allow_hub_download:
+        raise HubFilesMissing("; ".join(scan.hub_problems(cache)))
+    return tuple(missing)
+
+
+def check_code_imports(scan: CheckpointScan) -> None:
+    """ImportError naming what the checkpoint's code imports and is not installed, with the pip command."""
+    if problem := scan.import_problem():
+        raise ImportError(problem)
+
+
 def check_device_available(torch: Any, device: str) -> None:
     """RuntimeError for CUDA that this torch cannot reach (CPU-only build, no GPU, index out of range)."""
     if not device.startswith("cuda"):
@@ -222,8 +256,11 @@ def plan_load(
     device: str = "cuda",
     dtype: str | None = None,
     trust_remote_code: bool = False,
+    allow_hub_download: bool = False,
 ) -> LoadPlan:
-    """Every start-up check, in order (arguments, files, trust, dependencies, device); reads no weights.
+    """Every start-up check, in order (arguments, files, trust, what the code needs, dependencies, device).
+
+    Reads no weights and runs none of the checkpoint's code (its needs come from reading it).
 
     Nodes and the CLI call this (through the constructor) so a misconfiguration stops start-up with one
     clear error instead of failing on the first query. Files and trust come before the imports, so they
@@ -233,9 +270,14 @@ def plan_load(
     dtype = resolve_dtype(dtype, device)
     directory = check_model_dir(model_path)
     check_remote_code_trusted(trust_remote_code, directory)
-    torch, transformers = import_dependencies()
+    if allow_hub_download is not True and allow_hub_download is not False:
+        raise ValueError(f"allow_hub_download must be true or false, got {allow_hub_download!r}")
+    scan = scan_checkpoint(directory)
+    to_download = check_hub_ids(scan, allow_hub_download)
+    torch, transformers = import_dependencies(allow_hub_download)
+    check_code_imports(scan)
     check_device_available(torch, device)
-    return LoadPlan(directory, device, dtype, transformers.__version__)
+    return LoadPlan(directory, device, dtype, transformers.__version__, to_download)
 
 
 # --------------------------------------------------------------------------- the backend
@@ -253,19 +295,21 @@ class ChatRexBackend:
         dtype: str | None = None,
         trust_remote_code: bool = False,
         max_boxes: int = MAX_PROPOSALS,
+        allow_hub_download: bool = False,
     ) -> None:
         if isinstance(max_boxes, bool) or not isinstance(max_boxes, int) or not 1 <= max_boxes <= MAX_PROPOSALS:
             raise ValueError(
                 f"max_boxes must be an int in 1..{MAX_PROPOSALS} (ChatRex has {MAX_PROPOSALS} index tokens), "
                 f"got {max_boxes!r}"
             )
-        plan = plan_load(model_path, device, dtype, trust_remote_code)
+        plan = plan_load(model_path, device, dtype, trust_remote_code, allow_hub_download)
         self.model_path = plan.model_path
+        self.downloaded = plan.to_download
         self.device = plan.device
         self.dtype = plan.dtype
         self.max_boxes = max_boxes
         self.transformers_version = plan.transformers_version
-        self._torch, transformers = import_dependencies()
+        self._torch, transformers = import_dependencies(allow_hub_download)
         self._generation_config_class = transformers.GenerationConfig
         # One query at a time: generation is not re-entrant-safe on one model and two would double memory.
         self._lock = threading.Lock()
@@ -279,7 +323,7 @@ class ChatRexBackend:
         try:
             processor = transformers.AutoProcessor.from_pretrained(path, **common)
             model = transformers.AutoModelForCausalLM.from_pretrained(
-                path, use_safetensors=True, torch_dtype=getattr(torch, self.dtype), **common
+                path, use_safetensors=True, torch_dtype=getattr(torch, self._weights_dtype()), **common
             )
             model = model.to(self.device).eval()
         except ImportError as error:
@@ -357,12 +401,19 @@ class ChatRexBackend:
             pad_token_id=pad,
         )
 
+    def _weights_dtype(self) -> str:
+        return "float32" if self.dtype == AUTHORS_DTYPE else self.dtype
+
     def _autocast(self) -> Any:
-        """The authors run under bf16 autocast: half-precision weights with float32 inputs need it."""
-        if self.dtype not in HALF_DTYPES:
+        """The authors run under bf16 autocast; half-precision weights with float32 inputs need it too."""
+        if self.dtype == AUTHORS_DTYPE:
+            compute = "bfloat16"
+        elif self.dtype in HALF_DTYPES:
+            compute = self.dtype
+        else:
             return nullcontext()
         device_type = "cuda" if self.device.startswith("cuda") else "cpu"
-        return self._torch.autocast(device_type=device_type, dtype=getattr(self._torch, self.dtype))
+        return self._torch.autocast(device_type=device_type, dtype=getattr(self._torch, compute))
 
     def _infer(self, inputs: dict[str, Any], max_new_tokens: int) -> Any:
         config = self._generation_config(max_new_tokens)
@@ -403,4 +454,5 @@ class ChatRexBackend:
             "dtype": self.dtype,
             "max_boxes": str(self.max_boxes),
             "transformers": self.transformers_version,
+            "downloaded_from_hub": ", ".join(self.downloaded) or "nothing",
         }

@@ -12,9 +12,23 @@ from typing import Any
 
 from chatrex_ros.models.base import LanguageBackend, ProposalPipeline, SelectionPolicy
 from chatrex_ros.models.registry import make_language_backend, make_proposal_backend
+from chatrex_ros.models.upn.engine_cache import DEFAULT_PRECISION
 from chatrex_ros.node_parameters import LanguageNodeParams, ProposalNodeParams
 
 _PRECISION_TO_DTYPE = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+_AUTO_PRECISION = {"torch": "fp32", "tensorrt": DEFAULT_PRECISION}
+"""``precision:=auto`` per backend: torch keeps fp32 (it also runs on CPU, where half precision is slow), TensorRT
+takes build-engine's default, so a default node loads the engine the CLI built instead of building another."""
+
+
+def backend_precision(params: ProposalNodeParams) -> str:
+    """The node's ``precision`` with ``auto`` resolved for its backend."""
+    return _AUTO_PRECISION.get(params.backend, "fp32") if params.precision == "auto" else params.precision
+
+
+def _torch_device(params: ProposalNodeParams) -> str:
+    """``cuda:<gpu_index>``; plain ``cuda`` (torch's current device, 0 in the node's process) for index 0."""
+    return f"cuda:{params.gpu_index}" if params.device == "cuda" and params.gpu_index else params.device
 
 
 def proposal_backend_kwargs(params: ProposalNodeParams) -> dict[str, Any]:
@@ -31,17 +45,25 @@ def proposal_backend_kwargs(params: ProposalNodeParams) -> dict[str, Any]:
             "checkpoint": params.checkpoint or None,
             "variant": params.model_variant,
             "granularity": params.granularity,
-            "device": params.device,
-            "dtype": _PRECISION_TO_DTYPE[params.precision],
+            "device": _torch_device(params),
+            "dtype": _PRECISION_TO_DTYPE[backend_precision(params)],
         }
     if name == "onnxruntime":
         cpu = ["CPUExecutionProvider"]
+        if params.device == "cuda":
+            return {
+                "onnx_path": params.onnx,
+                "providers": ["CUDAExecutionProvider", *cpu],
+                "device_id": params.gpu_index,
+            }
+        return {"onnx_path": params.onnx, "providers": cpu}
+    if name == "tensorrt":
         return {
             "onnx_path": params.onnx,
-            "providers": ["CUDAExecutionProvider", *cpu] if params.device == "cuda" else cpu,
+            "engine_cache_dir": params.engine_cache_dir,
+            "precision": backend_precision(params),
+            "gpu_index": params.gpu_index,
         }
-    if name == "tensorrt":
-        return {"onnx_path": params.onnx, "engine_cache_dir": params.engine_cache_dir, "precision": params.precision}
     return backend_options(params.backend_options)
 
 
@@ -56,8 +78,9 @@ def proposal_pipeline(params: ProposalNodeParams) -> ProposalPipeline:
     return ProposalPipeline(backend, selection_policy(params))
 
 
-SECURITY_OPTIONS = frozenset({"trust_remote_code"})
-"""Keys ``backend_options`` may never set: running a checkpoint's code is decided by its own explicit parameter."""
+SECURITY_OPTIONS = frozenset({"trust_remote_code", "allow_hub_download"})
+"""Keys ``backend_options`` may never set: running a checkpoint's code, or letting it reach the hub, is decided by
+its own explicit parameter."""
 
 
 def backend_options(text: str) -> dict[str, Any]:
@@ -86,6 +109,7 @@ def language_backend_kwargs(params: LanguageNodeParams) -> dict[str, Any]:
             "device": params.device,
             "dtype": None if params.dtype == "auto" else params.dtype,
             "trust_remote_code": params.trust_remote_code,
+            "allow_hub_download": params.allow_hub_download,
         }
         return {**base, **options}
     if params.language_backend == "openai":

@@ -28,11 +28,14 @@ def import_onnxruntime() -> Any:
 
 
 class OnnxRuntimeUPNBackend:
-    """Proposal backend running an exported UPN graph; ``provider`` is the provider the session really got."""
+    """Proposal backend running an exported UPN graph; ``provider`` is the provider the session really got.
+
+    ``device_id`` is the CUDA device the CUDA provider runs on (ignored by the others).
+    """
 
     name = "onnxruntime"
 
-    def __init__(self, onnx_path: str, providers: list[str] | None = None) -> None:
+    def __init__(self, onnx_path: str, providers: list[str] | None = None, device_id: int = 0) -> None:
         ort = import_onnxruntime()
         path = require_file(onnx_path, "UPN ONNX model", EXPORT_HINT)
         available = list(ort.get_available_providers())
@@ -48,7 +51,10 @@ class OnnxRuntimeUPNBackend:
             )
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(path), sess_options=options, providers=usable)
+        if device_id < 0:
+            raise ValueError(f"device_id must be >= 0, got {device_id}")
+        configured = [(p, {"device_id": device_id}) if p == "CUDAExecutionProvider" else p for p in usable]
+        self.session = ort.InferenceSession(str(path), sess_options=options, providers=configured)
         self.provider: str = self.session.get_providers()[0]
         metadata = read_metadata(dict(self.session.get_modelmeta().custom_metadata_map))
         self.prompt = metadata.get("prompt", "unknown")

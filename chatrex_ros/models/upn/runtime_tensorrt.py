@@ -1,17 +1,20 @@
 """UPN on TensorRT: build (or load from the cache) an engine from the exported ONNX file and run it.
 
-Targets the TensorRT 10 Python API (named I/O tensors, ``execute_async_v3``) with cuda-python for device
+Targets the TensorRT 10 Python API (named I/O tensors, ``execute_async_v3``) with cuda-python 12 for device
 memory. Device buffers are allocated once; per frame only the pre-processed input goes host -> device and
-the two outputs come back. fp16 engines use TensorRT's weak typing (``BuilderFlag.FP16``) with the layers
-whose names match ``FP32_NAME_PATTERNS`` (proposal generation, top-k selection, box head) constrained to
-fp32; TensorRT 11 removed weak typing, so there only fp32 engines are offered (a clear error says so).
+the two outputs come back. fp16 engines use TensorRT's weak typing (``BuilderFlag.FP16``) with the layers where
+fp16 changes the answer (top-k query selection and its scores, deformable attention, the name scopes of
+``FP32_NAME_PATTERNS``; see :mod:`.precision`) constrained to fp32 and TF32 off, so fp32 there means fp32.
+TensorRT 11 removed weak typing, so there only fp32 engines are offered (a clear error says so).
 
-NOT tested here (no GPU, no TensorRT): written against the TensorRT 10 Python API documentation; see
-docs/models.md. The cache logic it relies on (:mod:`.engine_cache`) is tested.
+NOT run on a GPU here (no GPU, no TensorRT): written against the TensorRT 10 and cuda-python 12 documentation and
+tested against test doubles of both modules; see docs/models.md. The cache logic (:mod:`.engine_cache`) and the
+fp32 selection (:mod:`.precision`) are pure Python and tested directly.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 from pathlib import Path
@@ -30,7 +33,17 @@ from .artifacts import (
     read_metadata,
     require_file,
 )
-from .engine_cache import PRECISIONS, CachedEngine, EngineKey, cache_entry
+from .engine_cache import (
+    DEFAULT_PRECISION,
+    PRECISIONS,
+    BuilderSettings,
+    CachedEngine,
+    EngineKey,
+    cache_entry,
+    ensure_built,
+    package_version,
+)
+from .precision import RULE_VERSION, layer_graph, pin_layers, select_fp32_layers
 from .processing import decode_outputs, prepare_image
 
 LOG = logging.getLogger(__name__)
@@ -38,6 +51,10 @@ INSTALL_HINT = (
     "the tensorrt backend needs TensorRT 10 and cuda-python on a CUDA machine: pip install chatrex_ros[tensorrt]"
 )
 WORKSPACE_BYTES = 4 << 30
+OPTIMIZATION_LEVEL = 3
+"""TensorRT's default builder optimisation level, set explicitly so that it is a known part of the cache key."""
+CUDA_PYTHON_MAJOR = 12
+"""The cuda-python major version this code is written for (the ``cuda-python>=12.0,<13`` bound of the extra)."""
 
 
 def import_tensorrt() -> Any:
@@ -69,11 +86,73 @@ def _cuda_call(cudart: Any, result: Any) -> Any:
     return values[0] if len(values) == 1 else tuple(values)
 
 
-def gpu_name(cudart: Any, device: int = 0) -> str:
-    """The CUDA device's model name (part of the engine cache key: a plan only runs on the GPU it was built for)."""
+def cuda_python_version() -> str | None:
+    """The installed cuda-python (or, from 12.6 on, its cuda-bindings) version; None when neither is recorded."""
+    for distribution in ("cuda-python", "cuda-bindings"):
+        try:
+            return importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def driver_mismatch(driver_version: int, bindings_version: str) -> str | None:
+    """The one-line error when cuda-python ``bindings_version`` cannot run on this driver, else None.
+
+    ``driver_version`` is ``cudaDriverGetVersion``'s 1000 * major + 10 * minor (0: no driver). cuda-python of
+    major M is built against CUDA M and needs a driver for CUDA M or newer; without this check a CUDA 12 driver
+    with cuda-python 13 fails later with an opaque "driver insufficient" from the first CUDA call.
+    """
+    try:
+        major = int(bindings_version.split(".")[0])
+    except ValueError:
+        return None  # an unparsable version: let the CUDA calls speak
+    fix = f"pip install 'cuda-python>={CUDA_PYTHON_MAJOR}.0,<{CUDA_PYTHON_MAJOR + 1}' (what chatrex_ros[tensorrt] pins)"
+    if driver_version <= 0:
+        return (
+            f"cuda-python {bindings_version} found no NVIDIA driver (cudaDriverGetVersion gave {driver_version}): "
+            f"install an NVIDIA driver for CUDA {max(major, CUDA_PYTHON_MAJOR)} or newer"
+        )
+    driver_major, driver_minor = driver_version // 1000, driver_version % 1000 // 10
+    if driver_major >= major:
+        return None
+    if driver_major >= CUDA_PYTHON_MAJOR:
+        action = f"{fix}, or upgrade the NVIDIA driver to one for CUDA {major}"
+    else:
+        action = f"upgrade the NVIDIA driver to one for CUDA {CUDA_PYTHON_MAJOR} or newer, then {fix}"
+    return (
+        f"cuda-python {bindings_version} needs an NVIDIA driver for CUDA {major} or newer, but the installed driver "
+        f"supports CUDA {driver_major}.{driver_minor}: {action}"
+    )
+
+
+def require_cuda_driver(cudart: Any, bindings_version: str | None = None) -> None:
+    """RuntimeError (one line: installed, needed, what to do) when the driver is too old for this cuda-python."""
+    version = bindings_version or cuda_python_version()
+    if version is None:
+        LOG.debug("cuda-python's version is not recorded: driver check skipped")
+        return
+    problem = driver_mismatch(int(_cuda_call(cudart, cudart.cudaDriverGetVersion())), version)
+    if problem:
+        raise RuntimeError(problem)
+
+
+def select_gpu(cudart: Any, gpu_index: int) -> None:
+    """Make ``gpu_index`` this thread's CUDA device, with a clear error when there is no such GPU."""
+    count = int(_cuda_call(cudart, cudart.cudaGetDeviceCount()))
+    if not 0 <= gpu_index < count:
+        raise ValueError(
+            f"gpu_index {gpu_index} does not exist: this machine has {count} CUDA device(s) (0..{count - 1})"
+        )
+    _cuda_call(cudart, cudart.cudaSetDevice(gpu_index))
+
+
+def gpu_facts(cudart: Any, device: int = 0) -> tuple[str, str]:
+    """(model name, compute capability "8.9") of a CUDA device: a plan only runs on the GPU it was built for."""
     properties = _cuda_call(cudart, cudart.cudaGetDeviceProperties(device))
     name = properties.name
-    return (name.decode(errors="replace") if isinstance(name, bytes) else str(name)).rstrip("\x00").strip()
+    text = (name.decode(errors="replace") if isinstance(name, bytes) else str(name)).rstrip("\x00").strip()
+    return text, f"{int(properties.major)}.{int(properties.minor)}"
 
 
 def onnx_facts(onnx_path: Path) -> tuple[tuple[int, ...], dict[str, str]]:
@@ -89,31 +168,36 @@ def onnx_facts(onnx_path: Path) -> tuple[tuple[int, ...], dict[str, str]]:
     return dims, read_metadata({p.key: p.value for p in model.metadata_props})
 
 
-def pin_fp32_layers(trt: Any, network: Any, patterns: tuple[str, ...]) -> int:
-    """Constrain float layers whose names contain a pattern to fp32; returns how many were pinned."""
-    float_types = (trt.float32, trt.float16)
-    pinned = 0
-    for index in range(network.num_layers):
-        layer = network.get_layer(index)
-        if not any(p in layer.name for p in patterns):
-            continue
-        outputs = [layer.get_output(i) for i in range(layer.num_outputs)]
-        if not outputs or any(o.dtype not in float_types for o in outputs):
-            continue  # shape, index and boolean layers have no precision to choose
-        layer.precision = trt.float32
-        for i in range(layer.num_outputs):
-            layer.set_output_type(i, trt.float32)
-        pinned += 1
-    return pinned
+def pin_fp32_layers(trt: Any, network: Any, patterns: tuple[str, ...]) -> dict[str, int]:
+    """Constrain the layers :func:`.precision.select_fp32_layers` picks to fp32; returns the count per reason."""
+    selection = select_fp32_layers(layer_graph(trt, network), patterns)
+    pin_layers(trt, network, selection)
+    counts: dict[str, int] = {}
+    for reason in selection.values():
+        counts[reason] = counts.get(reason, 0) + 1
+    return counts
 
 
-def build_serialized_engine(trt: Any, logger: Any, onnx_path: Path, precision: str, patterns: tuple[str, ...]) -> bytes:
-    """Parse the ONNX file and build a plan at ``precision`` (see module docstring)."""
+def builder_settings(precision: str) -> BuilderSettings:
+    """The builder configuration of ``precision`` (TF32 off in both: fp32 layers compute in real fp32)."""
+    return BuilderSettings(WORKSPACE_BYTES, OPTIMIZATION_LEVEL, False, RULE_VERSION if precision == "fp16" else "-")
+
+
+def build_serialized_engine(
+    trt: Any,
+    logger: Any,
+    onnx_path: Path,
+    precision: str,
+    patterns: tuple[str, ...],
+    settings: BuilderSettings | None = None,
+) -> bytes:
+    """Parse the ONNX file and build a plan at ``precision`` with ``settings`` (see module docstring)."""
     if precision == "fp16" and not hasattr(trt.BuilderFlag, "FP16"):
         raise RuntimeError(
             f"TensorRT {trt.__version__} has no weak typing (BuilderFlag.FP16); build an fp32 engine "
             "(precision='fp32') or use TensorRT 10.x for fp16"
         )
+    settings = settings or builder_settings(precision)
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
     parser = trt.OnnxParser(network, logger)
@@ -121,13 +205,15 @@ def build_serialized_engine(trt: Any, logger: Any, onnx_path: Path, precision: s
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_bytes)
+    config.builder_optimization_level = settings.optimization_level
+    if not settings.tf32:
+        # TF32 rounds fp32 matmul inputs to fp16's 10-bit mantissa: the pinned layers would gain nothing.
+        config.clear_flag(trt.BuilderFlag.TF32)
     if precision == "fp16":
         config.set_flag(trt.BuilderFlag.FP16)
-        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-        LOG.info("pinned %d layers to fp32", pin_fp32_layers(trt, network, patterns))
-    else:
-        config.clear_flag(trt.BuilderFlag.TF32)  # fp32 means fp32: the accuracy reference engine
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)  # constraints are binding, not hints
+        LOG.info("pinned to fp32 (layers per reason): %s", pin_fp32_layers(trt, network, patterns))
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see the TensorRT log)")
@@ -135,13 +221,55 @@ def build_serialized_engine(trt: Any, logger: Any, onnx_path: Path, precision: s
 
 
 def ensure_engine(
-    onnx_path: str | Path, engine_cache_dir: str | Path, precision: str = "fp16", rebuild: bool = False
+    onnx_path: str | Path,
+    engine_cache_dir: str | Path,
+    precision: str = DEFAULT_PRECISION,
+    rebuild: bool = False,
+    gpu_index: int = 0,
 ) -> CachedEngine:
     """The cached engine for this ONNX file, GPU, TensorRT version, precision and shape; built when needed."""
     onnx_file = require_file(onnx_path, "UPN ONNX model", EXPORT_HINT)
     import_tensorrt()
     shape, metadata = onnx_facts(onnx_file)
-    return _ensure_engine(onnx_file, shape, metadata, engine_cache_dir, precision, rebuild)
+    return _ensure_engine(onnx_file, shape, metadata, engine_cache_dir, precision, rebuild, gpu_index)
+
+
+def cached_engine(
+    onnx_path: str | Path, engine_cache_dir: str | Path, precision: str = DEFAULT_PRECISION, gpu_index: int = 0
+) -> CachedEngine:
+    """The cache entry the node would load for these settings, built or not (``is_valid()`` says); builds nothing.
+
+    For checks such as ``chatrex-ros doctor``; needs TensorRT and the GPU, since both are part of the key.
+    """
+    onnx_file = require_file(onnx_path, "UPN ONNX model", EXPORT_HINT)
+    import_tensorrt()
+    shape, _ = onnx_facts(onnx_file)
+    return _engine_entry(onnx_file, shape, engine_cache_dir, precision, gpu_index)
+
+
+def _engine_entry(
+    onnx_file: Path, shape: tuple[int, ...], engine_cache_dir: str | Path, precision: str, gpu_index: int
+) -> CachedEngine:
+    """Check the settings, the driver and the GPU, make ``gpu_index`` current and key the engine."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if gpu_index < 0:
+        raise ValueError(f"gpu_index must be >= 0, got {gpu_index}")
+    trt, cudart = import_tensorrt(), import_cudart()
+    require_cuda_driver(cudart)
+    select_gpu(cudart, gpu_index)  # the builder builds for the current device
+    gpu, capability = gpu_facts(cudart, gpu_index)
+    key = EngineKey(
+        gpu,
+        capability,
+        str(trt.__version__),
+        precision,
+        shape,
+        file_sha256(onnx_file),
+        builder_settings(precision),
+        package_version(),
+    )
+    return cache_entry(engine_cache_dir, key)
 
 
 def _ensure_engine(
@@ -151,34 +279,45 @@ def _ensure_engine(
     engine_cache_dir: str | Path,
     precision: str,
     rebuild: bool,
+    gpu_index: int = 0,
 ) -> CachedEngine:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    trt, cudart = import_tensorrt(), import_cudart()
-    key = EngineKey(gpu_name(cudart), str(trt.__version__), precision, shape, file_sha256(onnx_file))
-    entry = cache_entry(engine_cache_dir, key)
-    if rebuild or not entry.is_valid():
-        LOG.info("building TensorRT engine %s (takes minutes)", entry.engine_path)
-        patterns = (
-            tuple(json.loads(metadata["fp32_name_patterns"]))
-            if "fp32_name_patterns" in metadata
-            else FP32_NAME_PATTERNS
+    """Key the engine; build it under the cache's lock unless it is cached or another process builds it."""
+    entry = _engine_entry(onnx_file, shape, engine_cache_dir, precision, gpu_index)
+    patterns = (
+        tuple(json.loads(metadata["fp32_name_patterns"])) if "fp32_name_patterns" in metadata else FP32_NAME_PATTERNS
+    )
+
+    def build() -> bytes:
+        LOG.info(
+            "building TensorRT engine %s on GPU %d %s (takes minutes)", entry.engine_path, gpu_index, entry.key.gpu_name
         )
-        logger = trt.Logger(trt.Logger.WARNING)
-        entry.store(build_serialized_engine(trt, logger, onnx_file, precision, patterns))
+        trt = import_tensorrt()
+        return build_serialized_engine(
+            trt, trt.Logger(trt.Logger.WARNING), onnx_file, precision, patterns, entry.key.builder
+        )
+
+    ensure_built(entry, build, rebuild)
     return entry
 
 
 class TensorRTUPNBackend:
-    """Proposal backend running a cached TensorRT engine of the exported UPN."""
+    """Proposal backend running a cached TensorRT engine of the exported UPN on CUDA device ``gpu_index``."""
 
     name = "tensorrt"
 
-    def __init__(self, onnx_path: str, engine_cache_dir: str, precision: str = "fp16", rebuild: bool = False) -> None:
+    def __init__(
+        self,
+        onnx_path: str,
+        engine_cache_dir: str,
+        precision: str = DEFAULT_PRECISION,
+        rebuild: bool = False,
+        gpu_index: int = 0,
+    ) -> None:
         self._trt, self._cudart = import_tensorrt(), import_cudart()
         onnx_file = require_file(onnx_path, "UPN ONNX model", EXPORT_HINT)
         shape, metadata = onnx_facts(onnx_file)
-        self.entry = _ensure_engine(onnx_file, shape, metadata, engine_cache_dir, precision, rebuild)
+        self.gpu_index = gpu_index
+        self.entry = _ensure_engine(onnx_file, shape, metadata, engine_cache_dir, precision, rebuild, gpu_index)
         self.resize = (int(metadata.get("resize_short", 800)), int(metadata.get("resize_max", 1333)))
         trt, cudart = self._trt, self._cudart
         self._logger = trt.Logger(trt.Logger.WARNING)
@@ -215,6 +354,8 @@ class TensorRTUPNBackend:
     def infer(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(1, 3, H, W) normalised pixels -> (boxes, logits); the only host<->device copies per frame."""
         cudart, stream = self._cudart, self._stream
+        # The current device is per thread and frames may arrive on another thread than the one that loaded.
+        _cuda_call(cudart, cudart.cudaSetDevice(self.gpu_index))
         pixels = np.ascontiguousarray(pixels, dtype=self._host[self.input_name].dtype)
         if pixels.shape != self._host[self.input_name].shape:
             raise ValueError(f"engine input is {self._host[self.input_name].shape}, got {pixels.shape}")
@@ -243,6 +384,8 @@ class TensorRTUPNBackend:
 
     def close(self) -> None:
         """Free the device buffers and the stream (also done when the object is collected)."""
+        if getattr(self, "_device", None) or getattr(self, "_stream", None) is not None:
+            self._cudart.cudaSetDevice(self.gpu_index)  # they live on that device
         for pointer in getattr(self, "_device", {}).values():
             self._cudart.cudaFree(pointer)
         getattr(self, "_device", {}).clear()
