@@ -15,11 +15,11 @@ What it measures (all in one process, one GPU, within ``--budget-s``, default 54
 
 ONNX Runtime and TensorRT latencies are host-timed calls of the backends' ``infer`` (they include the input and
 output copies between host and GPU); the torch ones are CUDA events around the forward of an on-GPU tensor.
-A part that cannot run is recorded as ``{"skipped": why}``, one that fails as ``{"error": ...}`` (the others
-still run); when the budget runs out the remaining parts are recorded as ``skipped: budget``, and a part still
-running at the deadline is stopped. The JSON is rewritten after every part, so it always exists once CUDA was
-found. Without a CUDA GPU it prints one line, writes nothing and exits with status 2. Exit status 1: some part
-failed (see its "error"); 0 otherwise.
+A part that cannot run is recorded as ``{"skipped": why}``, one that fails as ``{"error": ...}`` (the others still
+run); when the budget runs out the remaining parts are recorded as ``skipped: budget``, and a part still running at
+the deadline is stopped. The JSON is rewritten after every part, so it always exists once CUDA was found
+("complete": true once no part was cut by the budget). Without a CUDA GPU it prints one line, writes nothing and
+exits with status 2. Exit status 1: some part failed (see its "error"); 0 otherwise.
 
     bench/gpu_check.sh    # = PYTHONPATH=. timeout 570 python bench/gpu_check.py --out bench/results/gpu_check.json
 """
@@ -179,7 +179,10 @@ class Check:
                 }
             for name, _ in PARTS:
                 parts.setdefault(name, {"skipped": "budget: the budget ran out before this part"})
-            self.result["agreement"] = agreement(self.outputs)
+            try:
+                self.result["agreement"] = agreement(self.outputs)
+            except Exception as error:  # the measurements are written whatever happens here
+                self.result["agreement"] = {"error": f"{type(error).__name__}: {error}"}
             self.result["complete"] = stopped_part is None and not any(
                 str(p.get("skipped", "")).startswith("budget") for p in parts.values()
             )
