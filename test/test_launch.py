@@ -424,12 +424,12 @@ def test_up_accepts_use_sim_time_for_every_node() -> None:
 
 def test_up_uses_the_shipped_fastdds_profile_unless_one_is_set() -> None:
     env = dds_environment({})
-    assert Path(env["FASTDDS_DEFAULT_PROFILES_FILE"]).name == "fastdds.xml"
-    assert env["RMW_FASTRTPS_USE_QOS_FROM_XML"] == "0"
     read, other = (
         fastdds_profile_variable(),
         next(v for v in FASTDDS_PROFILE_VARIABLES if v != fastdds_profile_variable()),
     )
+    assert Path(env[read]).name == "fastdds.xml"
+    assert env["RMW_FASTRTPS_USE_QOS_FROM_XML"] == "0"
     assert other not in env  # Fast DDS 3 warns on every start when the Fast DDS 2 name is set
     for name in FASTDDS_PROFILE_VARIABLES:  # the user's profile, under either name, goes where it is read
         mine = dds_environment({name: "/mine.xml"})
@@ -453,11 +453,11 @@ def test_the_profile_variable_is_the_one_the_installed_fast_dds_reads(monkeypatc
 
 def test_a_graph_across_hosts_gets_the_multihost_profile_and_the_discovery_server() -> None:
     spanning = dds_environment({"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}, multihost=True)
-    assert Path(spanning["FASTDDS_DEFAULT_PROFILES_FILE"]).name == "fastdds_multihost.xml"
+    assert Path(spanning[fastdds_profile_variable()]).name == "fastdds_multihost.xml"
     assert spanning["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "SUBNET" and "ROS_DISCOVERY_SERVER" not in spanning
     served = dds_environment({}, discovery_server="10.0.0.1:11811;10.0.0.2:11811")
     assert served["ROS_DISCOVERY_SERVER"] == "10.0.0.1:11811;10.0.0.2:11811"
-    assert Path(served["FASTDDS_DEFAULT_PROFILES_FILE"]).name == "fastdds_multihost.xml"
+    assert Path(served[fastdds_profile_variable()]).name == "fastdds_multihost.xml"
     for bad in ("10.0.0.1", "10.0.0.1:0", "host:port", ":11811"):
         with pytest.raises(ValueError, match="expected HOST:PORT"):
             dds_environment({}, discovery_server=bad)
