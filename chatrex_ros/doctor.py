@@ -67,8 +67,10 @@ class Setup:
     def needs_cuda(self) -> list[str]:
         """Which configured parts run on CUDA (empty when none does)."""
         parts = []
-        if self.proposal_backend == "tensorrt" or str(self.proposal.get("device", "cpu")).startswith("cuda"):
-            parts.append(f"proposal_node (backend {self.proposal_backend}, device {self.proposal.get('device')})")
+        if self.proposal_backend == "tensorrt":
+            parts.append("proposal_node (TensorRT runs only on a CUDA GPU)")
+        elif str(self.proposal.get("device", "cpu")).startswith("cuda"):
+            parts.append(f"proposal_node (backend {self.proposal_backend} on {self.proposal.get('device')})")
         if self.uses_chatrex and str(self.language.get("device", "")).startswith("cuda"):
             parts.append(f"language_node (chatrex on {self.language.get('device')})")
         return parts
@@ -169,13 +171,29 @@ def check_cuda(setup: Setup) -> Iterator[Check]:
     build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU-only build"
     if not torch.cuda.is_available():
         detail = f"torch {torch.__version__} ({build}): no CUDA"
-        fix = "a CUDA machine with the torch build for its driver, or device:=cpu" if needed else ""
         yield Check(
-            "GPU (torch)", FAIL if needed else SKIP, detail + (f"; needed by {', '.join(needed)}" * bool(needed)), fix
+            "GPU",
+            FAIL if needed else SKIP,
+            detail + (f"; needed by {', '.join(needed)}" * bool(needed)),
+            _cuda_fix(setup),
         )
         return
     names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    yield Check("GPU (torch)", OK, f"torch {torch.__version__} ({build}): {', '.join(names)}")
+    yield Check("GPU", OK, f"torch {torch.__version__} ({build}): {', '.join(names)}")
+
+
+def _cuda_fix(setup: Setup) -> str:
+    """What to do without CUDA: a CUDA machine, or the CPU alternative of each part that needs CUDA."""
+    alternatives = []
+    if setup.proposal_backend == "tensorrt":
+        alternatives.append("--set proposal_node.backend=onnxruntime (or torch) on the CPU")
+    elif str(setup.proposal.get("device", "cpu")).startswith("cuda"):
+        alternatives.append("--set proposal_node.device=cpu")
+    if setup.uses_chatrex and str(setup.language.get("device", "")).startswith("cuda"):
+        alternatives.append("--set language_node.device=cpu")
+    return (
+        f"a CUDA machine with the torch build for its driver, or {' and '.join(alternatives)}" if alternatives else ""
+    )
 
 
 def check_tensorrt(setup: Setup) -> Iterator[Check]:
@@ -247,6 +265,20 @@ def check_onnxruntime(setup: Setup) -> Iterator[Check]:
         yield Check("ONNX Runtime", OK, f"{onnxruntime.__version__}: providers {', '.join(providers)}")
 
 
+def check_host_memory(setup: Setup) -> Iterator[Check]:
+    """ChatRex on the CPU holds its weights in RAM: the machine's memory against that."""
+    if not setup.uses_chatrex or str(setup.language.get("device", "")).startswith("cuda"):
+        return
+    dtype = _chatrex_dtype(setup)
+    need = CHATREX_MEMORY_GB.get(dtype, 30.0)
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    detail = f"{total:.0f} GB of RAM; ChatRex-7B in {dtype} on the CPU needs about {need:.0f} GB"
+    if total < need:
+        yield Check("RAM", FAIL, detail, "a machine with more memory, or --set language_node.device=cuda on a GPU")
+    else:
+        yield Check("RAM", OK, detail)
+
+
 def check_gpu_memory(setup: Setup) -> Iterator[Check]:
     """Free GPU memory against what the configured models need."""
     torch = _torch()
@@ -297,10 +329,15 @@ def check_upn_checkpoint(setup: Setup) -> Iterator[Check]:
     try:
         problems = checkpoint_manifest_problems(checkpoint, variant)
     except (OSError, ValueError, ImportError) as error:
-        yield Check("UPN checkpoint", FAIL, str(error), "see docs/models.md, 'Checkpoint mapping'")
+        yield Check("UPN checkpoint", FAIL, str(error))  # the message says what to do
         return
     if problems:
-        yield Check("UPN checkpoint", FAIL, f"{checkpoint}: {'; '.join(problems[:3])}", f"is it UPN {variant}?")
+        yield Check(
+            "UPN checkpoint",
+            FAIL,
+            f"{checkpoint}: {'; '.join(problems[:3])}",
+            f"is it the UPN {variant} checkpoint? (model_variant selects the variant)",
+        )
     else:
         yield Check("UPN checkpoint", OK, f"{checkpoint}: every tensor of UPN {variant}, shapes match")
 
@@ -314,7 +351,8 @@ def check_onnx_and_engine(setup: Setup) -> Iterator[Check]:
     if not onnx or not Path(onnx).expanduser().is_file():
         from chatrex_ros.models.upn.artifacts import EXPORT_HINT
 
-        yield Check("UPN ONNX", FAIL, f"not found: {onnx or '(onnx not set)'}", EXPORT_HINT)
+        found = f"not found: {onnx}" if onnx else "proposal_node.onnx is not set"
+        yield Check("UPN ONNX", FAIL, found, f"{EXPORT_HINT}, then --set proposal_node.onnx=<that file>")
         return
     yield Check("UPN ONNX", OK, onnx)
     if setup.proposal_backend != "tensorrt":
@@ -354,14 +392,19 @@ def check_chatrex(setup: Setup) -> Iterator[Check]:
     from chatrex_ros.models import chatrex
     from chatrex_ros.models.checkpoint_scan import hub_cache_dir, scan_checkpoint
 
+    directory: Path | None = None
     try:
         directory = chatrex.check_model_dir(str(setup.language.get("model_path", "")))
     except (OSError, ValueError) as error:
-        message = str(error)
-        hint = chatrex.DOWNLOAD_HINT
-        yield Check("ChatRex directory", FAIL, message.replace(f": {hint}", ""), hint if hint in message else "")
-        return
-    yield Check("ChatRex directory", OK, f"{directory}: complete")
+        message, hint = str(error), chatrex.DOWNLOAD_HINT
+        fix = hint if hint in message else "copy the missing files from the download (or download it again)"
+        yield Check("ChatRex directory", FAIL, message.replace(f": {hint}", ""), fix)
+    else:
+        empty = sorted(p.name for p in directory.glob("*.safetensors") if p.stat().st_size == 0)
+        if empty:
+            yield Check("ChatRex directory", FAIL, f"{directory}: empty weight files {', '.join(empty)}", "copy again")
+        else:
+            yield Check("ChatRex directory", OK, f"{directory}: complete")
     if setup.language.get("trust_remote_code") is not True:
         yield Check(
             "ChatRex remote code",
@@ -378,6 +421,8 @@ def check_chatrex(setup: Setup) -> Iterator[Check]:
             yield Check("transformers", OK, f"{transformers} (supported {chatrex.SUPPORTED_TRANSFORMERS})")
         except ImportError as error:
             yield Check("transformers", FAIL, f"{transformers}", str(error))
+    if directory is None:
+        return  # the scan reads the directory
     scan = scan_checkpoint(directory)
     cache = hub_cache_dir(setup.shell_environment)
     missing = scan.missing_hub_ids(cache)
@@ -408,6 +453,7 @@ CHECKS: tuple[Callable[[Setup], Iterator[Check]], ...] = (
     check_upn_checkpoint,
     check_onnx_and_engine,
     check_chatrex,
+    check_host_memory,
     check_gpu_memory,
 )
 

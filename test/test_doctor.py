@@ -43,7 +43,7 @@ def test_the_default_graph_passes_and_says_what_it_did_not_check(capsys) -> None
     assert checks["ROS 2"].status == doctor.OK and checks["ROS 2"].detail.startswith(distro)
     import torch
 
-    gpu = checks["GPU (torch)"]
+    gpu = checks["GPU"]
     if not torch.cuda.is_available():  # this machine: reported, but nothing configured needs it
         assert gpu.status == doctor.SKIP and "no CUDA" in gpu.detail
     assert checks["UPN checkpoint"].status == doctor.SKIP and checks["ChatRex"].status == doctor.SKIP
@@ -72,8 +72,12 @@ def test_no_cuda_for_a_cuda_language_model_is_a_failure(capsys, tmp_path) -> Non
         pytest.skip("this machine has CUDA")
     code, checks = run_doctor(capsys, "language_node.language_backend=chatrex", f"language_node.model_path={tmp_path}")
     assert code == 1
-    gpu = checks["GPU (torch)"]
-    assert gpu.status == doctor.FAIL and "language_node (chatrex on cuda)" in gpu.detail and "device:=cpu" in gpu.fix
+    gpu = checks["GPU"]
+    assert (
+        gpu.status == doctor.FAIL
+        and "language_node (chatrex on cuda)" in gpu.detail
+        and "--set language_node.device=cpu" in gpu.fix
+    )
 
 
 def _fake_tensorrt(monkeypatch, tensorrt: str, cuda_python: str, driver: str | None) -> None:
@@ -173,8 +177,24 @@ def test_a_chatrex_directory_is_checked_for_trust_hub_ids_and_imports(tmp_path) 
     untrusted = {c.name: c for c in doctor.check_chatrex(_chatrex_setup(directory, tmp_path, trust_remote_code=False))}
     assert untrusted["ChatRex remote code"].status == doctor.FAIL
     (directory / "tokenizer_config.json").unlink()
-    (incomplete,) = doctor.check_chatrex(_chatrex_setup(directory, tmp_path))
-    assert incomplete.status == doctor.FAIL and "tokenizer_config.json" in incomplete.detail
+    incomplete = {c.name: c for c in doctor.check_chatrex(_chatrex_setup(directory, tmp_path, trust_remote_code=False))}
+    assert incomplete["ChatRex directory"].status == doctor.FAIL
+    assert "tokenizer_config.json" in incomplete["ChatRex directory"].detail and incomplete["ChatRex directory"].fix
+    # the other checks still report: one run names every problem
+    assert incomplete["ChatRex remote code"].status == doctor.FAIL and "transformers" in incomplete
+    (directory / "tokenizer_config.json").write_text("{}")
+    (directory / "model.safetensors").write_bytes(b"")  # a copy that stopped at 0 bytes
+    (empty,) = [c for c in doctor.check_chatrex(_chatrex_setup(directory, tmp_path)) if c.name == "ChatRex directory"]
+    assert empty.status == doctor.FAIL and "empty weight files model.safetensors" in empty.detail
+
+
+def test_chatrex_on_the_cpu_is_weighed_against_the_ram() -> None:
+    ram_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    for dtype, need in (("float32", 30), ("bfloat16", 16)):
+        setup = doctor.Setup({}, {"language_backend": "chatrex", "device": "cpu", "dtype": dtype}, {}, {})
+        (check,) = doctor.check_host_memory(setup)
+        assert check.status == (doctor.FAIL if ram_gb < need else doctor.OK) and f"about {need} GB" in check.detail
+    assert list(doctor.check_host_memory(doctor.Setup({}, {"language_backend": "none"}, {}, {}))) == []
 
 
 def test_gpu_memory_is_weighed_against_the_configured_models(monkeypatch) -> None:
@@ -232,3 +252,9 @@ def test_the_engine_check_says_whether_the_node_would_build_at_start(tmp_path, m
     assert engine.status == doctor.WARN and f"build-engine --onnx {onnx} --precision fp16" in engine.fix
     built = True
     assert list(doctor.check_onnx_and_engine(setup))[-1].status == doctor.OK
+
+
+def test_it_takes_the_options_of_up(capsys) -> None:
+    """The README's robot command line, with `doctor` for `up`: the same graph, checked."""
+    assert main(["doctor", "--image", "/camera/camera/color/image_raw", "--grasp", "--on-demand"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("no problems found")

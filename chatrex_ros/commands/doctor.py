@@ -1,8 +1,8 @@
 """`chatrex-ros doctor`: check this machine against the graph `chatrex-ros up` would start, before deploying.
 
-Reads the same params file and --set overrides as `up`, loads no model and starts nothing. Prints one table
-(✔ fine, ! a warning, ✖ a problem with its fix on the next line, – not configured so not checked); exits 1
-when anything is ✖. Paste it into a bug report; --json for machines.
+Takes the options of `up` (params file, --set overrides, topics, --grasp, ...), loads no model and starts
+nothing. Prints one table (✔ fine, ! a warning, ✖ a problem with its fix on the next line, – not configured so
+not checked); exits 1 when anything is ✖. Paste it into a bug report; --json for machines.
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import yaml
 
 from chatrex_ros.commands.exit_codes import ExitCode
+from chatrex_ros.commands.graph import add_graph_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,11 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", type=Path, help="ROS params file, as for `up` (default: config/chatrex.yaml)")
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="NODE.PARAM=VALUE", help="override a parameter, as for `up`"
-    )
-    parser.add_argument("--multihost", action="store_true", help="check the profile `up --multihost` would use")
+    add_graph_options(parser)  # the same graph as `up` with the same options would start
     parser.add_argument("--json", action="store_true", help="print the checks as JSON")
     parser.set_defaults(func=run)
 
@@ -37,12 +33,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """`doctor`: resolve the graph's parameters like `up`, run every check, print the table (or JSON)."""
     from chatrex_ros import doctor
-    from chatrex_ros.commands.graph import parse_overrides
-    from chatrex_ros.launcher import GraphConfigError, dds_environment, load_config, plan_graph
+    from chatrex_ros.commands.graph import plan_from_options
+    from chatrex_ros.launcher import GraphConfigError
 
     try:
-        planned = plan_graph(load_config(args.config), parse_overrides(args.set))
-        environment = dds_environment(multihost=args.multihost)
+        _, planned, environment = plan_from_options(args)
     except GraphConfigError as error:
         print("chatrex-ros doctor: the configuration is invalid:\n  " + "\n  ".join(error.problems), file=sys.stderr)
         return ExitCode.BAD_INPUT

@@ -11,6 +11,7 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -33,6 +34,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_graph_options(parser)
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the configuration, print the commands and resolved parameters, start nothing",
+    )
+    parser.set_defaults(func=run)
+
+
+def add_graph_options(parser: argparse.ArgumentParser) -> None:
+    """The options that describe the graph: ``up`` starts it, ``doctor`` checks a machine against it."""
     parser.add_argument(
         "--config",
         type=Path,
@@ -85,12 +97,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="discover through this Fast DDS discovery server (started with "
         "`fastdds discovery -i 0 -l 0.0.0.0 -p PORT`) instead of multicast; implies --multihost",
     )
-    parser.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="check the configuration, print the commands and resolved parameters, start nothing",
-    )
-    parser.set_defaults(func=run)
 
 
 ON_DEMAND_SETTINGS = ["proposal_node.mode=on_demand", "language_node.proposals_on_demand=true"]
@@ -109,9 +115,12 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, object]]:
     return overrides
 
 
-def run(args: argparse.Namespace) -> int:
-    """`up`: validate the params file and --set overrides, then run the graph (or print it with --dry-run)."""
-    from chatrex_ros.launcher import GraphConfigError, GraphProcesses, dds_environment, load_config, plan_graph
+def plan_from_options(args: argparse.Namespace) -> tuple[Any, list[Any], dict[str, str]]:
+    """The params file, the planned nodes and their DDS environment, from :func:`add_graph_options`' options.
+
+    Raises GraphConfigError (every problem), OSError/ValueError/yaml.YAMLError (an unreadable file or option).
+    """
+    from chatrex_ros.launcher import dds_environment, load_config, plan_graph
 
     topics = {
         "image": args.image,
@@ -119,11 +128,18 @@ def run(args: argparse.Namespace) -> int:
         "depth/camera_info": args.depth_info,
         "color/camera_info": args.color_info,
     }
+    on_demand = ON_DEMAND_SETTINGS if args.on_demand else []
+    config = load_config(args.config)
+    planned = plan_graph(config, parse_overrides([*on_demand, *args.set]), topics, args.grasp)
+    return config, planned, dds_environment(multihost=args.multihost, discovery_server=args.discovery_server)
+
+
+def run(args: argparse.Namespace) -> int:
+    """`up`: validate the params file and --set overrides, then run the graph (or print it with --dry-run)."""
+    from chatrex_ros.launcher import GraphConfigError, GraphProcesses
+
     try:
-        config = load_config(args.config)
-        on_demand = ON_DEMAND_SETTINGS if args.on_demand else []
-        planned = plan_graph(config, parse_overrides([*on_demand, *args.set]), topics, args.grasp)
-        environment = dds_environment(multihost=args.multihost, discovery_server=args.discovery_server)
+        config, planned, environment = plan_from_options(args)
     except GraphConfigError as error:
         print("chatrex-ros up: nothing started:\n  " + "\n  ".join(error.problems), file=sys.stderr)
         return ExitCode.BAD_INPUT

@@ -163,7 +163,7 @@ def run_convert(args: argparse.Namespace) -> int:
     try:
         loaded = torch.load(str(source), map_location="cpu", weights_only=False)
     except Exception as error:  # whatever the pickle's own code raises (a missing module, a corrupt file, ...)
-        print(f"convert-upn: cannot read {source}: {_one_line(error)}", file=sys.stderr)
+        print(f"convert-upn: cannot read {source} as a PyTorch checkpoint: {_one_line(error)}", file=sys.stderr)
         return ExitCode.BAD_INPUT
     try:
         tensors, ignored = _state_dict_tensors(loaded)

@@ -48,7 +48,8 @@ docs/models.md for the evidence). The ``[chatrex]`` extra in pyproject.toml repe
 INSTALL_HINT = "pip install 'chatrex_ros[chatrex]'"
 DOWNLOAD_HINT = (
     "download IDEA-Research/ChatRex-7B (about 16 GB, IDEA License 1.0, non-commercial) on a machine with "
-    "network access, e.g. `huggingface-cli download IDEA-Research/ChatRex-7B --local-dir <dir>`, copy it "
+    "network access, e.g. `hf download IDEA-Research/ChatRex-7B --local-dir <dir>` (older huggingface_hub: "
+    "`huggingface-cli download`), copy it "
     "here and point model_path at it; this package never downloads weights"
 )
 AUTHORS_DTYPE = "autocast-bfloat16"
