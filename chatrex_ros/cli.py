@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from chatrex_ros.commands import ask, doctor, evaluate, graph, replay, upn
+from chatrex_ros.commands import ask, doctor, evaluate, graph, make_bag, replay, upn
 from chatrex_ros.commands.exit_codes import ExitCode
 
-COMMAND_MODULES = (graph, ask, evaluate, replay, upn, doctor)
+COMMAND_MODULES = (graph, ask, evaluate, make_bag, replay, upn, doctor)
 """In the order their commands are listed in ``--help``."""
 
 

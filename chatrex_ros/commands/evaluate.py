@@ -4,6 +4,10 @@
   on the bag's images and score them (``--answers REC`` scores a bag recorded from the running nodes; a
   recording without any OK answer, e.g. from a graph without a language model, reports detection and
   referring as not available, with the answer statuses, rather than as zeros).
+* ``eval --bag BAG1 BAG2 ... | DIR_OF_BAGS [--workers N | --executor ray]``: many bags, each with the
+  ``<bag>_annotations.json`` (and ``<bag>_queries.json``) beside it, in N processes or as Ray tasks; the
+  records of all bags are scored together (pooled), with a section per bag (see chatrex_ros.eval.bags).
+* ``eval --compare RUN_DIR RUN_DIR ...``: the metrics.json of several runs side by side, with plots.
 * ``make-sample --out DIR``: the sample bag from scikit-image photographs with hand-made annotations.
 * ``demo``: make the sample bag if needed, evaluate it with the default (weight-free) backends, print
   the report and write metrics.json, report.md and plots.
@@ -18,7 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from chatrex_ros.commands.exit_codes import ExitCode
+from chatrex_ros.eval.backends import parse_params
 from chatrex_ros.names import GROUND_TRUTH_TOPIC
+
+EXECUTORS = ("process", "ray")  # chatrex_ros.eval.parallel.EXECUTORS, without importing it to build the parser
+__all__ = ["parse_params", "register"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,7 +38,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     source = evaluate.add_argument_group("input")
-    source.add_argument("--bag", type=Path, help="rosbag2 (directory, .mcap or .db3) with the images")
+    source.add_argument(
+        "--bag",
+        type=Path,
+        nargs="+",
+        help="rosbag2 (directory, .mcap or .db3) with the images; several bags, or a directory of bags, are "
+        "evaluated together (ground truth: <bag>_annotations.json beside each)",
+    )
     source.add_argument(
         "--answers",
         type=Path,
@@ -38,14 +52,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="score a bag recorded from the running nodes (Answer/ProposalArray topics) instead of running models",
     )
     source.add_argument(
-        "--gt", type=Path, help="COCO ground truth with images[].stamp_ns (see chatrex_ros.eval.groundtruth)"
+        "--gt",
+        type=Path,
+        help="COCO ground truth with images[].stamp_ns (see chatrex_ros.eval.groundtruth); default: "
+        "<bag>_annotations.json beside the bag",
     )
     source.add_argument(
         "--gt-topic",
         help=f"read the ground truth from this Answer topic of the bag instead (e.g. {GROUND_TRUTH_TOPIC})",
     )
     source.add_argument(
-        "--queries", type=Path, help="referring queries JSON: {queries: [{id, image_id, phrase, annotation_id}]}"
+        "--queries",
+        type=Path,
+        help="referring queries JSON: {queries: [{id, image_id, phrase, annotation_id}]}; without --gt: "
+        "<bag>_queries.json beside the bag when it exists",
     )
     source.add_argument("--image-topic", help="image topic (default: the bag's only colour image topic)")
     source.add_argument("--answer-topic", help="Answer topic of --answers (default: its only Answer topic)")
@@ -57,7 +77,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="match ground-truth stamps to image stamps within this many ms (default exact)",
     )
     evaluate.add_argument(
-        "--out", type=Path, default=Path("chatrex_eval"), help="output directory (default ./chatrex_eval)"
+        "--out", type=Path, help="output directory (default ./chatrex_eval; with --compare ./chatrex_compare)"
+    )
+    many = evaluate.add_argument_group("many bags (docs/evaluation.md#many-bags-and-workers)")
+    many.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="evaluate the bags in N worker processes (default 1: in this process; with --executor ray: "
+        "at most N tasks at once)",
+    )
+    many.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        default="process",
+        help="process: this machine's processes (default); ray: Ray tasks (pip install 'chatrex_ros[ray]')",
+    )
+    many.add_argument(
+        "--ray-address", metavar="ADDR", help="Ray cluster to use with --executor ray (default: a local instance)"
+    )
+    evaluate.add_argument(
+        "--compare",
+        type=Path,
+        nargs="+",
+        metavar="RUN",
+        help="put the metrics.json of these evaluation output directories side by side (tables, plots in --out)",
     )
     _add_run_arguments(evaluate)
     evaluate.set_defaults(func=run_eval)
@@ -117,75 +161,21 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     models.add_argument("--max-proposals", type=int, help="top-K proposals given to the model (config default 100)")
     output = parser.add_argument_group("output")
     output.add_argument("--max-frames", type=int, help="evaluate only the first N matched frames")
+    output.add_argument(
+        "--count-queries",
+        action="store_true",
+        help="also ask a count query per frame and category present (count accuracy; offline only)",
+    )
     output.add_argument("--no-progress", action="store_true", help="no progress bar")
     output.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     output.add_argument("--quiet", action="store_true", help="do not print the report")
 
 
-def parse_params(items: list[str], flag: str) -> dict[str, Any]:
-    """KEY=VALUE strings -> keywords; values become bool/int/float when they look like one."""
-    params: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip().isidentifier():
-            raise ValueError(f"{flag} {item!r}: expected KEY=VALUE with KEY a Python identifier")
-        params[key.strip()] = _literal(value)
-    return params
-
-
-def _literal(text: str) -> Any:
-    lowered = text.strip().lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered in ("none", "null"):
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
 def _build_models(args: argparse.Namespace) -> tuple[Any, Any]:
     """Backends from the config file's node sections (as the nodes build them), flags taking precedence."""
-    from chatrex_ros.models.base import ProposalPipeline
-    from chatrex_ros.models.registry import make_language_backend, make_proposal_backend
-    from chatrex_ros.models.settings import language_backend_kwargs, proposal_backend_kwargs, selection_policy
-    from chatrex_ros.node_parameters import LanguageNodeParams, ProposalNodeParams, resolved
-    from chatrex_ros.parameters import node_section
-    from chatrex_ros.paths import config_file
+    from chatrex_ros.eval.backends import ModelSpec
 
-    config = args.config or config_file("chatrex.yaml")
-    proposal_values = node_section(config, "proposal_node")
-    language_values = node_section(config, "language_node")
-    for flag, key in (
-        ("proposal_backend", "backend"),
-        ("min_score", "min_score"),
-        ("nms_iou", "nms_iou"),
-        ("max_proposals", "max_proposals"),
-    ):
-        if getattr(args, flag) is not None:
-            proposal_values[key] = getattr(args, flag)
-    if args.language_backend is not None:
-        language_values["language_backend"] = args.language_backend
-    if args.model_path:
-        language_values["model_path"] = args.model_path
-    proposal_params = resolved(ProposalNodeParams, proposal_values)
-    language_params = resolved(LanguageNodeParams, language_values)
-    proposal_kwargs = {
-        **proposal_backend_kwargs(proposal_params),
-        **parse_params(args.proposal_param, "--proposal-param"),
-    }
-    proposal = make_proposal_backend(proposal_params.backend, **proposal_kwargs)
-    extra_language = parse_params(args.language_param, "--language-param")
-    if language_params.language_backend == "none" and (extra_language or args.model_path):
-        raise ValueError(
-            "--model-path/--language-param given but the language backend is 'none'; add --language-backend chatrex"
-        )
-    language_kwargs = {**language_backend_kwargs(language_params), **extra_language}
-    language = make_language_backend(language_params.language_backend, **language_kwargs)
-    return ProposalPipeline(proposal, selection_policy(proposal_params)), language
+    return ModelSpec.from_args(args).build()
 
 
 def _fail(command: str, error: BaseException) -> int:
@@ -204,24 +194,47 @@ def _finish(result: Any, args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    """`eval`: score the models on a bag's images, or recorded answers, and write the report."""
+    """`eval`: score the models on a bag's images (or many bags'), recorded answers, or compare runs."""
     from chatrex_ros.eval.bagio import BagReader
+    from chatrex_ros.eval.bags import ANNOTATIONS_SUFFIX, QUERIES_SUFFIX, is_bag_folder, sidecar
     from chatrex_ros.eval.groundtruth import GroundTruth, load_queries, stamp_tolerance_ns
     from chatrex_ros.eval.offline import evaluate_bag
     from chatrex_ros.eval.recorded import evaluate_recorded
 
     try:
-        if args.bag is None and args.answers is None:
+        if args.compare:
+            return _run_compare(args)
+        args.out = args.out or Path("chatrex_eval")
+        bags: list[Path] = list(args.bag or [])
+        if not bags and args.answers is None:
             raise ValueError("give --bag BAG (run the models on its images) or --answers REC (score recorded answers)")
-        if (args.gt is None) == (args.gt_topic is None):
+        if args.gt is not None and args.gt_topic is not None:
             raise ValueError("give exactly one of --gt GT.json or --gt-topic TOPIC")
+        many = args.answers is None and (
+            len(bags) > 1 or is_bag_folder(bags[0]) or args.workers is not None or args.executor != "process"
+        )
+        if args.answers is not None and (len(bags) > 1 or args.workers is not None or args.executor != "process"):
+            raise ValueError(
+                "--answers scores one recording: at most one --bag (its input bag), no --workers/--executor"
+            )
         tolerance_ns = stamp_tolerance_ns(args.stamp_tolerance_ms)
+        if many:
+            return _run_many(args, bags, tolerance_ns)
+        bag = bags[0] if bags else None
+        queries_file = args.queries
         if args.gt is not None:
             gt = GroundTruth.load(args.gt)
-        else:
-            with BagReader(args.bag or args.answers) as reader:
+        elif args.gt_topic is not None:
+            with BagReader(bag or args.answers) as reader:
                 gt = reader.ground_truth(args.gt_topic, None)
-        queries = load_queries(args.queries, gt) if args.queries else ()
+        elif args.answers is None and bag is not None and sidecar(bag, ANNOTATIONS_SUFFIX).is_file():
+            gt = GroundTruth.load(sidecar(bag, ANNOTATIONS_SUFFIX))  # the files make-sample writes beside a bag
+            if queries_file is None and sidecar(bag, QUERIES_SUFFIX).is_file():
+                queries_file = sidecar(bag, QUERIES_SUFFIX)
+        else:
+            beside = f" (or put it at {sidecar(bag, ANNOTATIONS_SUFFIX)})" if args.answers is None and bag else ""
+            raise ValueError(f"give exactly one of --gt GT.json or --gt-topic TOPIC{beside}")
+        queries = load_queries(queries_file, gt) if queries_file else ()
         if args.answers is not None:
             result = evaluate_recorded(
                 args.answers,
@@ -230,7 +243,7 @@ def run_eval(args: argparse.Namespace) -> int:
                 args.answer_topic,
                 args.proposal_topic,
                 args.image_topic,
-                args.bag,
+                bag,
                 tolerance_ns,
             )
             answers = result.metrics.get("answers", {})
@@ -240,8 +253,9 @@ def run_eval(args: argparse.Namespace) -> int:
                 )
         else:
             pipeline, language = _build_models(args)
+            assert bag is not None  # not --answers: a bag was given
             result = evaluate_bag(
-                args.bag,
+                bag,
                 gt,
                 pipeline,
                 language,
@@ -250,10 +264,66 @@ def run_eval(args: argparse.Namespace) -> int:
                 tolerance_ns,
                 args.max_frames,
                 progress=not args.no_progress,
+                count_queries=args.count_queries,
             )
         return _finish(result, args)
     except (ValueError, FileNotFoundError, ImportError, TypeError, RuntimeError) as error:  # RemoteCodeRefused too
         return _fail("eval", error)
+
+
+def _run_many(args: argparse.Namespace, bags: list[Path], tolerance_ns: int) -> int:
+    """Many bags: evaluated by the chosen executor, pooled; a section and an output directory per bag.
+
+    Exit status 1 when a bag failed (the others are scored and reported), after naming each failure.
+    """
+    from chatrex_ros.eval.backends import ModelSpec
+    from chatrex_ros.eval.bags import discover_bags, plan_jobs
+    from chatrex_ros.eval.parallel import evaluate_bags
+    from chatrex_ros.eval.pooling import bags_markdown
+    from chatrex_ros.eval.report import REPORT_FILE, write_outputs
+
+    if args.max_frames is not None and args.max_frames < 1:
+        raise ValueError(f"--max-frames must be >= 1, got {args.max_frames}")
+    jobs = plan_jobs(
+        discover_bags(bags),
+        args.gt,
+        args.gt_topic,
+        args.queries,
+        args.image_topic,
+        tolerance_ns,
+        args.max_frames,
+        args.count_queries,
+    )
+    done = evaluate_bags(
+        jobs, ModelSpec.from_args(args), args.executor, args.workers, args.ray_address, progress=not args.no_progress
+    )
+    written = write_outputs(done.result, args.out, plots=not args.no_plots)
+    report = written["report"]
+    report.write_text(report.read_text(encoding="utf-8") + bags_markdown(done.result.bags), encoding="utf-8")
+    for outcome in done.outcomes:
+        if outcome.result is not None:  # each bag's own metrics.json and report.md (no plots: the pooled have them)
+            write_outputs(outcome.result, args.out / "bags" / outcome.job.label, plots=False)
+    if not args.quiet:
+        print(report.read_text(encoding="utf-8"))
+    per_bag = args.out / "bags" / "<bag>"
+    print(f"wrote {', '.join(str(p) for p in written.values())}; per bag {per_bag}/{REPORT_FILE}", file=sys.stderr)
+    for outcome in done.failures:
+        print(f"chatrex-ros eval: bag {outcome.job.bag} failed: {outcome.error}", file=sys.stderr)
+    return ExitCode.FAILED if done.failures else ExitCode.OK
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    """`eval --compare RUN ...`: the runs' headline and per-class metrics side by side, tables and plots."""
+    from chatrex_ros.eval.compare import compare_runs, write_comparison
+
+    if args.bag or args.answers:
+        raise ValueError("--compare reads finished runs: give it no --bag/--answers")
+    comparison = compare_runs(args.compare)
+    written = write_comparison(comparison, args.out or Path("chatrex_compare"), plots=not args.no_plots)
+    if not args.quiet:
+        print(written["table"].read_text(encoding="utf-8"))
+    print(f"wrote {', '.join(str(p) for p in written.values())}", file=sys.stderr)
+    return ExitCode.OK
 
 
 def run_make_sample(args: argparse.Namespace) -> int:

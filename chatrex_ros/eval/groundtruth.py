@@ -53,12 +53,23 @@ class GroundTruthObject:
 
 @dataclass(frozen=True)
 class ReferringQuery:
-    """A referring expression whose single correct answer is one annotation."""
+    """A referring expression whose single correct answer is one annotation, or, ``negative``, no box at all.
+
+    A negative query names something absent from the image (``annotation_id`` None): the right answer is
+    to ground nothing, which is what rejection accuracy measures.
+    """
 
     id: str
     image_id: int
     phrase: str
-    annotation_id: int
+    annotation_id: int | None
+    negative: bool = False
+
+    def __post_init__(self) -> None:
+        if self.negative != (self.annotation_id is None):
+            raise ValueError(
+                f"referring query {self.id!r}: a negative query has no annotation_id, a positive one needs one"
+            )
 
 
 def normalise_label(label: str) -> str:
@@ -247,32 +258,58 @@ def _read_json(path: str | Path, what: str) -> Any:
 
 
 def parse_queries(data: Any, gt: GroundTruth, source: str = "<dict>") -> tuple[ReferringQuery, ...]:
-    """``{"queries": [{"id", "image_id", "phrase", "annotation_id"}, ...]}``, checked against ``gt``."""
+    """``{"queries": [{"id", "image_id", "phrase", "annotation_id"}, ...]}``, checked against ``gt``.
+
+    A negative query, ``{"id", "image_id", "phrase", "negative": true}``, has no ``annotation_id``: its
+    phrase names nothing in the image, so it must not be one of the image's own category names.
+    """
     entries = data.get("queries") if isinstance(data, Mapping) else data
     if not isinstance(entries, list):
         raise ValueError(f"queries {source}: expected {{'queries': [...]}} or a list of queries")
     queries = []
     for position, entry in enumerate(entries):
-        try:
-            query = ReferringQuery(
-                str(entry.get("id", position)),
-                int(entry["image_id"]),
-                str(entry["phrase"]).strip(),
-                int(entry["annotation_id"]),
-            )
-        except (KeyError, TypeError, ValueError, AttributeError):
-            raise ValueError(f"queries {source}: entry {entry!r} needs image_id, phrase and annotation_id") from None
+        query = _parse_query(entry, position, source)
         if not query.phrase:
             raise ValueError(f"queries {source}: query {query.id!r} has an empty phrase")
         gt.image(query.image_id)
-        if gt.object(query.annotation_id).image_id != query.image_id:
+        if query.annotation_id is not None and gt.object(query.annotation_id).image_id != query.image_id:
             raise ValueError(
                 f"queries {source}: query {query.id!r} targets annotation {query.annotation_id} of another image"
+            )
+        if query.negative and normalise_label(query.phrase) in gt.frame_categories(query.image_id):
+            raise ValueError(
+                f"queries {source}: negative query {query.id!r} names {query.phrase!r}, a category annotated in "
+                f"image {query.image_id}"
             )
         queries.append(query)
     if len({q.id for q in queries}) != len(queries):
         raise ValueError(f"queries {source}: query ids must be unique")
     return tuple(queries)
+
+
+def _parse_query(entry: Any, position: int, source: str) -> ReferringQuery:
+    """One entry of a queries file as a query; ValueError naming the entry when its fields are wrong."""
+    negative = entry.get("negative", False) if isinstance(entry, Mapping) else False
+    if not isinstance(negative, bool):
+        raise ValueError(f"queries {source}: entry {entry!r} has 'negative' {negative!r}; expected true or false")
+    if negative and entry.get("annotation_id") is not None:
+        raise ValueError(
+            f"queries {source}: negative query {entry!r} has an annotation_id; a negative query names nothing "
+            "in the image (drop 'negative' or 'annotation_id')"
+        )
+    try:
+        return ReferringQuery(
+            str(entry.get("id", position)),
+            int(entry["image_id"]),
+            str(entry["phrase"]).strip(),
+            None if negative else int(entry["annotation_id"]),
+            negative,
+        )
+    except (KeyError, TypeError, ValueError, AttributeError):
+        needs = "image_id and phrase" if negative else "image_id, phrase and annotation_id"
+        raise ValueError(
+            f'queries {source}: entry {entry!r} needs {needs} (a query without a target says "negative": true)'
+        ) from None
 
 
 def load_queries(path: str | Path, gt: GroundTruth) -> tuple[ReferringQuery, ...]:

@@ -1,9 +1,11 @@
 """Detection metrics of the ChatRex evaluation protocol, as pure functions of boxes and labels.
 
 No bag or message I/O here (numpy, plus pycocotools for COCO mAP), so each metric is testable on
-hand-computed cases. Matching follows COCO's rule everywhere, so our numbers and pycocotools' agree:
-predictions in descending score order (stable), each takes the unmatched ground-truth box of highest
-IoU >= threshold (a tie goes to the later box), at most one prediction per ground-truth box.
+hand-computed cases. Matching follows COCO's rule, so our numbers and pycocotools' agree: predictions in
+descending score order (stable), each takes the unmatched ground-truth box of highest IoU >= threshold (a
+tie goes to the later box), at most one prediction per ground-truth box. The one exception is DensityF1,
+which matches the way its authors' HumanRef evaluation does (:func:`humanref_match_count`), so that our
+DensityF1 means what theirs means.
 """
 
 from __future__ import annotations
@@ -137,7 +139,19 @@ class ClassCounts:
 
 def count_matches(frames: Iterable[FrameDetections], iou_threshold: float = 0.5) -> dict[str, ClassCounts]:
     """Per-class true/false positives and false negatives, matched per frame and class."""
-    tallies: dict[str, list[int]] = {}
+    return count_matches_by_threshold(frames, (iou_threshold,))[0]
+
+
+def count_matches_by_threshold(
+    frames: Iterable[FrameDetections], thresholds: Sequence[float] = tuple(IOU_THRESHOLDS)
+) -> list[dict[str, ClassCounts]]:
+    """:func:`count_matches` at each threshold (one dict per threshold, classes in first-seen order).
+
+    One pass: each frame and class gets one IoU matrix, which every threshold's matching reuses, so
+    P/R over 0.5:0.95 costs ten greedy matchings, not ten passes over the answers.
+    """
+    thresholds = [float(t) for t in thresholds]
+    tallies: dict[str, np.ndarray] = {}  # class -> (T, 3) tp, fp, fn
     for frame in frames:
         gt_labels = list(frame.gt_labels)
         gt_boxes = np.asarray(frame.gt_boxes, dtype=np.float64).reshape(-1, 4)
@@ -150,13 +164,15 @@ def count_matches(frames: Iterable[FrameDetections], iou_threshold: float = 0.5)
             truth_rows = [i for i, label in enumerate(gt_labels) if label == name]
             pred_rows = [i for i, label in enumerate(labels) if label == name]
             pred_rows = [pred_rows[i] for i in score_order(scores[pred_rows])] if pred_rows else []
-            matched = greedy_match(box_iou(boxes[pred_rows], gt_boxes[truth_rows]), iou_threshold)
-            hits = int(np.count_nonzero(matched >= 0))
-            tally = tallies.setdefault(name, [0, 0, 0])
-            tally[0] += hits
-            tally[1] += len(pred_rows) - hits
-            tally[2] += len(truth_rows) - hits
-    return {name: ClassCounts(*tally) for name, tally in tallies.items()}
+            ious = box_iou(boxes[pred_rows], gt_boxes[truth_rows])
+            tally = tallies.setdefault(name, np.zeros((len(thresholds), 3), dtype=np.int64))
+            for t, threshold in enumerate(thresholds):
+                hits = int(np.count_nonzero(greedy_match(ious, threshold) >= 0))
+                tally[t] += (hits, len(pred_rows) - hits, len(truth_rows) - hits)
+    return [
+        {name: ClassCounts(*(int(v) for v in tally[t])) for name, tally in tallies.items()}
+        for t in range(len(thresholds))
+    ]
 
 
 def mean_precision_recall(counts: Mapping[str, ClassCounts]) -> tuple[float | None, float | None]:
@@ -171,6 +187,186 @@ def mean_precision_recall(counts: Mapping[str, ClassCounts]) -> tuple[float | No
     precision = [c.precision or 0.0 for c in considered]
     recall = [c.recall for c in with_truth]
     return (float(np.mean(precision)) if precision else None, float(np.mean(recall)) if recall else None)  # type: ignore[arg-type]
+
+
+def class_precision_recall_over_thresholds(
+    per_threshold: Sequence[Mapping[str, ClassCounts]],
+) -> dict[str, tuple[float | None, float | None]]:
+    """Each class's precision and recall averaged over the thresholds of :func:`count_matches_by_threshold`.
+
+    COCO's 0.5:0.95 convention applied to the ChatRex P/R: a box that is only roughly right counts at the
+    loose thresholds only (IoU 0.72 passes 0.5..0.7, five of ten). None where the value is None at every
+    threshold (a class never predicted, or without ground truth: those counts do not depend on IoU).
+    """
+    names = dict.fromkeys(name for counts in per_threshold for name in counts)
+    result: dict[str, tuple[float | None, float | None]] = {}
+    for name in names:
+        entries = [counts[name] for counts in per_threshold if name in counts]
+        result[name] = (_mean_or_none([c.precision for c in entries]), _mean_or_none([c.recall for c in entries]))
+    return result
+
+
+def mean_precision_recall_over_thresholds(
+    per_threshold: Sequence[Mapping[str, ClassCounts]],
+) -> tuple[float | None, float | None]:
+    """:func:`mean_precision_recall` at each threshold, averaged over the thresholds.
+
+    The classes averaged are the same at every threshold, so this equals the class average of
+    :func:`class_precision_recall_over_thresholds` (with never-predicted classes as precision 0).
+    """
+    pairs = [mean_precision_recall(counts) for counts in per_threshold]
+    return _mean_or_none([p for p, _ in pairs]), _mean_or_none([r for _, r in pairs])
+
+
+def _mean_or_none(values: Sequence[float | None]) -> float | None:
+    """The mean, or None when the list is empty or holds a None (an undefined value is not a 0)."""
+    if not values or any(v is None for v in values):
+        return None
+    return float(np.mean(np.asarray(values, dtype=np.float64)))
+
+
+# --- DensityF1 (HumanRef) -------------------------------------------------------------------------
+def humanref_match_count(ious: np.ndarray, threshold: float) -> int:
+    """How many ground-truth boxes are matched under HumanRef's rule; ``ious`` is (P, G).
+
+    Ground-truth boxes in their given order; each takes the not yet used prediction of highest IoU that
+    is >= ``threshold`` (and > 0), the first such prediction on a tie; one prediction per box. Unlike COCO
+    matching no scores are involved (a referring answer is a set of boxes), and the ground truth leads.
+    """
+    ious = np.asarray(ious, dtype=np.float64)
+    predictions, truths = ious.shape
+    if predictions == 0 or truths == 0:
+        return 0
+    used = np.zeros(predictions, dtype=bool)
+    matches = 0
+    for g in range(truths):
+        column = ious[:, g]
+        candidates = np.where(used | (column < threshold) | (column <= 0), -np.inf, column)
+        best = int(np.argmax(candidates))  # the first maximum: ties go to the earlier prediction
+        if candidates[best] == -np.inf:
+            continue
+        used[best] = True
+        matches += 1
+    return matches
+
+
+def density_f1(
+    gt_boxes: np.ndarray, pred_boxes: np.ndarray, thresholds: Sequence[float] = tuple(IOU_THRESHOLDS)
+) -> np.ndarray:
+    """(T,) DensityF1 of one expression (one question and its target boxes) at each IoU threshold.
+
+    HumanRef's definition (RexSeek, arXiv 2503.08507; IDEA-Research/RexSeek
+    ``rexseek/metric/recall_precision_densityf1.py``): F1 of the expression's precision and recall
+    (:func:`humanref_match_count` matches), times the density penalty ``min(1, targets / predictions)``
+    (0 without predictions), which stops "box everything" answers from scoring a high recall. An
+    expression without targets is a rejection case, scored by :func:`rejection_summary` instead: ValueError.
+    """
+    truths = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
+    predicted = np.asarray(pred_boxes, dtype=np.float64).reshape(-1, 4)
+    if len(truths) == 0:
+        raise ValueError("an expression without targets is a rejection case: score it with rejection_summary")
+    scores = np.zeros(len(thresholds), dtype=np.float64)
+    if len(predicted) == 0:
+        return scores
+    ious = box_iou(predicted, truths)
+    penalty = min(1.0, len(truths) / len(predicted))
+    for t, threshold in enumerate(thresholds):
+        matches = humanref_match_count(ious, float(threshold))
+        if matches:
+            precision, recall = matches / len(predicted), matches / len(truths)
+            scores[t] = 2 * precision * recall / (precision + recall) * penalty
+    return scores
+
+
+def density_f1_by_class(
+    frames: Iterable[FrameDetections], thresholds: Sequence[float] = tuple(IOU_THRESHOLDS)
+) -> dict[str, np.ndarray]:
+    """Per class, an (F, T) array: the DensityF1 of each of the F frames whose ground truth has that class.
+
+    Each (frame, class) is one expression, "detect <class>": its targets are the frame's boxes of that
+    class, its predictions the boxes answered with that label, in answer order. A label the frame has no
+    ground truth for is no such expression (HumanRef averages over expressions with targets; those boxes
+    still count as false positives in P/R). Classes in first-seen order.
+    """
+    rows: dict[str, list[np.ndarray]] = {}
+    for frame in frames:
+        gt_labels = list(frame.gt_labels)
+        gt_boxes = np.asarray(frame.gt_boxes, dtype=np.float64).reshape(-1, 4)
+        boxes = np.asarray(frame.boxes, dtype=np.float64).reshape(-1, 4)
+        labels = list(frame.labels)
+        if len(gt_labels) != len(gt_boxes) or len(labels) != len(boxes):
+            raise ValueError("labels and boxes of a frame must have matching lengths")
+        for name in dict.fromkeys(gt_labels):
+            truths = gt_boxes[[i for i, label in enumerate(gt_labels) if label == name]]
+            predicted = boxes[[i for i, label in enumerate(labels) if label == name]]
+            rows.setdefault(name, []).append(density_f1(truths, predicted, thresholds))
+    return {name: np.vstack(values) for name, values in rows.items()}
+
+
+# --- rejection (negative queries) and counting -----------------------------------------------------
+@dataclass(frozen=True)
+class RejectionSummary:
+    """Negative queries (nothing in the image matches the phrase): how often the model said so."""
+
+    queries: int = 0
+    answered: int = 0
+    correct: int = 0
+    false_positives: int = 0
+
+    @property
+    def accuracy(self) -> float | None:
+        """Correct rejections over all negative queries; an unanswered query is no rejection. None without queries."""
+        return self.correct / self.queries if self.queries else None
+
+    @property
+    def false_positives_per_query(self) -> float | None:
+        """Mean number of boxes per answered negative query (a failed query returned nothing to count)."""
+        return self.false_positives / self.answered if self.answered else None
+
+
+def rejection_summary(box_counts: Iterable[int | None]) -> RejectionSummary:
+    """Tally negative queries from how many boxes each answer returned; None for a query not answered.
+
+    A correct rejection is an answer with zero boxes. An unanswered query (error status, or no answer at
+    all) counts against the accuracy: otherwise a model that fails every query would reject perfectly.
+    """
+    counts = list(box_counts)
+    answered = [c for c in counts if c is not None]
+    if any(c < 0 for c in answered):
+        raise ValueError(f"box counts must be >= 0, got {answered}")
+    return RejectionSummary(len(counts), len(answered), sum(c == 0 for c in answered), int(sum(answered)))
+
+
+@dataclass(frozen=True)
+class CountSummary:
+    """Count queries ("How many <class> are there?") against the ground-truth number of instances."""
+
+    queries: int = 0
+    answered: int = 0
+    exact: int = 0
+    absolute_error: int = 0
+
+    @property
+    def accuracy(self) -> float | None:
+        """Exact counts over all count queries; an unanswered query is not exact. None without queries."""
+        return self.exact / self.queries if self.queries else None
+
+    @property
+    def mean_absolute_error(self) -> float | None:
+        """Mean |answered - true| over the answered queries (an unanswered one has no count)."""
+        return self.absolute_error / self.answered if self.answered else None
+
+
+def count_summary(pairs: Iterable[tuple[int, int | None]]) -> CountSummary:
+    """Tally (true count, answered count or None when not answered) pairs."""
+    rows = list(pairs)
+    answered = [(truth, count) for truth, count in rows if count is not None]
+    return CountSummary(
+        len(rows),
+        len(answered),
+        sum(truth == count for truth, count in answered),
+        int(sum(abs(truth - count) for truth, count in answered)),
+    )
 
 
 # --- referring ------------------------------------------------------------------------------------

@@ -40,9 +40,15 @@ def evaluate_bag(
     stamp_tolerance_ns: int = 0,
     max_frames: int | None = None,
     progress: bool = True,
+    progress_label: str | None = None,
+    progress_position: int | None = None,
+    count_queries: bool = False,
 ) -> EvaluationResult:
     """Run the pipeline (and the language backend, when given) on every ground-truth frame of ``bag``.
 
+    ``progress_label``/``progress_position``: the bar's title (default ``eval <topic>``) and terminal line,
+    so the bars of several bags evaluated at once (:mod:`chatrex_ros.eval.parallel`) do not overwrite each other.
+    ``count_queries``: also ask a ``count`` query per frame and category present, scored as count accuracy.
     Raises BagError/ValueError for a missing topic, a corrupt bag, or ground truth matching no image.
     """
     if max_frames is not None and max_frames < 1:
@@ -50,6 +56,8 @@ def evaluate_bag(
     started = time.perf_counter()
     with BagReader(bag) as reader:
         run = _OfflineRun(reader, gt, pipeline, language, queries)
+        run.bar_label, run.bar_position = progress_label, progress_position
+        run.count_queries = count_queries
         return run.run(image_topic, stamp_tolerance_ns, max_frames, progress, started)
 
 
@@ -65,10 +73,13 @@ class _OfflineRun:
         queries: Sequence[ReferringQuery],
     ) -> None:
         self.reader, self.gt, self.pipeline, self.language, self.queries = reader, gt, pipeline, language, queries
+        self.count_queries = False
         self.proposals: list[ProposalRecord] = []
         self.answers: list[AnswerRecord] = []
         stages = ("read", "infer", "select") + (("language", "resolve") if language is not None else ()) + ("frame",)
         self.stage_ms: dict[str, list[float]] = {stage: [] for stage in stages}
+        self.bar_label: str | None = None
+        self.bar_position: int | None = None
 
     def run(
         self, image_topic: str | None, tolerance_ns: int, max_frames: int | None, progress: bool, started: float
@@ -88,7 +99,8 @@ class _OfflineRun:
 
         metrics: dict[str, Any] = {"proposals": score_proposals(self.proposals, self.gt, evaluated)}
         if self.language is not None:
-            metrics["answers"] = score_answers(self.answers, self.gt, self.queries, evaluated)
+            counts = True if self.count_queries else None
+            metrics["answers"] = score_answers(self.answers, self.gt, self.queries, evaluated, counts=counts)
         metrics_ms = (time.perf_counter() - loop_done) * 1e3
 
         timing = timing_summary(self.stage_ms, len(evaluated), loop_done - started)
@@ -109,7 +121,7 @@ class _OfflineRun:
     def _frames(self, topic: str, wanted: dict[int, GroundTruthImage], progress: bool) -> list[int]:
         """Evaluate the wanted frames in bag order; returns their image ids in stamp order."""
         evaluated: dict[int, None] = {}
-        bar = _progress(len(wanted), progress, topic)
+        bar = _progress(len(wanted), progress, self.bar_label or f"eval {topic}", self.bar_position)
         try:
             read_started = time.perf_counter()
             for frame in self.reader.image_frames(topic, set(wanted)):
@@ -139,7 +151,7 @@ class _OfflineRun:
     def _ask(self, language: LanguageBackend, image: GroundTruthImage, rgb: np.ndarray, proposals: Proposals) -> None:
         """The frame's detection query and referring queries; failures become records with their status."""
         language_ms = resolve_ms = 0.0
-        for query_id, request in evaluation_requests(self.gt, image.id, self.queries):
+        for query_id, request in evaluation_requests(self.gt, image.id, self.queries, counts=self.count_queries):
             asked = time.perf_counter()
             try:
                 answer = answer_query(language, rgb, proposals, request)
@@ -197,13 +209,13 @@ def _check_size(image: GroundTruthImage, rgb: np.ndarray, stamp_ns: int) -> None
         )
 
 
-def _progress(total: int, enabled: bool, topic: str) -> Any:
+def _progress(total: int, enabled: bool, label: str, position: int | None = None) -> Any:
     """Tqdm on stderr, or a silent stand-in when disabled or tqdm is missing."""
     if enabled:
         try:
             from tqdm import tqdm
 
-            return tqdm(total=total, desc=f"eval {topic}", unit="frame", leave=False)
+            return tqdm(total=total, desc=label, unit="frame", leave=False, position=position)
         except ImportError:
             pass
     return _Silent()

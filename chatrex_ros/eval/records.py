@@ -7,7 +7,8 @@ through the same scoring, so the two paths cannot disagree on a metric. ``from_m
 
 Query ids tie an answer to what it should be scored against: ``eval-detect/<image id>`` for the
 per-frame detection query (all ground-truth category names of the frame), ``eval-refer/<query id>``
-for a referring query. A replayer that sends its Queries with these ids gets them scored.
+for a referring query (positive or negative), ``eval-count/<image id>/<category>`` for a count query
+(asked only when requested). A replayer that sends its Queries with these ids gets them scored.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from chatrex_ros.core.stamps import stamp_to_ns
 from chatrex_ros.core.types import Detection, Proposals
 from chatrex_ros.eval.groundtruth import GroundTruth, ReferringQuery
 
+COUNT_QUERY_PREFIX = "eval-count/"
 DETECTION_QUERY_PREFIX = "eval-detect/"
 GROUND_TRUTH_QUERY_ID = "ground_truth"
 REFERRING_QUERY_PREFIX = "eval-refer/"
@@ -39,14 +41,21 @@ def referring_query_id(query_id: str) -> str:
     return f"{REFERRING_QUERY_PREFIX}{query_id}"
 
 
+def count_query_id(image_id: int, category: str) -> str:
+    """The query id of a frame's count query about one category, ``eval-count/<image id>/<category>``."""
+    return f"{COUNT_QUERY_PREFIX}{image_id}/{category}"
+
+
 def evaluation_requests(
-    gt: GroundTruth, image_id: int, queries: Sequence[ReferringQuery] = ()
+    gt: GroundTruth, image_id: int, queries: Sequence[ReferringQuery] = (), counts: bool = False
 ) -> list[tuple[str, QueryRequest]]:
     """The (query id, request) pairs asked about one frame, in a fixed order.
 
     Detection follows the ChatRex protocol: one query naming every ground-truth category of the frame.
-    A referring expression is asked with the same detect template (that is how ChatRex is evaluated
-    on RefCOCO). Frames without objects get no detection query.
+    A referring expression, positive or negative, is asked with the same detect template (that is how
+    ChatRex is evaluated on RefCOCO; a negative one is right when it grounds nothing). Frames without
+    objects get no detection query. ``counts``: also one count query per category present in the frame
+    (off by default: each is one more model call per frame and category).
     """
     requests: list[tuple[str, QueryRequest]] = []
     categories = gt.frame_categories(image_id)
@@ -55,6 +64,9 @@ def evaluation_requests(
     for query in queries:
         if query.image_id == image_id:
             requests.append((referring_query_id(query.id), QueryRequest.create(Task.DETECT, targets=[query.phrase])))
+    if counts:
+        for category in categories:
+            requests.append((count_query_id(image_id, category), QueryRequest.create(Task.COUNT, targets=[category])))
     return requests
 
 

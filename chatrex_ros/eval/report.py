@@ -105,6 +105,7 @@ def render_markdown(report: Mapping[str, Any], plots: Mapping[str, str] | None =
             "n/a precision: the class was never answered (it counts as 0 in the average); n/a recall: the "
             "class has no ground truth (the model named it anyway).",
         ]
+        lines += _field_detection_lines(detection)
         referring = answers["referring"]
         lines += ["", "## Referring", ""]
         if referring["queries"]:
@@ -113,8 +114,15 @@ def render_markdown(report: Mapping[str, Any], plots: Mapping[str, str] | None =
                 f"{referring['hits']} of {referring['queries']} queries; "
                 f"{referring['unanswered']} unanswered, {referring['empty_answers']} empty."
             )
-        else:
+            if "densityf1_iou_0.5:0.95" in referring:
+                lines.append(
+                    f"DensityF1 of all answered boxes {_pct(referring['densityf1_iou_0.5'])} at IoU 0.5, "
+                    f"{_pct(referring['densityf1_iou_0.5:0.95'])} over 0.5:0.95."
+                )
+        elif not (referring.get("negatives") or {}).get("queries"):
             lines.append("No referring queries (pass --queries FILE).")
+        lines += _rejection_lines(referring.get("negatives"))
+        lines += _count_lines(answers.get("count"))
         statuses = ", ".join(f"{name} {count}" for name, count in answers["status_counts"].items()) or "none"
         lines += ["", f"Answers by status: {statuses}.", ""]
 
@@ -144,6 +152,66 @@ def render_markdown(report: Mapping[str, Any], plots: Mapping[str, str] | None =
     if plots:
         lines += ["", "## Plots", ""] + [f"![{name}]({file})" for name, file in plots.items()]
     return "\n".join(lines) + "\n"
+
+
+def _field_detection_lines(detection: Mapping[str, Any]) -> list[str]:
+    """P/R averaged over IoU 0.5:0.95 and DensityF1, per class (absent from a metrics.json made before them)."""
+    if "precision_iou_0.5:0.95" not in detection:
+        return []
+    lines = [
+        "",
+        f"Averaged over IoU 0.5:0.95: precision {_pct(detection['precision_iou_0.5:0.95'])} / recall "
+        f"{_pct(detection['recall_iou_0.5:0.95'])}. DensityF1 (HumanRef: F1 times min(1, targets / boxes), "
+        f"per frame and class, then averaged) {_pct(detection['densityf1_iou_0.5'])} at IoU 0.5, "
+        f"{_pct(detection['densityf1_iou_0.5:0.95'])} over 0.5:0.95.",
+        "",
+        "| class | precision 0.5:0.95 | recall 0.5:0.95 | frames | DensityF1 0.5 | DensityF1 0.5:0.95 |",
+        "|---|---|---|---|---|---|",
+    ]
+    density = detection["per_class_densityf1"]
+    for name, values in detection["per_class_iou_0.5:0.95"].items():
+        d = density.get(name, {})
+        lines.append(
+            f"| {name} | {_pct(values['precision'])} | {_pct(values['recall'])} | {d.get('frames', 0)} | "
+            f"{_pct(d.get('densityf1_iou_0.5'))} | {_pct(d.get('densityf1_iou_0.5:0.95'))} |"
+        )
+    return lines
+
+
+def _rejection_lines(negatives: Mapping[str, Any] | None) -> list[str]:
+    """The negative queries' line, when the queries file had any."""
+    if not negatives or not negatives["queries"]:
+        return []
+    fp = negatives["false_positives_per_query"]
+    return [
+        "",
+        f"Negative queries (nothing in the image matches): rejection accuracy {_pct(negatives['rejection_accuracy'])}"
+        f" ({negatives['correct_rejections']} of {negatives['queries']} answered with no box; "
+        f"{negatives['unanswered']} unanswered count as not rejected); "
+        f"{'n/a' if fp is None else f'{fp:.2f}'} false-positive boxes per answered negative query.",
+    ]
+
+
+def _count_lines(count: Mapping[str, Any] | None) -> list[str]:
+    """The count section, when count queries were asked."""
+    if not count:
+        return []
+    mae = count["mean_absolute_error"]
+    lines = [
+        "",
+        "## Counting",
+        "",
+        f"Count accuracy {_pct(count['accuracy'])} ({count['exact']} of {count['queries']} count queries "
+        f"grounded exactly as many boxes as there are instances; {count['unanswered']} unanswered count as "
+        f"wrong); mean absolute error {'n/a' if mae is None else f'{mae:.2f}'} over the answered ones.",
+        "",
+        "| class | queries | exact | accuracy | mean abs. error |",
+        "|---|---|---|---|---|",
+    ]
+    for name, c in count["per_class"].items():
+        error = "n/a" if c["mean_absolute_error"] is None else f"{c['mean_absolute_error']:.2f}"
+        lines.append(f"| {name} | {c['queries']} | {c['exact']} | {_pct(c['accuracy'])} | {error} |")
+    return lines
 
 
 def write_outputs(result: EvaluationResult, out_dir: str | Path, plots: bool = True) -> dict[str, Path]:

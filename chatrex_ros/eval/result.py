@@ -26,13 +26,22 @@ class EvaluationResult:
     proposals: list[ProposalRecord] = field(default_factory=list, repr=False)
     answers: list[AnswerRecord] = field(default_factory=list, repr=False)
     stage_ms: dict[str, list[float]] = field(default_factory=dict, repr=False)  # raw samples, for the plots
+    bags: list[dict[str, Any]] = field(default_factory=list)
+    """Many bags (:mod:`chatrex_ros.eval.pooling`): each bag's own section, in the fixed bag order; the other
+    fields are then the pooled evaluation. Empty for one bag, whose metrics.json keeps its single-bag form."""
 
     def to_json(self) -> dict[str, Any]:
-        """The metrics.json content: schema, inputs, metrics, notes and timing (the raw samples stay out)."""
-        return {
+        """The metrics.json content: schema, inputs, metrics, notes and timing (the raw samples stay out).
+
+        Many bags pooled add ``bags``, a section per bag.
+        """
+        report: dict[str, Any] = {
             "schema": SCHEMA,
             "inputs": self.inputs,
             "metrics": self.metrics,
             "notes": self.notes,
             "timing": self.timing,
         }
+        if self.bags:
+            report["bags"] = self.bags
+        return report

@@ -22,6 +22,7 @@ from chatrex_ros.eval.records import (
     DETECTION_QUERY_PREFIX,
     AnswerRecord,
     ProposalRecord,
+    count_query_id,
     detection_query_id,
     referring_query_id,
 )
@@ -123,13 +124,17 @@ def score_answers(
     gt: GroundTruth,
     queries: Sequence[ReferringQuery] = (),
     image_ids: Sequence[int] | None = None,
+    counts: bool | None = None,
 ) -> dict[str, Any]:
-    """Detection P/R (IoU 0.5, per class then averaged), COCO mAP and referring accuracy from answers.
+    """Detection P/R (IoU 0.5 and 0.5:0.95), DensityF1, COCO mAP, referring and rejection accuracy, counts.
 
     ``answers``: :class:`AnswerRecord` or ``chatrex_ros/msg/Answer`` messages whose ``query_id`` follows
-    the ``eval-detect/<image id>`` / ``eval-refer/<query id>`` convention (others are counted and ignored).
-    ``image_ids``: the evaluated frames (default: every ground-truth frame); a frame without a detection
-    answer has all its objects missed, a referring query without an answer is a miss.
+    the ``eval-detect/<image id>`` / ``eval-refer/<query id>`` / ``eval-count/<image id>/<category>``
+    convention (others are counted and ignored). ``image_ids``: the evaluated frames (default: every
+    ground-truth frame); a frame without a detection answer has all its objects missed, a referring query
+    without an answer is a miss. ``counts``: score count queries (True: every frame and category present
+    was asked, a missing answer is wrong), skip them (False), or score them when any count answer is there
+    (None, the default: a run that asked none reports ``count`` None instead of all wrong).
     """
     records = _as_records(answers)
     frames = list(gt.images) if image_ids is None else [gt.image(i) for i in image_ids]
@@ -144,7 +149,12 @@ def score_answers(
         by_id.setdefault(record.query_id, record)  # a repeated query id: the first answer counts
     statuses = Counter(status_name(r.status) for r in by_id.values())
     referring_ids = {referring_query_id(query.id) for query in queries}
-    unknown_ids = [q for q in by_id if not q.startswith(DETECTION_QUERY_PREFIX) and q not in referring_ids]
+    count_ids = {count_query_id(image.id, name) for image in frames for name in gt.frame_categories(image.id)}
+    unknown_ids = [
+        q for q in by_id if not q.startswith(DETECTION_QUERY_PREFIX) and q not in referring_ids and q not in count_ids
+    ]
+    if counts is None:
+        counts = any(q in count_ids for q in by_id)
     result: dict[str, Any] = {
         "answers": len(records),
         "answers_scored": len(by_id) - len(unknown_ids),
@@ -153,6 +163,7 @@ def score_answers(
         "status_counts": dict(sorted(statuses.items())),
         "detection": _score_detection(by_id, gt, frames),
         "referring": _score_referring(by_id, gt, [q for q in queries if q.image_id in evaluated]),
+        "count": _score_counts(by_id, gt, frames) if counts else None,
     }
     return result
 
@@ -234,14 +245,20 @@ def _score_detection(by_id: Mapping[str, AnswerRecord], gt: GroundTruth, frames:
                     "score": score,
                 }
             )
-    counts = m.count_matches(frame_detections, 0.5)
+    per_threshold = m.count_matches_by_threshold(frame_detections)
+    counts = per_threshold[0]  # IOU_THRESHOLDS[0] is 0.5: the ChatRex protocol's numbers
     precision, recall = m.mean_precision_recall(counts)
+    precision_avg, recall_avg = m.mean_precision_recall_over_thresholds(per_threshold)
+    density = m.density_f1_by_class(frame_detections)
     coco = m.coco_detection_metrics(_coco_subset(gt, [f.id for f in frames], class_agnostic=False), coco_detections)
     return {
         "frames": len(frames),
         "frames_answered": int(answered),
         "precision_iou_0.5": _rounded(precision),
         "recall_iou_0.5": _rounded(recall),
+        "precision_iou_0.5:0.95": _rounded(precision_avg),
+        "recall_iou_0.5:0.95": _rounded(recall_avg),
+        **_density_headline(list(density.values())),
         "per_class": {
             name: {
                 "tp": c.true_positives,
@@ -252,32 +269,123 @@ def _score_detection(by_id: Mapping[str, AnswerRecord], gt: GroundTruth, frames:
             }
             for name, c in sorted(counts.items())
         },
+        "per_class_iou_0.5:0.95": {
+            name: {"precision": _rounded(p), "recall": _rounded(r)}
+            for name, (p, r) in sorted(m.class_precision_recall_over_thresholds(per_threshold).items())
+        },
+        "per_class_densityf1": {
+            name: {"frames": len(rows), **_density_values(rows)} for name, rows in sorted(density.items())
+        },
         "labels_outside_vocabulary": dict(sorted(outside_vocabulary.items())),
         "coco": {name: _rounded(coco[name]) for name in ("AP", "AP50", "AP75", "AR100")},
     }
 
 
+def _density_values(rows: np.ndarray) -> dict[str, float | None]:
+    """DensityF1 at IoU 0.5 and over 0.5:0.95 of (N, T) per-expression values: the mean over expressions."""
+    if not len(rows):
+        return {"densityf1_iou_0.5": None, "densityf1_iou_0.5:0.95": None}
+    mean = rows.mean(axis=0)
+    return {"densityf1_iou_0.5": _rounded(mean[0]), "densityf1_iou_0.5:0.95": _rounded(mean.mean())}
+
+
+def _density_headline(per_class: Sequence[np.ndarray]) -> dict[str, float | None]:
+    """Per-class DensityF1 averaged over classes, like the ChatRex P/R (each class weighs the same)."""
+    if not per_class:
+        return _density_values(np.zeros((0, len(m.IOU_THRESHOLDS))))
+    return _density_values(np.vstack([rows.mean(axis=0) for rows in per_class]))
+
+
 def _score_referring(
     by_id: Mapping[str, AnswerRecord], gt: GroundTruth, queries: Sequence[ReferringQuery]
 ) -> dict[str, Any]:
-    targets = np.asarray([gt.object(q.annotation_id).box for q in queries], dtype=np.float64).reshape(-1, 4)
+    """Positive queries: accuracy of the first box, DensityF1 of all boxes; negative ones: rejection.
+
+    The two are scored apart, so adding negative queries to a file leaves every positive number as it was.
+    """
+    negatives = [q for q in queries if q.negative]
+    positives = [q for q in queries if not q.negative]
+    targets = np.asarray(
+        [gt.object(q.annotation_id).box for q in positives if q.annotation_id is not None], dtype=np.float64
+    ).reshape(-1, 4)
     predicted: list[np.ndarray | None] = []
+    density_rows = []
     unanswered = 0
-    for query in queries:
+    for query, target in zip(positives, targets, strict=True):
         record = by_id.get(referring_query_id(query.id))
-        if record is None or not record.ok:
-            unanswered += 1
+        answered = record is not None and record.ok
+        unanswered += not answered
+        detections = record.detections if record is not None and answered else ()
         # The model's first grounded box is its answer to "which one": later ones are extra guesses.
-        first = record.detections[0].box if record is not None and record.ok and record.detections else None
-        predicted.append(None if first is None else np.asarray(first, dtype=np.float64))
+        predicted.append(np.asarray(detections[0].box, dtype=np.float64) if detections else None)
+        boxes = np.asarray([d.box for d in detections], dtype=np.float64).reshape(-1, 4)
+        density_rows.append(m.density_f1(target.reshape(1, 4), boxes))
     hits = m.referring_hits(targets, predicted, 0.5)
+    density = np.vstack(density_rows) if density_rows else np.zeros((0, len(m.IOU_THRESHOLDS)))
     return {
-        "queries": len(queries),
+        "queries": len(positives),
         "hits": int(hits.sum()),
         "unanswered": unanswered,
         "empty_answers": int(sum(p is None for p in predicted)) - unanswered,
-        "accuracy_iou_0.5": _rounded(float(hits.mean())) if len(queries) else None,
-        "per_query": {q.id: bool(hit) for q, hit in zip(queries, hits, strict=True)},
+        "accuracy_iou_0.5": _rounded(float(hits.mean())) if len(positives) else None,
+        "per_query": {q.id: bool(hit) for q, hit in zip(positives, hits, strict=True)},
+        **_density_values(density),
+        "negatives": _score_negatives(by_id, negatives),
+    }
+
+
+def _score_negatives(by_id: Mapping[str, AnswerRecord], queries: Sequence[ReferringQuery]) -> dict[str, Any]:
+    """Rejection accuracy and false positives per negative query (see :func:`metrics.rejection_summary`)."""
+    boxes: list[int | None] = []
+    for query in queries:
+        record = by_id.get(referring_query_id(query.id))
+        boxes.append(_distinct_boxes(record) if record is not None and record.ok else None)
+    summary = m.rejection_summary(boxes)
+    return {
+        "queries": summary.queries,
+        "answered": summary.answered,
+        "unanswered": summary.queries - summary.answered,
+        "correct_rejections": summary.correct,
+        "rejection_accuracy": _rounded(summary.accuracy),
+        "false_positives": summary.false_positives,
+        "false_positives_per_query": _rounded(summary.false_positives_per_query),
+        "per_query": {q.id: count == 0 for q, count in zip(queries, boxes, strict=True)},
+    }
+
+
+def _distinct_boxes(record: AnswerRecord) -> int:
+    """How many proposals an answer grounds, each once (two phrases on the same box are one object)."""
+    return len({d.proposal_index for d in record.detections})
+
+
+def _score_counts(by_id: Mapping[str, AnswerRecord], gt: GroundTruth, frames: Sequence[Any]) -> dict[str, Any]:
+    """Count queries, one per frame and category present: the grounded boxes against the instances.
+
+    An answer's count is the number of distinct proposals it grounds, not a number in its text: the
+    boxes are what the protocol resolves (and what a robot acts on); free text is the model's own prose.
+    """
+    pairs: dict[str, list[tuple[int, int | None]]] = {}
+    for image in frames:
+        instances = Counter(gt.labels(image.id))
+        for name in gt.frame_categories(image.id):
+            record = by_id.get(count_query_id(image.id, name))
+            answered = _distinct_boxes(record) if record is not None and record.ok else None
+            pairs.setdefault(name, []).append((instances[name], answered))
+    overall = m.count_summary(pair for rows in pairs.values() for pair in rows)
+    return {
+        **_count_values(overall),
+        "answered": overall.answered,
+        "unanswered": overall.queries - overall.answered,
+        "per_class": {name: _count_values(m.count_summary(rows)) for name, rows in sorted(pairs.items())},
+    }
+
+
+def _count_values(summary: m.CountSummary) -> dict[str, Any]:
+    return {
+        "queries": summary.queries,
+        "exact": summary.exact,
+        "accuracy": _rounded(summary.accuracy),
+        "mean_absolute_error": _rounded(summary.mean_absolute_error),
     }
 
 

@@ -11,7 +11,7 @@ from chatrex_ros.core.answering import AnswerStatus, status_name
 from chatrex_ros.eval.metrics import latency_summary
 from chatrex_ros.replay.options import ReplayOptions
 from chatrex_ros.replay.plan import ReplayFrame, ReplayPlan
-from chatrex_ros.replay.report import ReplayReport
+from chatrex_ros.replay.report import ReplayReport, basic_performance
 
 
 @dataclass
@@ -110,6 +110,18 @@ class ReplayProgress:
             proposal_ms = [(p.proposals_ns - at) / 1e6 for p, at in sent if p.proposals_ns is not None]
             answer_ms = [(received - at) / 1e6 for p, at in sent for _, received in p.answers.values()]
             statuses = Counter(status_name(status) for p in published for status, _ in p.answers.values())
+            ros2_benchmark = {
+                "proposals": basic_performance(  # a frame in, its proposal list out
+                    {p.frame.index: at for p, at in sent},
+                    {p.frame.index: p.proposals_ns for p, _ in sent if p.proposals_ns is not None},
+                ),
+                "answers": basic_performance(  # a query in, its answer out; latency from the frame's publication
+                    {q: wall for p, _ in sent for q, wall in p.sent_ns.items()},
+                    {q: received for p, _ in sent for q, (_, received) in p.answers.items()},
+                    {q: at for p, at in sent for q in p.sent_ns},
+                ),
+                "clock": "system clock ns: publication (before publish), DDS receive timestamps",
+            }
             return ReplayReport(
                 bag=str(plan.bag),
                 image_topic=plan.image_topic,
@@ -142,6 +154,7 @@ class ReplayProgress:
                 record=str(options.record) if options.record else None,
                 wall_s=round(wall_s, 3),
                 stopped=stopped,
+                ros2_benchmark=ros2_benchmark,
             )
 
 
