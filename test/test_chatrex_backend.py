@@ -297,7 +297,7 @@ def test_missing_directory_says_where_to_get_the_model(tmp_path: Path, monkeypat
     # A hub id is only ever a local path here: no download is attempted.
     with pytest.raises(FileNotFoundError, match="does not exist") as error:
         ChatRexBackend("IDEA-Research/ChatRex-7B", device="cpu", trust_remote_code=True)
-    assert "huggingface-cli download IDEA-Research/ChatRex-7B" in str(error.value)
+    assert "hf download IDEA-Research/ChatRex-7B" in str(error.value)
 
     (tmp_path / "weights.bin").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="is a file"):

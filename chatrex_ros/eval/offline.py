@@ -25,7 +25,8 @@ from chatrex_ros.models.base import LanguageBackend, ProposalPipeline
 
 NO_LANGUAGE_NOTE = (
     "No language model configured: detection precision/recall, COCO mAP by class and referring accuracy "
-    "need one (--language-backend chatrex --model-path DIR, or a python:module:Class plugin). Proposal "
+    "need one (--language-backend chatrex --model-path DIR --language-param trust_remote_code=true, or a "
+    "python:module:Class plugin). Proposal "
     "recall, class-agnostic AP and latency are reported."
 )
 
