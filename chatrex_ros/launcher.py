@@ -237,6 +237,8 @@ def plan_graph(
             continue
         values = {**node_parameters(config.sections, spec.qualified_name), **flatten(overrides.get(spec.name, {}))}
         remaps = {source: (topics or {}).get(source, target) for source, target in spec.remaps.items()}
+        if "image" in remaps:  # image_transport's naming: the compressed stream of T is T/compressed
+            remaps["image/compressed"] = compressed_topic(remaps["image"])
         planned.append(PlannedNode(spec, resolve(specs, values), remaps))
     if problems:
         raise GraphConfigError(problems)
@@ -278,6 +280,11 @@ def with_fastdds_profile(env: dict[str, str], default: str) -> dict[str, str]:
         env.setdefault("RMW_FASTRTPS_USE_QOS_FROM_XML", "0")
     env.setdefault(fastdds_profile_variable(env), chosen)
     return env
+
+
+def compressed_topic(image_topic: str) -> str:
+    """Where image_transport's ``compressed`` transport publishes the frames of ``image_topic``."""
+    return image_topic.rstrip("/") + "/compressed"
 
 
 def dds_environment(

@@ -18,7 +18,7 @@ from launch.conditions import IfCondition
 from launch.substitutions import EnvironmentVariable, LaunchConfiguration
 from launch_ros.actions import Node
 
-from chatrex_ros.launcher import check_discovery_server, fastdds_profile_variable
+from chatrex_ros.launcher import check_discovery_server, compressed_topic, fastdds_profile_variable
 from chatrex_ros.names import NAMESPACE
 
 # (launch argument, node, parameter, description): applied over the params file only when not empty.
@@ -77,12 +77,18 @@ def _nodes(context, *args, **kwargs):
                 name=name,
                 namespace=NAMESPACE,
                 parameters=[params_file, overrides] if overrides else [params_file],
-                remappings=[(topic, LaunchConfiguration(argument).perform(context)) for topic, argument in inputs],
+                remappings=_remappings(inputs, context),
                 output="screen",
                 **extra,
             )
         )
     return actions
+
+
+def _remappings(inputs, context):
+    """The inputs' remaps; ``image`` also for its compressed stream (image_transport: ``<topic>/compressed``)."""
+    remaps = [(topic, LaunchConfiguration(argument).perform(context)) for topic, argument in inputs]
+    return remaps + [("image/compressed", compressed_topic(target)) for topic, target in remaps if topic == "image"]
 
 
 def generate_launch_description():

@@ -123,7 +123,10 @@ def test_launch_file_matches_the_launcher_graph(description) -> None:
     for spec in GRAPH:
         node = nodes[spec.name]
         assert node.kwargs["namespace"] == NAMESPACE
-        assert dict(node.kwargs["remappings"]) == dict(spec.remaps), spec.name
+        expected = dict(spec.remaps)
+        if "image" in expected:  # and the image's compressed stream, where image_transport puts it
+            expected["image/compressed"] = expected["image"] + "/compressed"
+        assert dict(node.kwargs["remappings"]) == expected, spec.name
         assert ("condition" in node.kwargs) == spec.optional
     assert arguments["params_file"].kwargs["default_value"] == "/opt/share/chatrex_ros/config/chatrex.yaml"
     assert dict(next(spec for spec in GRAPH if spec.name == "grasp_target_node").remaps) == REALSENSE
@@ -152,8 +155,9 @@ def test_given_launch_arguments_are_applied(description) -> None:
         {"language_backend": "chatrex", "model_path": "/models/ChatRex-7B"},
     ]
     assert nodes["grasp_target_node"].kwargs["parameters"] == ["/robot.yaml"]
-    assert dict(nodes["proposal_node"].kwargs["remappings"]) == {"image": "/cam/rgb"}
-    assert dict(nodes["language_node"].kwargs["remappings"]) == {"image": "/cam/rgb"}
+    camera = {"image": "/cam/rgb", "image/compressed": "/cam/rgb/compressed"}
+    assert dict(nodes["proposal_node"].kwargs["remappings"]) == camera
+    assert dict(nodes["language_node"].kwargs["remappings"]) == camera
     assert dict(nodes["grasp_target_node"].kwargs["remappings"]) == {
         "depth": "/d",
         "depth/camera_info": "/d/info",
@@ -346,7 +350,10 @@ def test_up_plans_the_same_graph_with_overrides() -> None:
         with_grasp=False,
     )
     assert [p.spec.name for p in planned] == ["proposal_node", "language_node"]
-    assert planned[0].parameters["backend"] == "onnxruntime" and planned[0].remaps == {"image": "/cam/rgb"}
+    assert planned[0].parameters["backend"] == "onnxruntime" and planned[0].remaps == {
+        "image": "/cam/rgb",
+        "image/compressed": "/cam/rgb/compressed",  # image_transport's compressed stream of the camera topic
+    }
     assert planned[0].parameters["min_score"] == 1.0 and isinstance(planned[0].parameters["min_score"], float)
     assert planned[0].params_document() == {"/chatrex/proposal_node": {"ros__parameters": planned[0].parameters}}
     command = planned[1].command(Path("/tmp/p.yaml"))

@@ -345,3 +345,59 @@ def test_a_timed_replay_run_twice_is_answered_about_each_runs_frames() -> None:
         assert "time_jump" in graph.output()
     finally:
         assert graph.stop() == 0, graph.output()
+
+
+def test_a_jpeg_bag_replays_into_up_on_the_compressed_transport() -> None:
+    """make-bag --encoding jpeg on `<camera>/compressed`, `up` with image_transport=compressed and the same --image:
+    image_transport's naming joins them without a remap by hand (the README trial's replay found no subscriber)."""
+    from test_make_bag import write_dataset
+
+    cwd = workdir()
+    dataset = write_dataset(cwd / "dataset", count=8, width=96, height=72)
+    made = run(
+        [
+            "chatrex-ros",
+            "make-bag",
+            "--images",
+            str(dataset["images"]),
+            "--annotations",
+            str(dataset["annotations"]),
+            "--out",
+            "bag",
+            "--encoding",
+            "jpeg",
+            "--topic",
+            "/camera/image_raw/compressed",
+        ],
+        cwd,
+    )
+    assert made.returncode == 0, made.stdout + made.stderr
+    compressed = [
+        "--set",
+        "proposal_node.image_transport=compressed",
+        "--set",
+        "language_node.image_transport=compressed",
+    ]
+    graph = up(cwd, *graph_args("/camera/image_raw", 0.05, *compressed))
+    try:
+        result = run(
+            [
+                "chatrex-ros",
+                "replay",
+                "--bag",
+                "bag",
+                "--step",
+                "--gt",
+                "bag_annotations.json",
+                "--summary-json",
+                "s.json",
+            ],
+            cwd,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr + graph.output()
+        summary = json.loads((cwd / "s.json").read_text())
+        assert summary["frames_published"] == 8 and summary["frames_without_proposals"] == []
+        assert summary["answer_statuses"] == {"OK": summary["queries_planned"]} and summary["queries_planned"] > 0
+    finally:
+        assert graph.stop() == 0, graph.output()

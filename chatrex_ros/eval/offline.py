@@ -24,7 +24,8 @@ from chatrex_ros.eval.scoring import score_answers, score_proposals, timing_summ
 from chatrex_ros.models.base import LanguageBackend, ProposalPipeline
 
 NO_LANGUAGE_NOTE = (
-    "No language model configured: detection precision/recall, COCO mAP by class and referring accuracy "
+    "No language model configured: detection precision/recall (IoU 0.5 and 0.5:0.95), DensityF1, COCO mAP by "
+    "class, referring and rejection accuracy and count accuracy (--count-queries) "
     "need one (--language-backend chatrex --model-path DIR --language-param trust_remote_code=true, or a "
     "python:module:Class plugin). Proposal "
     "recall, class-agnostic AP and latency are reported."
