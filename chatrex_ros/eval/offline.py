@@ -123,7 +123,7 @@ class _OfflineRun:
     def _frames(self, topic: str, wanted: dict[int, GroundTruthImage], progress: bool) -> list[int]:
         """Evaluate the wanted frames in bag order; returns their image ids in stamp order."""
         evaluated: dict[int, None] = {}
-        bar = _progress(len(wanted), progress, self.bar_label or f"eval {topic}", self.bar_position)
+        bar = progress_bar(len(wanted), progress, self.bar_label or f"eval {topic}", self.bar_position)
         try:
             read_started = time.perf_counter()
             for frame in self.reader.image_frames(topic, set(wanted)):
@@ -211,13 +211,15 @@ def _check_size(image: GroundTruthImage, rgb: np.ndarray, stamp_ns: int) -> None
         )
 
 
-def _progress(total: int, enabled: bool, label: str, position: int | None = None) -> Any:
+def progress_bar(
+    total: int, enabled: bool, label: str, position: int | None = None, unit: str = "frame", leave: bool = False
+) -> Any:
     """Tqdm on stderr, or a silent stand-in when disabled or tqdm is missing."""
     if enabled:
         try:
             from tqdm import tqdm
 
-            return tqdm(total=total, desc=label, unit="frame", leave=False, position=position)
+            return tqdm(total=total, desc=label, unit=unit, leave=leave, position=position)
         except ImportError:
             pass
     return _Silent()
@@ -225,6 +227,9 @@ def _progress(total: int, enabled: bool, label: str, position: int | None = None
 
 class _Silent:
     def update(self, n: int) -> None:
+        pass
+
+    def set_postfix_str(self, text: str) -> None:
         pass
 
     def close(self) -> None:

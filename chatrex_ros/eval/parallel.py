@@ -27,7 +27,7 @@ from typing import Any
 
 from chatrex_ros.eval.backends import ModelSpec
 from chatrex_ros.eval.bags import BagJob
-from chatrex_ros.eval.offline import evaluate_bag
+from chatrex_ros.eval.offline import evaluate_bag, progress_bar
 from chatrex_ros.eval.pooling import BagOutcome, evaluated_image_ids, failed, pool
 from chatrex_ros.eval.result import EvaluationResult
 from chatrex_ros.models.base import LanguageBackend, ProposalPipeline
@@ -247,22 +247,4 @@ def _run_ray(
 
 def _overall_bar(total: int, enabled: bool) -> Any:
     """Bags done, on the first terminal line (the per-bag bars go below it)."""
-    if enabled:
-        try:
-            from tqdm import tqdm
-
-            return tqdm(total=total, desc="bags", unit="bag", position=0)
-        except ImportError:
-            pass
-    return _Silent()
-
-
-class _Silent:
-    def update(self, n: int) -> None:
-        pass
-
-    def set_postfix_str(self, text: str) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+    return progress_bar(total, enabled, "bags", position=0, unit="bag", leave=True)
