@@ -149,7 +149,8 @@ def random_case(rng, categories=("a",), frames=4):
     return cases
 
 
-def pycocotools_eval(cases, categories, max_dets):
+def coco_inputs(cases, categories):
+    """The cases as a COCO ground-truth dict and a detection list."""
     ids = {name: i + 1 for i, name in enumerate(categories)}
     images, annotations, detections = [], [], []
     for image_id, (labels, gt, pred_labels, boxes, scores) in enumerate(cases, start=1):
@@ -169,19 +170,26 @@ def pycocotools_eval(cases, categories, max_dets):
             detections.append(
                 {"image_id": image_id, "category_id": ids[label], "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score}
             )
+    coco = {"images": images, "annotations": annotations, "categories": [{"id": i, "name": n} for n, i in ids.items()]}
+    return coco, detections
+
+
+def pycocotools_evaluator(coco_gt, detections, max_dets=None):
+    """The reference: pycocotools' COCOeval, evaluated and accumulated."""
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO()
-        coco.dataset = {
-            "images": images,
-            "annotations": annotations,
-            "categories": [{"id": i, "name": n} for n, i in ids.items()],
-        }
+        coco.dataset = coco_gt
         coco.createIndex()
         evaluator = COCOeval(coco, coco.loadRes(detections), "bbox")
-        evaluator.params.maxDets = list(max_dets)
+        if max_dets is not None:
+            evaluator.params.maxDets = list(max_dets)
         evaluator.evaluate()
         evaluator.accumulate()
-    return evaluator.eval["recall"]  # (T, K, A, M)
+    return evaluator
+
+
+def pycocotools_eval(cases, categories, max_dets):
+    return pycocotools_evaluator(*coco_inputs(cases, categories), max_dets).eval["recall"]  # (T, K, A, M)
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -209,6 +217,49 @@ def test_per_class_recall_equals_pycocotools_recall_at_iou_half(seed):
             assert name not in counts or counts[name].recall is None
         else:
             assert counts[name].recall == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_coco_metrics_equal_pycocotools_statistics(seed):
+    """faster-coco-eval computes the mAP; pycocotools, the reference implementation, must agree on all 12."""
+    categories = ("cup", "dog", "person")
+    rng = np.random.default_rng(200 + seed)
+    cases = random_case(rng, categories, frames=6)
+    coco_gt, detections = coco_inputs(cases, categories)
+    if not detections or not coco_gt["annotations"]:
+        pytest.skip("this seed drew an empty case")  # covered by the perfect/empty test below
+    evaluator = pycocotools_evaluator(coco_gt, detections)
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator.summarize()
+    ours = m.coco_detection_metrics(coco_gt, detections)
+    assert list(ours) == list(m.COCO_STAT_NAMES)
+    np.testing.assert_allclose(list(ours.values()), evaluator.stats, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_matching_at_all_thresholds_at_once_equals_one_threshold_at_a_time(seed):
+    rng = np.random.default_rng(300 + seed)
+    predictions, truths = int(rng.integers(0, 30)), int(rng.integers(0, 8))
+    ious = np.round(rng.uniform(0, 1, (predictions, truths)), 1)  # coarse values: many ties
+    together = m.greedy_match_at_thresholds(ious, m.IOU_THRESHOLDS)
+    assert together.shape == (len(m.IOU_THRESHOLDS), predictions)
+    for row, threshold in zip(together, m.IOU_THRESHOLDS, strict=True):
+        assert row.tolist() == reference_greedy_match(ious, threshold)
+
+
+def reference_greedy_match(ious, threshold):
+    """COCO's matching written out as pycocotools' evaluateImg loops (the later box wins a tie)."""
+    taken, matched = set(), []
+    for p in range(ious.shape[0]):
+        best, best_iou = -1, min(threshold, 1 - 1e-10)
+        for g in range(ious.shape[1]):
+            if g in taken or ious[p, g] < best_iou:
+                continue
+            best, best_iou = g, ious[p, g]
+        if best >= 0:
+            taken.add(best)
+        matched.append(best)
+    return matched
 
 
 def test_coco_metrics_perfect_empty_and_shifted():

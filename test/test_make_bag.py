@@ -420,17 +420,17 @@ def test_images_are_read_one_at_a_time_just_before_each_write(dataset, tmp_path,
     from chatrex_ros.eval import make_bag as module
 
     events: list[str] = []
-    original_write = module._ImageMessages.write
+    original_write = module.BagWriter.write_image
 
-    def write(self, topic, rgb, stamp, frame_id) -> None:
+    def write(self, topic, rgb, stamp, frame_id, **options) -> None:
         events.append("write")
-        original_write(self, topic, rgb, stamp, frame_id)
+        original_write(self, topic, rgb, stamp, frame_id, **options)
 
     def read(path: Path) -> np.ndarray:
         events.append("read")
         return read_rgb(path)
 
-    monkeypatch.setattr(module._ImageMessages, "write", write)
+    monkeypatch.setattr(module.BagWriter, "write_image", write)
     opts = MakeBagOptions(dataset["images"], dataset["annotations"], tmp_path / "bag", limit=30, progress=False)
     make_bag(opts, warn=lambda line: None, read_image=read)
     # the missing (11) and corrupt (23) images are a read without a write; otherwise read, write, read, write, ...

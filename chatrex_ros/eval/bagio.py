@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from chatrex_ros.core.images import decode_rgb
+from chatrex_ros.core.images import array_to_compressed, decode_rgb
 from chatrex_ros.core.stamps import ns_to_sec_nanosec, sec_nanosec_to_ns, stamp_to_ns
 from chatrex_ros.eval.groundtruth import GroundTruth, GroundTruthImage, GroundTruthObject, normalise_label
 from chatrex_ros.eval.records import AnswerRecord, ProposalRecord
@@ -29,6 +29,8 @@ ANSWER_TYPE = "chatrex_ros/msg/Answer"
 PROPOSALS_TYPE = "chatrex_ros/msg/ProposalArray"
 OUR_MESSAGES = ("Detection", "Group", "ProposalArray", "Query", "Answer", "GraspTarget")
 STORAGES = ("mcap", "sqlite3")
+IMAGE_ENCODINGS = ("rgb8", "jpeg")
+"""What :meth:`BagWriter.write_image` writes: raw ``Image`` messages or jpeg ``CompressedImage`` ones."""
 MSG_DIR_ENV = "CHATREX_ROS_MSG_DIR"
 
 
@@ -356,14 +358,39 @@ class BagWriter:
         self._writer.write(connection, int(log_time_ns), self.typestore.serialize_cdr(msg, msgtype))
 
     def write_image(
-        self, topic: str, rgb: np.ndarray, stamp_ns: int, frame_id: str, log_time_ns: int | None = None
+        self,
+        topic: str,
+        rgb: np.ndarray,
+        stamp_ns: int,
+        frame_id: str,
+        log_time_ns: int | None = None,
+        encoding: str = "rgb8",
+        jpeg_quality: int = 90,
     ) -> None:
-        """An rgb8 ``sensor_msgs/Image`` stamped ``stamp_ns`` (logged at that time unless given)."""
+        """An image stamped ``stamp_ns`` (logged at that time unless given).
+
+        ``encoding`` "rgb8" writes a ``sensor_msgs/Image``; "jpeg" a ``sensor_msgs/CompressedImage`` (what
+        image_transport's compressed plugin records), at ``jpeg_quality``.
+        """
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise ValueError(f"write_image takes an (H, W, 3) uint8 RGB array, got {rgb.shape} {rgb.dtype}")
+        if encoding not in IMAGE_ENCODINGS:
+            raise ValueError(f"encoding must be one of {', '.join(IMAGE_ENCODINGS)}, got {encoding!r}")
+        log_time = stamp_ns if log_time_ns is None else log_time_ns
+        header = self._header(stamp_ns, frame_id)
+        if encoding == "jpeg":
+            import cv2
+
+            bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)  # the encoder's order, converted fast rather than by a view
+            _, payload = array_to_compressed(bgr, "bgr8", "jpeg", jpeg_quality)
+            compressed = self._type("sensor_msgs/msg/CompressedImage")(
+                header=header, format="jpeg", data=np.frombuffer(payload, dtype=np.uint8)
+            )
+            self.write(topic, "sensor_msgs/msg/CompressedImage", compressed, log_time)
+            return
         height, width = rgb.shape[:2]
         msg = self._type("sensor_msgs/msg/Image")(
-            header=self._header(stamp_ns, frame_id),
+            header=header,
             height=height,
             width=width,
             encoding="rgb8",
@@ -371,7 +398,7 @@ class BagWriter:
             step=width * 3,
             data=np.ascontiguousarray(rgb).reshape(-1),
         )
-        self.write(topic, "sensor_msgs/msg/Image", msg, stamp_ns if log_time_ns is None else log_time_ns)
+        self.write(topic, "sensor_msgs/msg/Image", msg, log_time)
 
     def write_proposals(
         self, topic: str, record: ProposalRecord, frame_id: str, log_time_ns: int | None = None

@@ -157,7 +157,7 @@ class GroundTruth:
 
     # --- COCO ------------------------------------------------------------------------------------
     def to_coco(self, class_agnostic: bool = False) -> dict[str, Any]:
-        """A COCO dict for pycocotools; ``class_agnostic`` folds every category into one ("object")."""
+        """A COCO dict for the COCO evaluator; ``class_agnostic`` folds every category into one ("object")."""
         names = ("object",) if class_agnostic else self.categories
         category_id = {name: index + 1 for index, name in enumerate(names)}
         annotations = []

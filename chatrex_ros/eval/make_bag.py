@@ -27,11 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from chatrex_ros.core.images import ImageFormatError, array_to_compressed, to_rgb
-from chatrex_ros.eval.bagio import STORAGES, BagWriter
+from chatrex_ros.core.images import ImageFormatError, to_rgb
+from chatrex_ros.eval.bagio import IMAGE_ENCODINGS, STORAGES, BagWriter
 from chatrex_ros.eval.groundtruth import normalise_label
 
-ENCODINGS = ("rgb8", "jpeg")
 DEFAULT_TOPIC = "/camera/image_raw"
 DEFAULT_FRAME_ID = "camera"
 DEFAULT_RATE_HZ = 10.0
@@ -90,8 +89,8 @@ class MakeBagOptions:
         """MakeBagError for option values that cannot work, before anything is read or written."""
         if self.storage not in STORAGES:
             raise MakeBagError(f"unknown storage {self.storage!r}; choose one of {', '.join(STORAGES)}")
-        if self.encoding not in ENCODINGS:
-            raise MakeBagError(f"unknown encoding {self.encoding!r}; choose one of {', '.join(ENCODINGS)}")
+        if self.encoding not in IMAGE_ENCODINGS:
+            raise MakeBagError(f"unknown encoding {self.encoding!r}; choose one of {', '.join(IMAGE_ENCODINGS)}")
         if self.limit is not None and self.limit < 1:
             raise MakeBagError(f"--limit must be >= 1, got {self.limit}")
         if not (math.isfinite(self.rate_hz) and 0 < self.rate_hz <= 1e9):
@@ -383,30 +382,6 @@ def _checked_size(entry: Mapping[str, Any], rgb: np.ndarray) -> tuple[int, int]:
     return width, height
 
 
-class _ImageMessages:
-    """Builds the bag's image messages in the chosen encoding from the writer's typestore."""
-
-    def __init__(self, writer: BagWriter, encoding: str, jpeg_quality: int) -> None:
-        types = writer.typestore.types
-        self._time, self._header = types["builtin_interfaces/msg/Time"], types["std_msgs/msg/Header"]
-        self._compressed = types["sensor_msgs/msg/CompressedImage"]
-        self.writer, self.encoding, self.quality = writer, encoding, jpeg_quality
-
-    def write(self, topic: str, rgb: np.ndarray, stamp_ns: int, frame_id: str) -> None:
-        """One image, stamped and logged at ``stamp_ns``."""
-        if self.encoding == "rgb8":
-            self.writer.write_image(topic, rgb, stamp_ns, frame_id)
-            return
-        import cv2
-
-        bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)  # the encoder's order, converted fast rather than by a view
-        _, payload = array_to_compressed(bgr, "bgr8", "jpeg", self.quality)
-        sec, nanosec = divmod(stamp_ns, 1_000_000_000)
-        header = self._header(stamp=self._time(sec=sec, nanosec=nanosec), frame_id=frame_id)
-        msg = self._compressed(header=header, format="jpeg", data=np.frombuffer(payload, dtype=np.uint8))
-        self.writer.write(topic, "sensor_msgs/msg/CompressedImage", msg, stamp_ns)
-
-
 # --- the conversion -------------------------------------------------------------------------------
 def image_order(dataset: Dataset, shuffle: bool, seed: int) -> list[Mapping[str, Any]]:
     """The dataset's images in the order they are tried: file order, or shuffled reproducibly by ``seed``."""
@@ -483,10 +458,16 @@ def _write_bag(
     warn = warn or (lambda line: bar.write(line, file=sys.stderr))
     try:
         with BagWriter(options.out, options.storage) as writer:
-            messages = _ImageMessages(writer, options.encoding, options.jpeg_quality)
             for entry, rgb, size in _readable(order, options, summary, warn, read_image):
                 stamp = stamp_ns(summary.images_written, options.rate_hz)
-                messages.write(options.topic, rgb, stamp, options.frame_id)
+                writer.write_image(
+                    options.topic,
+                    rgb,
+                    stamp,
+                    options.frame_id,
+                    encoding=options.encoding,
+                    jpeg_quality=options.jpeg_quality,
+                )
                 del rgb  # only the image being written is ever held
                 width, height = size
                 gt_images.append(
