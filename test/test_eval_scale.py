@@ -156,6 +156,19 @@ def test_a_corrupt_bag_is_reported_and_the_others_are_scored(serial_and_workers,
     assert "| delta | – |" in (serial_and_workers["serial"][1] / "report.md").read_text()
 
 
+def test_without_a_language_model_many_bags_say_so_once_and_report_answers_unavailable(folder, tmp_path) -> None:
+    code = main(
+        ["eval", "--bag", str(folder / "alpha"), str(folder / "beta"), *GRID, "--out", str(tmp_path), "--quiet"]
+    )
+    assert code == 0
+    report = eval_json(tmp_path)
+    no_model = [note for note in report["notes"] if note.startswith("No language model configured")]
+    assert len(no_model) == 1  # a note every bag shares is said once, not once per bag with its label
+    answers = report["metrics"]["answers"]
+    assert answers["available"] is False and answers["no_language_model"] and answers["detection"] is None
+    assert all(b["metrics"]["answers"]["available"] is False for b in report["bags"])
+
+
 def test_the_exit_status_and_stderr_name_the_failed_bag(folder, tmp_path, capsys) -> None:
     code = main(["eval", "--bag", str(folder / "delta"), str(folder / "beta"), *GRID, "--out", str(tmp_path)])
     assert code == 1
@@ -255,6 +268,8 @@ def test_one_bag_finds_its_ground_truth_and_queries_beside_it(pooled_case, tmp_p
     report = eval_json(tmp_path)
     assert "bags" not in report and report["inputs"]["ground_truth"] == f"{root / 'one'}_annotations.json"
     assert report["inputs"]["queries"] == 2
+    assert report["inputs"]["queries_file"] == f"{root / 'one'}_queries.json"  # said where they came from
+    assert f"* queries: `{root / 'one'}_queries.json` (2)" in (tmp_path / "report.md").read_text()
 
 
 # --- Ray -----------------------------------------------------------------------------------------------

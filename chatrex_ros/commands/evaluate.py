@@ -266,6 +266,7 @@ def run_eval(args: argparse.Namespace) -> int:
                 progress=not args.no_progress,
                 count_queries=args.count_queries,
             )
+        result.inputs["queries_file"] = str(queries_file) if queries_file else None  # found beside the bag, maybe
         return _finish(result, args)
     except (ValueError, FileNotFoundError, ImportError, TypeError, RuntimeError) as error:  # RemoteCodeRefused too
         return _fail("eval", error)
@@ -359,6 +360,7 @@ def run_demo(args: argparse.Namespace) -> int:
         result = evaluate_bag(
             bag, gt, pipeline, language, queries, max_frames=args.max_frames, progress=not args.no_progress
         )
+        result.inputs["queries_file"] = str(sample_queries_path())
         return _finish(result, args)
     except (ValueError, FileNotFoundError, ImportError, TypeError) as error:
         return _fail("demo", error)

@@ -20,7 +20,7 @@ from chatrex_ros.eval.bagio import BagError, BagReader
 from chatrex_ros.eval.groundtruth import GroundTruth, GroundTruthImage, ReferringQuery, match_stamps
 from chatrex_ros.eval.records import AnswerRecord, ProposalRecord, evaluation_requests
 from chatrex_ros.eval.result import EvaluationResult
-from chatrex_ros.eval.scoring import score_answers, score_proposals, timing_summary
+from chatrex_ros.eval.scoring import no_language_model_entry, score_answers, score_proposals, timing_summary
 from chatrex_ros.models.base import LanguageBackend, ProposalPipeline
 
 NO_LANGUAGE_NOTE = (
@@ -103,6 +103,8 @@ class _OfflineRun:
         if self.language is not None:
             counts = True if self.count_queries else None
             metrics["answers"] = score_answers(self.answers, self.gt, self.queries, evaluated, counts=counts)
+        else:
+            metrics["answers"] = no_language_model_entry()
         metrics_ms = (time.perf_counter() - loop_done) * 1e3
 
         timing = timing_summary(self.stage_ms, len(evaluated), loop_done - started)

@@ -27,7 +27,7 @@ from chatrex_ros.eval.records import (
     ProposalRecord,
 )
 from chatrex_ros.eval.result import EvaluationResult
-from chatrex_ros.eval.scoring import score_answers, score_proposals, timing_summary
+from chatrex_ros.eval.scoring import no_language_model_entry, score_answers, score_proposals, timing_summary
 
 
 @dataclass
@@ -146,8 +146,11 @@ def pooled_metrics(merged: MergedRecords, with_answers: bool) -> dict[str, Any]:
     metrics: dict[str, Any] = {"proposals": score_proposals(merged.proposals, merged.gt, merged.image_ids)}
     dropped = metrics["proposals"]["frames_without_proposals"]
     metrics["proposals"]["frames_without_proposals"] = [f"{merged.origin[i][0]}/{merged.origin[i][1]}" for i in dropped]
-    if with_answers:
-        metrics["answers"] = score_answers(merged.answers, merged.gt, merged.queries, merged.image_ids)
+    metrics["answers"] = (
+        score_answers(merged.answers, merged.gt, merged.queries, merged.image_ids)
+        if with_answers
+        else no_language_model_entry()
+    )
     return metrics
 
 
@@ -158,6 +161,24 @@ def bag_section(outcome: BagOutcome) -> dict[str, Any]:
         return {**entry, "status": "failed", "error": outcome.error}
     own = outcome.result.to_json()
     return {**entry, "status": "ok", **{key: own[key] for key in ("inputs", "metrics", "notes", "timing")}}
+
+
+def _answered(outcome: BagOutcome) -> bool:
+    """Whether the bag's run had a language model (its answers entry is a scoring, not a reason)."""
+    entry = outcome.result.metrics.get("answers") if outcome.result is not None else None
+    return entry is not None and entry.get("available", True)
+
+
+def bag_notes(done: Sequence[BagOutcome]) -> list[str]:
+    """The bags' notes, each once: prefixed by the bags it concerns, bare when it concerns every bag."""
+    bags_by_note: dict[str, list[str]] = {}
+    for outcome in done:
+        for note in outcome.result.notes if outcome.result is not None else ():
+            bags_by_note.setdefault(note, []).append(outcome.job.label)
+    return [
+        note if len(labels) == len(done) > 1 else f"{', '.join(labels)}: {note}"
+        for note, labels in bags_by_note.items()
+    ]
 
 
 def pool(outcomes: Sequence[BagOutcome], wall_s: float, executor: Mapping[str, Any]) -> EvaluationResult:
@@ -178,12 +199,12 @@ def pool(outcomes: Sequence[BagOutcome], wall_s: float, executor: Mapping[str, A
     first = done[0].result if done else None
     if done:
         merged = merge(done)
-        metrics = pooled_metrics(merged, with_answers=any("answers" in o.result.metrics for o in done if o.result))
+        metrics = pooled_metrics(merged, with_answers=any(_answered(o) for o in done))
         for outcome in done:
             assert outcome.result is not None
             for stage, samples in outcome.result.stage_ms.items():
                 stage_ms.setdefault(stage, []).extend(samples)
-            notes.extend(f"{outcome.job.label}: {note}" for note in outcome.result.notes)
+        notes.extend(bag_notes(done))
     metrics_ms = (time.perf_counter() - scoring_started) * 1e3
     frames = sum(len(o.image_ids) for o in done)
     timing = timing_summary(stage_ms, frames, wall_s)

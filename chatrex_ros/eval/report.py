@@ -45,6 +45,8 @@ def render_markdown(report: Mapping[str, Any], plots: Mapping[str, str] | None =
         f"* ground truth: `{inputs['ground_truth']}`; frames evaluated: {inputs['frames_evaluated']}"
         + (f" of {inputs['frames_in_bag']}" if "frames_in_bag" in inputs else ""),
     ]
+    if inputs.get("queries_file"):
+        lines.append(f"* queries: `{inputs['queries_file']}` ({inputs.get('queries', 0)})")
     if inputs["mode"] == "offline":
         selection = inputs["selection"]
         lines.append(
@@ -330,8 +332,8 @@ def per_class_figure(names: list[str], series: Mapping[str, list[float | None]],
                 )
     axes.set_xticks(range(len(names)), names, rotation=45, ha="right")
     axes.set_ylim(0, 1)
-    axes.set_title(title)
-    axes.legend()
+    axes.set_title(title, wrap=True)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)  # beside the bars, never over them
     return figure
 
 
@@ -355,6 +357,6 @@ def _per_class_series(metrics: Mapping[str, Any]) -> tuple[list[str], dict[str, 
         return (
             names,
             {"proposal recall@100": [per_class[n] for n in names]},
-            "Proposal recall@100 per class, IoU 0.5 (no language model answers: no P/R)",
+            "Proposal recall@100 per class, IoU 0.5\n(no language model answers: no P/R)",
         )
     return None

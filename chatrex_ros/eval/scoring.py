@@ -215,6 +215,24 @@ def answers_not_available(answers: Iterable[Any]) -> dict[str, Any] | None:
     }
 
 
+def no_language_model_entry() -> dict[str, Any]:
+    """The ``metrics["answers"]`` entry of an evaluation run without a language model.
+
+    The same shape as :func:`answers_not_available`'s, so every metrics.json has an ``answers`` entry and a
+    reader tells "not measured" from "measured as 0" by ``available`` alone.
+    """
+    return {
+        "available": False,
+        "reason": f"{NO_LANGUAGE_MODEL_MESSAGE} for this evaluation",
+        "no_language_model": True,
+        "answers": 0,
+        "status_counts": {},
+        "status_messages": {},
+        "detection": None,
+        "referring": None,
+    }
+
+
 def _shorten(text: str) -> str:
     return text if len(text) <= STATUS_MESSAGE_CHARS else text[: STATUS_MESSAGE_CHARS - 3].rstrip() + "..."
 
