@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import importlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -350,6 +351,35 @@ class _StopRequested(Exception):
         self.signum = signum
 
 
+PARAMS_DIR_PREFIX = "chatrex_up_"
+"""``up``'s node parameter files go in ``<tmp>/chatrex_up_<pid>_<random>``, removed when it stops."""
+
+
+def remove_stale_params_dirs(tmp: Path | None = None) -> list[Path]:
+    """Remove the parameter directories of ``up`` runs that died without cleaning up (``kill -9``, power loss).
+
+    The pid in the name tells: a directory whose process is gone is stale. Returns what was removed.
+    """
+    removed = []
+    for path in Path(tmp or tempfile.gettempdir()).glob(f"{PARAMS_DIR_PREFIX}*_*"):
+        pid = path.name[len(PARAMS_DIR_PREFIX) :].split("_", 1)[0]
+        if not pid.isdigit() or _process_alive(int(pid)) or not path.is_dir():
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 class GraphProcesses:
     """Runs planned nodes, prefixes and forwards their output, stops all on SIGINT/SIGTERM/SIGHUP or when one exits.
 
@@ -366,7 +396,8 @@ class GraphProcesses:
         self._environment = environment  # None: dds_environment() of this process's environment
         self.processes: list[tuple[str, subprocess.Popen[str]]] = []
         self._forwarders: list[threading.Thread] = []
-        self._tmp = tempfile.TemporaryDirectory(prefix="chatrex_up_")
+        remove_stale_params_dirs()
+        self._tmp = tempfile.TemporaryDirectory(prefix=f"{PARAMS_DIR_PREFIX}{os.getpid()}_")
         self._print_lock = threading.Lock()
         self._stopping = False
         self._hurry = False

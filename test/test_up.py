@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ import yaml
 from ros_harness import RosClient, get_parameters, wait_until
 
 from chatrex_ros.cli import main
-from chatrex_ros.launcher import FASTDDS_PROFILE_VARIABLES
+from chatrex_ros.launcher import FASTDDS_PROFILE_VARIABLES, remove_stale_params_dirs
 
 # Light nodes: no warm-up frame, no language model.
 LIGHT = ["--set", "proposal_node.warmup=false", "--set", "language_node.language_backend=none"]
@@ -309,3 +310,6 @@ def test_nodes_do_not_outlive_a_killed_up() -> None:
         up.process.send_signal(signal.SIGKILL)
         assert up.process.wait(timeout=10) == -signal.SIGKILL
         up.assert_nodes_gone()
+    leftover = list(Path(tempfile.gettempdir()).glob(f"chatrex_up_{up.process.pid}_*"))
+    assert leftover  # a killed up cannot remove its parameter files: the next up does
+    assert set(leftover) <= set(remove_stale_params_dirs()) and not any(path.exists() for path in leftover)
