@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -148,6 +149,16 @@ def test_demo_with_default_backend_writes_sane_reports(demo_run, sample):
     assert "| 100 |" in markdown and "frames/s" in markdown
     stages = report["timing"]["stages_ms"]
     assert stages["infer"]["count"] == len(sample["gt"]) and stages["infer"]["p50"] <= stages["infer"]["p99"]
+
+
+def test_after_the_demo_eval_of_its_sample_bag_finds_the_ground_truth_beside_it(demo_run, sample, tmp_path):
+    _, out = demo_run
+    bag = sample["bag"]
+    assert Path(f"{bag}_annotations.json").is_file() and Path(f"{bag}_queries.json").is_file()
+    assert main(["eval", "--bag", str(bag), "--out", str(tmp_path), "--no-progress", "--quiet", "--no-plots"]) == 0
+    again = json.loads((tmp_path / "metrics.json").read_text())
+    assert again["metrics"]["proposals"] == json.loads((out / "metrics.json").read_text())["metrics"]["proposals"]
+    assert again["inputs"]["queries_file"] == f"{bag}_queries.json"
 
 
 def test_offline_metrics_are_deterministic_within_one_process(demo_run, sample):

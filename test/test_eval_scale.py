@@ -169,6 +169,12 @@ def test_without_a_language_model_many_bags_say_so_once_and_report_answers_unava
     assert all(b["metrics"]["answers"]["available"] is False for b in report["bags"])
 
 
+def test_a_mistyped_bag_path_is_named_as_missing_not_as_missing_ground_truth(folder, tmp_path, capsys) -> None:
+    assert main(["eval", "--bag", str(folder / "alph"), "--out", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert f"bag {folder / 'alph'} does not exist" in error and "--gt" not in error
+
+
 def test_the_exit_status_and_stderr_name_the_failed_bag(folder, tmp_path, capsys) -> None:
     code = main(["eval", "--bag", str(folder / "delta"), str(folder / "beta"), *GRID, "--out", str(tmp_path)])
     assert code == 1
@@ -244,6 +250,9 @@ def test_pooled_metrics_score_all_records_together_not_the_mean_of_the_bags(pool
     assert detection["per_class"]["dog"]["fn"] == 3 and detection["recall_iou_0.5"] == 0.5
     assert pooled["metrics"]["answers"]["referring"]["per_query"] == {"one/the-cat": True}
     assert pooled["metrics"]["answers"]["referring"]["negatives"]["per_query"] == {"one/no-giraffe": False}
+    queries_file = f"{pooled_case['root'] / 'one'}_queries.json"  # bag two has none
+    assert pooled["inputs"]["queries_files"] == [queries_file] and pooled["inputs"]["queries"] == 2
+    assert f"* queries: `{queries_file}` (2)" in (pooled_case["root"] / "out_pooled" / "report.md").read_text()
     # the same frames and answers in one bag score exactly the same (ids aside: the pooled ones name their bag)
     relabelled = json.loads(json.dumps(pooled["metrics"]).replace('"one/', '"'))
     assert relabelled == both["metrics"]
@@ -313,6 +322,7 @@ def test_compare_puts_two_runs_side_by_side_with_differences_and_plots(pooled_ca
     assert "| proposal recall@100, IoU 0.5 | 100.0 | 0.0 | -100.0 |" in table
     assert "| referring accuracy, IoU 0.5 | 100.0 | – | – |" in table  # bag two has no referring queries
     assert "| frames evaluated | 1 | 1 | +0 |" in table
+    assert "| language model p50 (ms) |" in table  # the scripted model's latency, an offline run's stage
     assert "## Detection recall per class, IoU 0.5" in table
     assert "| dog | – | 0.0 | – |" in table and "| cat | 100.0 | – | – |" in table
     assert (out / "compare.md").read_text() == table.rstrip("\n") + "\n"

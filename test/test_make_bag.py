@@ -22,8 +22,10 @@ from chatrex_ros.eval.make_bag import (
     START_STAMP_NS,
     MakeBagError,
     MakeBagOptions,
+    load_dataset,
     make_bag,
     read_rgb,
+    start_stamp_ns,
 )
 
 WIDTH, HEIGHT = 64, 48
@@ -148,7 +150,7 @@ def full_rgb8(dataset, tmp_path_factory) -> tuple[Path, object, list[str]]:
     return out, summary, warnings
 
 
-def test_the_bag_holds_exactly_the_written_images_in_order_with_stamps_and_pixels(full_rgb8) -> None:
+def test_the_bag_holds_exactly_the_written_images_in_order_with_stamps_and_pixels(dataset, full_rgb8) -> None:
     out, summary, _ = full_rgb8
     expected_ids = [i for i in range(1, COUNT + 1) if i not in (MISSING_ID, CORRUPT_ID)]
     assert summary.images_written == len(expected_ids) == COUNT - 2
@@ -159,13 +161,37 @@ def test_the_bag_holds_exactly_the_written_images_in_order_with_stamps_and_pixel
         assert reader.topics[TOPIC].count == len(expected_ids)
         frames = list(reader.image_frames(TOPIC))
     stamps = [frame.stamp_ns for frame in frames]
-    assert stamps[0] == START_STAMP_NS
+    first = start_stamp_ns(load_dataset(dataset["annotations"]).images)  # every image tried, in file order
+    assert stamps[0] == first and (first - START_STAMP_NS) % 1_000_000_000 == 0
     assert set(np.diff(stamps)) == {50_000_000}  # 20 Hz
     assert all(frame.log_time_ns == frame.stamp_ns for frame in frames)
     assert {frame.frame_id for frame in frames} == {"camera"}
     for image_id, frame in zip(expected_ids, frames, strict=True):
         assert frame.message.encoding == "rgb8"
         np.testing.assert_array_equal(frame.rgb(), pixels(image_id), err_msg=f"image {image_id}")
+
+
+def test_two_parts_of_a_split_get_distinct_stamps_so_the_wrong_ground_truth_matches_nothing(
+    dataset, tmp_path, capsys
+) -> None:
+    source = json.loads(dataset["annotations"].read_text())
+    parts = {}
+    for name, images in (("day0", source["images"][:20]), ("day1", source["images"][20:40])):
+        ids = {image["id"] for image in images}
+        annotations = [a for a in source["annotations"] if a["image_id"] in ids]
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({**source, "images": images, "annotations": annotations}))
+        parts[name] = convert({**dataset, "annotations": path}, tmp_path / name)
+    again = convert({**dataset, "annotations": tmp_path / "day0.json"}, tmp_path / "day0_again")
+    with BagReader(tmp_path / "day0") as first, BagReader(tmp_path / "day1") as second:
+        day0, day1 = first.image_stamps(TOPIC), second.image_stamps(TOPIC)
+    with BagReader(tmp_path / "day0_again") as reader:
+        assert reader.image_stamps(TOPIC) == day0  # reproducible
+    assert again.images_written == parts["day0"].images_written
+    assert not set(day0) & set(day1)
+    day1_gt = str(tmp_path / "day1_annotations.json")
+    code = main(["eval", "--bag", str(tmp_path / "day0"), "--gt", day1_gt, "--out", str(tmp_path / "eval")])
+    assert code == 2 and "no ground-truth stamp matches" in capsys.readouterr().err  # not scored against wrong labels
 
 
 def test_grey_and_rgba_files_become_rgb(dataset) -> None:
@@ -208,7 +234,7 @@ def test_jpeg_encoding_writes_compressed_images_that_decode_close(dataset, tmp_p
         assert reader.topics[TOPIC].msgtype == "sensor_msgs/msg/CompressedImage"
         frames = list(reader.image_frames(TOPIC))
     stamps = [f.stamp_ns for f in frames]
-    assert stamps == [START_STAMP_NS + round(k * 1e9 / 30) for k in range(25)]  # 1/30 s apart, to the ns
+    assert np.diff(stamps).tolist() == [round((k + 1) * 1e9 / 30) - round(k * 1e9 / 30) for k in range(24)]  # 1/30 s
     for image_id, frame in zip(ids, frames, strict=True):
         assert frame.message.format == "jpeg" and frame.frame_id == "camera"
         error = np.abs(frame.rgb().astype(int) - pixels(image_id).astype(int))
@@ -358,9 +384,26 @@ def test_bad_options_are_refused(dataset, tmp_path, options, message) -> None:
     assert not (tmp_path / "bag").exists()
 
 
+def test_one_refs_file_serves_each_part_of_a_split(dataset, tmp_path) -> None:
+    source = json.loads(dataset["annotations"].read_text())
+    part = source["images"][:30]
+    ids = {image["id"] for image in part}
+    kept = [a for a in source["annotations"] if a["image_id"] in ids]
+    (tmp_path / "part.json").write_text(json.dumps({**source, "images": part, "annotations": kept}))
+    refs = json.loads(dataset["refs"].read_text())
+    entries = refs["refs"] if isinstance(refs, dict) else refs
+    outside = [e for e in entries if e.get("ann_id", e.get("annotation_id")) not in {a["id"] for a in kept}]
+    assert outside and len(outside) < len(entries)  # the fixture's refs cover other images too
+    summary = convert({**dataset, "annotations": tmp_path / "part.json"}, tmp_path / "bag", refs=dataset["refs"])
+    assert summary.refs_outside_dataset == len(outside)
+    assert f"{len(outside)} refs of annotations not in this dataset dropped" in summary.paragraph()
+    queries = json.loads((tmp_path / "bag_queries.json").read_text())["queries"]
+    assert queries and all(q["image_id"] in ids for q in queries)
+
+
 def test_bad_refs_are_refused_before_anything_is_written(dataset, tmp_path) -> None:
     (tmp_path / "refs.json").write_text(json.dumps([{"ann_id": 987654, "sentences": [{"sent": "x"}]}]))
-    with pytest.raises(MakeBagError, match="annotation 987654, not in the dataset"):
+    with pytest.raises(MakeBagError, match="none of its 1 entries names an annotation of the dataset"):
         convert(dataset, tmp_path / "bag", refs=tmp_path / "refs.json")
     (tmp_path / "refs.json").write_text(json.dumps([{"ann_id": 1, "image_id": 2, "phrase": "x"}]))
     with pytest.raises(MakeBagError, match="annotation 1 is on image 1"):

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -218,6 +217,9 @@ def run_eval(args: argparse.Namespace) -> int:
                 "--answers scores one recording: at most one --bag (its input bag), no --workers/--executor"
             )
         tolerance_ns = stamp_tolerance_ns(args.stamp_tolerance_ms)
+        for path in [*bags, *([args.answers] if args.answers is not None else [])]:
+            if not Path(path).exists():  # before the ground-truth rules, whose message would point elsewhere
+                raise ValueError(f"bag {path} does not exist")
         if many:
             return _run_many(args, bags, tolerance_ns)
         bag = bags[0] if bags else None
@@ -329,17 +331,13 @@ def _run_compare(args: argparse.Namespace) -> int:
 
 def run_make_sample(args: argparse.Namespace) -> int:
     """`make-sample`: write the sample bag, with copies of its annotations and queries beside it."""
-    from chatrex_ros.eval.sample import make_sample_bag, sample_annotations_path, sample_queries_path
+    from chatrex_ros.eval.sample import make_sample_bag, write_sample_sidecars
 
     try:
         bag = make_sample_bag(args.out, args.storage, args.with_gt_topic, overwrite=args.force)
     except (ValueError, FileNotFoundError, ImportError) as error:
         return _fail("make-sample", error)
-    # Copies beside the bag, so the next commands can name them relative to where the user is.
-    annotations = Path(f"{Path(args.out)}_annotations.json")
-    queries = Path(f"{Path(args.out)}_queries.json")
-    shutil.copyfile(sample_annotations_path(), annotations)
-    shutil.copyfile(sample_queries_path(), queries)
+    annotations, queries = write_sample_sidecars(bag)
     print(f"sample bag: {bag} ({args.storage}, topic /camera/image_raw)")
     print(f"ground truth: {annotations}")
     print(f"queries: {queries}")
@@ -350,10 +348,16 @@ def run_demo(args: argparse.Namespace) -> int:
     """`demo`: evaluate the sample bag (made if needed) with the configured backends and write the report."""
     from chatrex_ros.eval.groundtruth import GroundTruth, load_queries
     from chatrex_ros.eval.offline import evaluate_bag
-    from chatrex_ros.eval.sample import ensure_sample_bag, sample_annotations_path, sample_queries_path
+    from chatrex_ros.eval.sample import (
+        ensure_sample_bag,
+        sample_annotations_path,
+        sample_queries_path,
+        write_sample_sidecars,
+    )
 
     try:
         bag = ensure_sample_bag(args.sample_bag or args.out / "sample_bag", args.storage)
+        write_sample_sidecars(bag)  # so that `eval --bag <out>/sample_bag` finds them, as after make-sample
         gt = GroundTruth.load(sample_annotations_path())
         queries = load_queries(sample_queries_path(), gt)
         pipeline, language = _build_models(args)

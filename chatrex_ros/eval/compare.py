@@ -53,7 +53,8 @@ HEADLINES = (
     Headline("frames evaluated", ("inputs", "frames_evaluated"), "count"),
     Headline("frames/s", ("timing", "frames_per_s"), "number"),
     Headline("frame latency p50 (ms)", ("timing", "stages_ms", "frame", "p50"), "number"),
-    Headline("answer latency p50 (ms)", ("timing", "stages_ms", "answers", "p50"), "number"),
+    Headline("language model p50 (ms)", ("timing", "stages_ms", "language", "p50"), "number"),  # offline runs
+    Headline("answer latency p50 (ms)", ("timing", "stages_ms", "answers", "p50"), "number"),  # recorded runs
 )
 """The headline rows, in table order; a row no run has is left out."""
 
@@ -203,7 +204,10 @@ def table_markdown(comparison: Comparison, table: Table, first_column: str) -> l
 def render_markdown(comparison: Comparison) -> str:
     """The comparison as Markdown (also what the terminal shows)."""
     lines = ["# chatrex_ros evaluation runs compared", ""]
-    lines += [f"* `{name}`: `{path}`" for name, path in zip(comparison.names, comparison.paths, strict=True)]
+    lines += [
+        f"* `{path}`" if str(path) == name else f"* `{name}`: `{path}`"
+        for name, path in zip(comparison.names, comparison.paths, strict=True)
+    ]
     lines += [
         "",
         f"Fractions in %, differences (Δ) vs `{comparison.names[0]}` in percentage points; {MISSING}: not in that run.",

@@ -14,6 +14,7 @@ with no annotation in it as queries without a target (``"negative": true``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -36,7 +37,9 @@ DEFAULT_FRAME_ID = "camera"
 DEFAULT_RATE_HZ = 10.0
 DEFAULT_JPEG_QUALITY = 90
 START_STAMP_NS = 1_700_000_000_000_000_000
-"""The first image's stamp: fixed (the sample bag's epoch), so the same dataset always gives the same bag."""
+"""The earliest first stamp (the sample bag's epoch); each dataset's bag starts a whole number of seconds later."""
+START_OFFSET_RANGE_S = 1_000_000
+"""The first stamp's offset from :data:`START_STAMP_NS` is a digest of the image order modulo this (11.6 days)."""
 
 _BAG_FILES = (".mcap", ".db3", ".yaml", ".db3-shm", ".db3-wal")
 """What a rosbag2 directory holds: ``force`` removes only a directory made of these (never a user's folder)."""
@@ -128,6 +131,8 @@ class MakeBagSummary:
     """Crowd regions and empty boxes of written images, which the evaluation cannot score."""
     queries: int = 0
     negatives: int = 0
+    refs_outside_dataset: int = 0
+    """Refs naming annotations the dataset does not have (another part of a split): dropped."""
     bag_bytes: int = 0
     seconds: float = 0.0
 
@@ -145,6 +150,8 @@ class MakeBagSummary:
             if self.queries_file
             else "no queries"
         )
+        if self.refs_outside_dataset:
+            queries += f" ({self.refs_outside_dataset} refs of annotations not in this dataset dropped)"
         return (
             f"make-bag: wrote {self.images_written} images ({self.encoding}) on {self.topic} to {self.bag} "
             f"({self.storage}, {_megabytes(self.bag_bytes)}), {skipped}; ground truth {self.ground_truth} with "
@@ -262,12 +269,24 @@ class Ref:
     phrase: str
 
 
-def load_refs(path: Path, dataset: Dataset) -> dict[int, list[Ref]]:
+@dataclass(frozen=True)
+class LoadedRefs:
+    """A refs file read against one dataset: its refs by image id, and how many name no annotation of it."""
+
+    by_image: Mapping[int, list[Ref]]
+    outside_dataset: int = 0
+    """Entries naming an annotation the dataset does not have: the other parts of a split (dropped)."""
+
+
+def load_refs(path: Path, dataset: Dataset) -> LoadedRefs:
     """RefCOCO-style refs (a list, or ``{"refs": [...]}``), one :class:`Ref` per sentence, by image id.
 
     Each entry: ``ann_id`` (or ``annotation_id``), optional ``image_id`` (checked against the annotation's),
     and ``sentences`` (``[{"sent": ...}]`` or strings) or ``phrase``. Query ids are
-    ``ref-<ref_id>-<k>`` (``ref-<position>-<k>`` without a ``ref_id``), k counting the entry's sentences.
+    ``ref-<ref_id>-<k>`` (``ref-<position>-<k>`` without a ``ref_id``, from 0), k counting the entry's
+    sentences. An entry whose annotation is not in the dataset is dropped and counted, so one refs file
+    serves every part of a split; when no entry names one of the dataset's annotations, the refs are of
+    another dataset and that is an error.
     """
     data = _read_json(path, "refs")
     entries = data.get("refs") if isinstance(data, Mapping) else data
@@ -275,25 +294,39 @@ def load_refs(path: Path, dataset: Dataset) -> dict[int, list[Ref]]:
         raise MakeBagError(f"refs {path}: expected a list of refs or {{'refs': [...]}}")
     by_image: dict[int, list[Ref]] = {}
     seen: set[str] = set()
+    outside: list[Any] = []
     for position, entry in enumerate(entries):
         key = entry.get("ref_id", position) if isinstance(entry, Mapping) else position
         refs = _entry_refs(entry, f"ref-{key}", dataset, path)
+        if refs is None:
+            outside.append(entry)
+            continue
         if refs and refs[0].id in seen:
             raise MakeBagError(f"refs {path}: duplicate ref_id {key!r}")
         seen.update(ref.id for ref in refs)
         for ref in refs:
             by_image.setdefault(ref.image_id, []).append(ref)
-    return by_image
+    if outside and len(outside) == len(entries):
+        raise MakeBagError(
+            f"refs {path}: none of its {len(entries)} entries names an annotation of the dataset "
+            f"(the first names annotation {_annotation_id(outside[0])}): refs of another dataset?"
+        )
+    return LoadedRefs(by_image, len(outside))
 
 
-def _entry_refs(entry: Any, prefix: str, dataset: Dataset, path: Path) -> list[Ref]:
+def _annotation_id(entry: Mapping[str, Any]) -> Any:
+    return entry.get("ann_id", entry.get("annotation_id"))
+
+
+def _entry_refs(entry: Any, prefix: str, dataset: Dataset, path: Path) -> list[Ref] | None:
+    """The entry's refs; None when its annotation is not in the dataset."""
     if not isinstance(entry, Mapping):
         raise MakeBagError(f"refs {path}: entry {_short(entry)} is not an object")
-    annotation_id = entry.get("ann_id", entry.get("annotation_id"))
+    annotation_id = _annotation_id(entry)
     if not _is_int(annotation_id):
         raise MakeBagError(f"refs {path}: entry {_short(entry)} needs an integer 'ann_id' (or 'annotation_id')")
     if annotation_id not in dataset.annotation_image:
-        raise MakeBagError(f"refs {path}: entry {_short(entry)} names annotation {annotation_id}, not in the dataset")
+        return None
     image_id = dataset.annotation_image[annotation_id]
     if "image_id" in entry and entry["image_id"] != image_id:
         raise MakeBagError(
@@ -391,9 +424,21 @@ def image_order(dataset: Dataset, shuffle: bool, seed: int) -> list[Mapping[str,
     return order
 
 
-def stamp_ns(index: int, rate_hz: float) -> int:
-    """Stamp of the ``index``-th image written: ``START_STAMP_NS + index / rate`` (rounded to the ns)."""
-    return START_STAMP_NS + round(index * 1e9 / rate_hz)
+def start_stamp_ns(order: Sequence[Mapping[str, Any]]) -> int:
+    """The first image's stamp: :data:`START_STAMP_NS` plus whole seconds derived from the image order.
+
+    Reproducible (the same dataset, shuffle and seed give the same bag), yet two different datasets, or two
+    parts of one split, get stamps far apart: scoring a bag against another bag's ground truth then matches
+    no frame and says so, instead of scoring the wrong labels against the images at equal stamps.
+    """
+    digest = hashlib.sha256("\n".join(f"{image['id']}\t{image['file_name']}" for image in order).encode())
+    offset_s = int.from_bytes(digest.digest()[:8], "big") % START_OFFSET_RANGE_S
+    return START_STAMP_NS + offset_s * 1_000_000_000
+
+
+def stamp_ns(index: int, rate_hz: float, start_ns: int = START_STAMP_NS) -> int:
+    """Stamp of the ``index``-th image written: ``start_ns + index / rate`` (rounded to the ns)."""
+    return start_ns + round(index * 1e9 / rate_hz)
 
 
 def make_bag(
@@ -410,15 +455,16 @@ def make_bag(
     options.check()
     _check_outputs(options)
     dataset = load_dataset(options.annotations)
-    refs = load_refs(options.refs, dataset) if options.refs else {}
+    refs = load_refs(options.refs, dataset) if options.refs else LoadedRefs({})
     summary = MakeBagSummary(
         options.out, options.gt_path, options.queries_path, options.storage, options.topic, options.encoding
     )
+    summary.refs_outside_dataset = refs.outside_dataset
     started = time.perf_counter()
     _remove_bag(options.out)
     options.out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        gt_images, gt_annotations, queries = _write_bag(options, dataset, refs, summary, warn, read_image)
+        gt_images, gt_annotations, queries = _write_bag(options, dataset, refs.by_image, summary, warn, read_image)
         if not summary.images_written:
             raise MakeBagError(
                 f"none of the {len(dataset.images)} images of {options.annotations} could be read from "
@@ -453,13 +499,14 @@ def _write_bag(
     gt_annotations: list[Mapping[str, Any]] = []
     queries: list[dict[str, Any]] = []
     order = image_order(dataset, options.shuffle, options.seed)
+    start_ns = start_stamp_ns(order)
     wanted = min(options.limit or len(order), len(order))
     bar = _progress(wanted, options.progress)
     warn = warn or (lambda line: bar.write(line, file=sys.stderr))
     try:
         with BagWriter(options.out, options.storage) as writer:
             for entry, rgb, size in _readable(order, options, summary, warn, read_image):
-                stamp = stamp_ns(summary.images_written, options.rate_hz)
+                stamp = stamp_ns(summary.images_written, options.rate_hz, start_ns)
                 writer.write_image(
                     options.topic,
                     rgb,

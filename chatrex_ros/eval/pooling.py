@@ -220,6 +220,9 @@ def pool(outcomes: Sequence[BagOutcome], wall_s: float, executor: Mapping[str, A
         "frames_in_bag": sum(o.result.inputs.get("frames_in_bag", 0) for o in done if o.result),
         "frames_evaluated": frames,
         "queries": sum(len(o.queries) for o in done),
+        "queries_files": [
+            o.result.inputs["queries_file"] for o in done if o.result and o.result.inputs.get("queries_file")
+        ],
     }
     if first is not None:
         storages = sorted({str(o.result.inputs.get("storage")) for o in done if o.result})

@@ -45,8 +45,9 @@ def render_markdown(report: Mapping[str, Any], plots: Mapping[str, str] | None =
         f"* ground truth: `{inputs['ground_truth']}`; frames evaluated: {inputs['frames_evaluated']}"
         + (f" of {inputs['frames_in_bag']}" if "frames_in_bag" in inputs else ""),
     ]
-    if inputs.get("queries_file"):
-        lines.append(f"* queries: `{inputs['queries_file']}` ({inputs.get('queries', 0)})")
+    queries_files = [inputs["queries_file"]] if inputs.get("queries_file") else inputs.get("queries_files", [])
+    if queries_files:
+        lines.append(f"* queries: {', '.join(f'`{path}`' for path in queries_files)} ({inputs.get('queries', 0)})")
     if inputs["mode"] == "offline":
         selection = inputs["selection"]
         lines.append(
@@ -87,6 +88,7 @@ def render_markdown(report: Mapping[str, Any], plots: Mapping[str, str] | None =
         ]
     elif answers:
         detection = answers["detection"]
+        statuses = ", ".join(f"{name} {count}" for name, count in answers["status_counts"].items()) or "none"
         lines += [
             "## Detection (all ground-truth categories of the frame in the prompt)",
             "",
@@ -95,6 +97,8 @@ def render_markdown(report: Mapping[str, Any], plots: Mapping[str, str] | None =
             f"(AP50 {_pct(detection['coco']['AP50'])}) with proposal scores as confidences. "
             f"{detection['frames_answered']} of {detection['frames']} frames answered.",
             "",
+            f"All answers (every kind of query) by status: {statuses}.",
+            "",
             "| class | TP | FP | FN | precision | recall |",
             "|---|---|---|---|---|---|",
         ]
@@ -102,11 +106,12 @@ def render_markdown(report: Mapping[str, Any], plots: Mapping[str, str] | None =
             lines.append(
                 f"| {name} | {c['tp']} | {c['fp']} | {c['fn']} | {_pct(c['precision'])} | {_pct(c['recall'])} |"
             )
-        lines += [
-            "",
-            "n/a precision: the class was never answered (it counts as 0 in the average); n/a recall: the "
-            "class has no ground truth (the model named it anyway).",
-        ]
+        if any(c["precision"] is None or c["recall"] is None for c in detection["per_class"].values()):
+            lines += [
+                "",
+                "n/a precision: the class was never answered (it counts as 0 in the average); n/a recall: the "
+                "class has no ground truth (the model named it anyway).",
+            ]
         lines += _field_detection_lines(detection)
         referring = answers["referring"]
         lines += ["", "## Referring", ""]
@@ -125,8 +130,7 @@ def render_markdown(report: Mapping[str, Any], plots: Mapping[str, str] | None =
             lines.append("No referring queries (pass --queries FILE).")
         lines += _rejection_lines(referring.get("negatives"))
         lines += _count_lines(answers.get("count"))
-        statuses = ", ".join(f"{name} {count}" for name, count in answers["status_counts"].items()) or "none"
-        lines += ["", f"Answers by status: {statuses}.", ""]
+        lines.append("")
 
     lines += ["## Latency", "", "| stage | count | p50 ms | p90 ms | p99 ms | mean ms |", "|---|---|---|---|---|---|"]
     for stage, stats in timing["stages_ms"].items():

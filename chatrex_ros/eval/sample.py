@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from chatrex_ros.eval.bagio import STORAGES, BagError, BagReader, BagWriter
+from chatrex_ros.eval.bags import ANNOTATIONS_SUFFIX, QUERIES_SUFFIX, sidecar
 from chatrex_ros.eval.groundtruth import GroundTruth, GroundTruthImage
 from chatrex_ros.eval.records import ground_truth_record
 from chatrex_ros.names import GROUND_TRUTH_TOPIC
@@ -93,6 +94,17 @@ def make_sample_bag(
         shutil.rmtree(out, ignore_errors=True)  # never leave a half-written bag that looks valid
         raise
     return out
+
+
+def write_sample_sidecars(bag: str | Path) -> tuple[Path, Path]:
+    """Copies of the sample's annotations and queries beside ``bag``, where ``eval --bag`` looks for them.
+
+    Returns their paths. Copies, so that the next commands can name them relative to where the user is.
+    """
+    annotations, queries = sidecar(Path(bag), ANNOTATIONS_SUFFIX), sidecar(Path(bag), QUERIES_SUFFIX)
+    shutil.copyfile(sample_annotations_path(), annotations)
+    shutil.copyfile(sample_queries_path(), queries)
+    return annotations, queries
 
 
 def ensure_sample_bag(out: str | Path, storage: str = "mcap") -> Path:
