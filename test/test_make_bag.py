@@ -329,8 +329,16 @@ def test_missing_and_corrupt_images_are_skipped_with_one_warning_each(full_rgb8)
 
 
 def test_strict_fails_at_the_first_unreadable_image_and_leaves_nothing(dataset, tmp_path) -> None:
+    reads: list[Path] = []
+    opts = MakeBagOptions(dataset["images"], dataset["annotations"], tmp_path / "bag", strict=True, progress=False)
     with pytest.raises(MakeBagError, match=f"image {MISSING_ID} .*missing.*--strict"):
-        convert(dataset, tmp_path / "bag", strict=True)
+        make_bag(opts, warn=lambda line: None, read_image=lambda path: reads.append(path) or read_rgb(path))
+    assert reads == []  # a missing file is found before any image is read and written
+    coco = json.loads(dataset["annotations"].read_text())
+    coco["images"] = [image for image in coco["images"] if image["id"] != MISSING_ID]
+    (tmp_path / "present.json").write_text(json.dumps(coco))
+    with pytest.raises(MakeBagError, match=f"image {CORRUPT_ID} .*--strict"):  # a corrupt file: found at its turn
+        convert({**dataset, "annotations": tmp_path / "present.json"}, tmp_path / "bag", strict=True)
     assert not (tmp_path / "bag").exists() and not (tmp_path / "bag_annotations.json").exists()
     assert convert(dataset, tmp_path / "bag", strict=True, limit=5).images_written == 5  # before the missing one
 

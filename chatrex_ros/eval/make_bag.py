@@ -501,6 +501,8 @@ def _write_bag(
     order = image_order(dataset, options.shuffle, options.seed)
     start_ns = start_stamp_ns(order)
     wanted = min(options.limit or len(order), len(order))
+    if options.strict:
+        _check_files_exist(order[:wanted], options.images)
     bar = _progress(wanted, options.progress)
     warn = warn or (lambda line: bar.write(line, file=sys.stderr))
     try:
@@ -532,6 +534,17 @@ def _write_bag(
     finally:
         bar.close()
     return gt_images, gt_annotations, queries
+
+
+def _check_files_exist(entries: Sequence[Mapping[str, Any]], images: Path) -> None:
+    """``--strict``: a missing file is found by one stat per image before anything is written, not at its turn."""
+    for entry in entries:
+        path = images / str(entry["file_name"])
+        if not path.is_file():
+            raise MakeBagError(
+                f"image {entry['id']} ({path}) missing; --strict stops at the first image that cannot be written "
+                "(checked for every file before writing)"
+            )
 
 
 def _readable(
