@@ -299,5 +299,7 @@ def test_stamp_matching_exact_tolerant_and_nothing():
     assert {stamp: image.id for stamp, image in exact.items()} == {T0 + 100_000_000: 1, T0 + 300_000_000: 3}
     near = match_stamps(gt, [T0 + 199_000_000, T0 + 201_500_000], tolerance_ns=2_000_000)
     assert {stamp: image.id for stamp, image in near.items()} == {T0 + 199_000_000: 2}  # the closer stamp wins
-    with pytest.raises(ValueError, match="no ground-truth stamp matches.*stamp_ns"):
-        match_stamps(gt, [T0 + 5 * 10**9])
+    with pytest.raises(ValueError, match="no ground-truth stamp matches.*do not overlap.*another bag"):
+        match_stamps(gt, [T0 + 5 * 10**9])  # seconds apart: other data, a tolerance would not help
+    with pytest.raises(ValueError, match="no ground-truth stamp matches.*stamp_ns.*--stamp-tolerance-ms"):
+        match_stamps(gt, [T0 + 150_000_000])  # among the annotated stamps, just not on one

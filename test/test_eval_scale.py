@@ -144,6 +144,37 @@ def test_serial_and_two_workers_give_identical_metrics_and_bag_sections(serial_a
     assert "## Per bag" in (serial_out / "report.md").read_text()
 
 
+def test_on_a_terminal_there_is_a_bar_of_bags_and_one_of_frames_per_bag(folder, tmp_path) -> None:
+    """The bars draw only on a terminal: run the command on a pseudo-terminal, as a user's shell would."""
+    import fcntl
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # tqdm draws nothing at 0 columns
+    bags = [str(folder / name) for name in ("alpha", "beta")]
+    command = [sys.executable, "-m", "chatrex_ros.cli", "eval", "--bag", *bags, *GRID, "--out", str(tmp_path)]
+    process = subprocess.Popen([*command, "--quiet", "--workers", "2"], stdout=follower, stderr=follower)
+    os.close(follower)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the command exited and closed its end
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(leader)
+    assert process.wait(timeout=60) == 0
+    text = output.decode(errors="replace")
+    assert "bags: 100%" in text and "2/2" in text  # the overall bar, finished
+    assert "alpha" in text and "beta" in text and "frame" in text  # a bar of frames for each bag
+
+
 def test_a_corrupt_bag_is_reported_and_the_others_are_scored(serial_and_workers, folder, capsys) -> None:
     report = eval_json(serial_and_workers["serial"][1])
     statuses = {b["label"]: b["status"] for b in report["bags"]}
@@ -323,6 +354,8 @@ def test_compare_puts_two_runs_side_by_side_with_differences_and_plots(pooled_ca
     assert "| referring accuracy, IoU 0.5 | 100.0 | – | – |" in table  # bag two has no referring queries
     assert "| frames evaluated | 1 | 1 | +0 |" in table
     assert "| language model p50 (ms) |" in table  # the scripted model's latency, an offline run's stage
+    assert f"`{runs / 'two'}`, ground truth `{pooled_case['root'] / 'two'}_annotations.json`" in table
+    assert "scored against different ground truth" in table  # each bag has its own
     assert "## Detection recall per class, IoU 0.5" in table
     assert "| dog | – | 0.0 | – |" in table and "| cat | 100.0 | – | – |" in table
     assert (out / "compare.md").read_text() == table.rstrip("\n") + "\n"
@@ -334,6 +367,8 @@ def test_compare_puts_two_runs_side_by_side_with_differences_and_plots(pooled_ca
 
 
 def test_compare_needs_two_runs_with_metrics(tmp_path, capsys) -> None:
+    assert main(["eval", "--compare", str(tmp_path / "nope"), str(tmp_path)]) == 2
+    assert f"{tmp_path / 'nope'} does not exist" in capsys.readouterr().err
     assert main(["eval", "--compare", str(tmp_path), str(tmp_path / "nope")]) == 2
     assert "no metrics.json" in capsys.readouterr().err
 

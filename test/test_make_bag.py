@@ -191,7 +191,9 @@ def test_two_parts_of_a_split_get_distinct_stamps_so_the_wrong_ground_truth_matc
     assert not set(day0) & set(day1)
     day1_gt = str(tmp_path / "day1_annotations.json")
     code = main(["eval", "--bag", str(tmp_path / "day0"), "--gt", day1_gt, "--out", str(tmp_path / "eval")])
-    assert code == 2 and "no ground-truth stamp matches" in capsys.readouterr().err  # not scored against wrong labels
+    error = capsys.readouterr().err
+    assert code == 2 and "no ground-truth stamp matches" in error and day1_gt in error  # not scored: said why
+    assert "another bag" in error and "--stamp-tolerance-ms" not in error  # a tolerance would pair unrelated frames
 
 
 def test_grey_and_rgba_files_become_rgb(dataset) -> None:

@@ -348,23 +348,19 @@ def run_demo(args: argparse.Namespace) -> int:
     """`demo`: evaluate the sample bag (made if needed) with the configured backends and write the report."""
     from chatrex_ros.eval.groundtruth import GroundTruth, load_queries
     from chatrex_ros.eval.offline import evaluate_bag
-    from chatrex_ros.eval.sample import (
-        ensure_sample_bag,
-        sample_annotations_path,
-        sample_queries_path,
-        write_sample_sidecars,
-    )
+    from chatrex_ros.eval.sample import ensure_sample_bag, write_sample_sidecars
 
     try:
         bag = ensure_sample_bag(args.sample_bag or args.out / "sample_bag", args.storage)
-        write_sample_sidecars(bag)  # so that `eval --bag <out>/sample_bag` finds them, as after make-sample
-        gt = GroundTruth.load(sample_annotations_path())
-        queries = load_queries(sample_queries_path(), gt)
+        # Beside the bag, as after make-sample: the report names them and `eval --bag <bag>` finds them.
+        annotations, queries_file = write_sample_sidecars(bag)
+        gt = GroundTruth.load(annotations)
+        queries = load_queries(queries_file, gt)
         pipeline, language = _build_models(args)
         result = evaluate_bag(
             bag, gt, pipeline, language, queries, max_frames=args.max_frames, progress=not args.no_progress
         )
-        result.inputs["queries_file"] = str(sample_queries_path())
+        result.inputs["queries_file"] = str(queries_file)
         return _finish(result, args)
     except (ValueError, FileNotFoundError, ImportError, TypeError) as error:
         return _fail("demo", error)

@@ -112,11 +112,15 @@ class Comparison:
     paths: list[Path]
     headline: Table
     per_class: list[Table]
+    ground_truths: list[str]
+    """Each run's ground truth as its metrics.json names it: runs scored against different ones are told apart."""
 
 
 def load_run(path: str | Path) -> dict[str, Any]:
     """A run's metrics.json, from its output directory or the file itself (ValueError naming what is wrong)."""
     path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path} does not exist (give the output directory of a chatrex-ros eval run)")
     file = path / METRICS_FILE if path.is_dir() else path
     if not file.is_file():
         raise ValueError(f"{path}: no {METRICS_FILE} (give the output directory of a chatrex-ros eval run)")
@@ -162,7 +166,8 @@ def compare_runs(paths: Sequence[str | Path]) -> Comparison:
                 (name, "fraction", [_number(values.get(name), "fraction") for values in by_run]) for name in classes
             ]
             per_class.append(Table(title, rows))
-    return Comparison(run_names(runs), runs, headline, per_class)
+    ground_truths = [str(_dig(report, ("inputs", "ground_truth"))) for report in reports]
+    return Comparison(run_names(runs), runs, headline, per_class, ground_truths)
 
 
 def _shown(value: float | None, kind: str) -> str:
@@ -204,13 +209,15 @@ def table_markdown(comparison: Comparison, table: Table, first_column: str) -> l
 def render_markdown(comparison: Comparison) -> str:
     """The comparison as Markdown (also what the terminal shows)."""
     lines = ["# chatrex_ros evaluation runs compared", ""]
-    lines += [
-        f"* `{path}`" if str(path) == name else f"* `{name}`: `{path}`"
-        for name, path in zip(comparison.names, comparison.paths, strict=True)
-    ]
+    for name, path, truth in zip(comparison.names, comparison.paths, comparison.ground_truths, strict=True):
+        label = "" if str(path) == name else f"`{name}`: "
+        lines.append(f"* {label}`{path}`, ground truth `{truth}`")
+    if len(set(comparison.ground_truths)) > 1:
+        lines += ["", "> **Note:** the runs were scored against different ground truth: compare them knowingly."]
     lines += [
         "",
-        f"Fractions in %, differences (Δ) vs `{comparison.names[0]}` in percentage points; {MISSING}: not in that run.",
+        f"Fractions in %, their differences (Δ) vs `{comparison.names[0]}` in percentage points; other rows in "
+        f"their own units (counts, frames/s, ms), differences in the same; {MISSING}: not in that run.",
         "",
         "## Headline metrics",
         "",
@@ -239,7 +246,10 @@ def to_json(comparison: Comparison) -> dict[str, Any]:
         }
 
     return {
-        "runs": [{"name": n, "path": str(p)} for n, p in zip(comparison.names, comparison.paths, strict=True)],
+        "runs": [
+            {"name": n, "path": str(p), "ground_truth": g}
+            for n, p, g in zip(comparison.names, comparison.paths, comparison.ground_truths, strict=True)
+        ],
         "headline": table_json(comparison.headline),
         "per_class": [table_json(table) for table in comparison.per_class],
     }

@@ -337,13 +337,27 @@ def match_stamps(gt: GroundTruth, stamps_ns: Sequence[int], tolerance_ns: int = 
             if image.id not in best or distance < best[image.id][0]:
                 best[image.id] = (distance, int(stamp))
     if not best:
-        span = f"{min(stamps_ns)}..{max(stamps_ns)}" if len(stamps_ns) else "none"
-        raise ValueError(
-            f"no ground-truth stamp matches an image stamp (tolerance {tolerance_ns} ns): ground truth "
-            f"{int(gt_stamps[0])}..{int(gt_stamps[-1])} ns, bag {span} ns ({len(stamps_ns)} images). Check the "
-            "bag/topic, that images[].stamp_ns is header.stamp in nanoseconds, or pass a stamp tolerance"
-        )
+        raise ValueError(_no_match_message(gt, gt_stamps, stamps_ns, tolerance_ns))
     return {stamp: gt.image(image_id) for image_id, (_, stamp) in best.items()}
+
+
+def _no_match_message(gt: GroundTruth, gt_stamps: np.ndarray, stamps_ns: Sequence[int], tolerance_ns: int) -> str:
+    """Why nothing matched, with the likeliest cause first: ranges apart means other data, not jitter."""
+    span = f"{min(stamps_ns)}..{max(stamps_ns)}" if len(stamps_ns) else "none"
+    first, last = int(gt_stamps[0]), int(gt_stamps[-1])
+    head = (
+        f"no ground-truth stamp matches an image stamp (tolerance {tolerance_ns / 1e6:g} ms): ground truth "
+        f"{gt.source} {first}..{last} ns, bag {span} ns ({len(stamps_ns)} images)"
+    )
+    if len(stamps_ns) and (min(stamps_ns) > last + 1_000_000_000 or max(stamps_ns) < first - 1_000_000_000):
+        return (
+            f"{head}. The two do not overlap: is it the ground truth of another bag, or another topic? "
+            "(a stamp tolerance would pair unrelated frames)"
+        )
+    return (
+        f"{head}. Check the bag/topic, that images[].stamp_ns is header.stamp in nanoseconds, or, for "
+        "re-stamped images, pass --stamp-tolerance-ms"
+    )
 
 
 def stamp_tolerance_ns(milliseconds: float) -> int:

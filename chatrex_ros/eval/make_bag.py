@@ -145,8 +145,9 @@ class MakeBagSummary:
         """One paragraph saying what was written where, what was skipped, and how fast."""
         skipped = f"skipped {len(self.skipped)} missing or unreadable" if self.skipped else "skipped none"
         dropped = f" ({self.annotations_dropped} crowd/empty left out)" if self.annotations_dropped else ""
+        negatives = " (up to --negatives an image: fewer where fewer categories are absent)" if self.negatives else ""
         queries = (
-            f"{self.queries} referring and {self.negatives} negative queries to {self.queries_file}"
+            f"{self.queries} referring and {self.negatives} negative queries{negatives} to {self.queries_file}"
             if self.queries_file
             else "no queries"
         )

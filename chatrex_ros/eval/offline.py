@@ -7,6 +7,7 @@ the same inputs give the same ``metrics`` (timings are kept apart in ``timing``)
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -216,8 +217,11 @@ def _check_size(image: GroundTruthImage, rgb: np.ndarray, stamp_ns: int) -> None
 def progress_bar(
     total: int, enabled: bool, label: str, position: int | None = None, unit: str = "frame", leave: bool = False
 ) -> Any:
-    """Tqdm on stderr, or a silent stand-in when disabled or tqdm is missing."""
-    if enabled:
+    """Tqdm on stderr, or a silent stand-in when disabled, tqdm is missing, or stderr is not a terminal.
+
+    Not on a terminal (a log file, CI) the bars' cursor movements would fill the log with escape codes.
+    """
+    if enabled and sys.stderr.isatty():
         try:
             from tqdm import tqdm
 

@@ -216,7 +216,7 @@ def pool(outcomes: Sequence[BagOutcome], wall_s: float, executor: Mapping[str, A
         "bags": [o.job.bag for o in outcomes],
         "bags_evaluated": len(done),
         "bags_failed": [o.job.label for o in outcomes if not o.ok],
-        "ground_truth": "per bag (see bags[].inputs.ground_truth)",
+        "ground_truth": ", ".join(str(o.result.inputs["ground_truth"]) for o in done if o.result) or "none",
         "frames_in_bag": sum(o.result.inputs.get("frames_in_bag", 0) for o in done if o.result),
         "frames_evaluated": frames,
         "queries": sum(len(o.queries) for o in done),
