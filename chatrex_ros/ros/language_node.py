@@ -856,7 +856,7 @@ class LanguageNode(ManagedNode[LanguageNodeParams]):
 
 def main(args: list[str] | None = None) -> None:
     """The ``language_node`` executable: a multi-threaded executor, so services answer while the model runs."""
-    raise SystemExit(run_node(LanguageNode, args, threads=4))
+    raise SystemExit(run_node(LanguageNode, args))
 
 
 if __name__ == "__main__":
