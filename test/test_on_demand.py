@@ -91,7 +91,9 @@ def test_a_request_the_proposer_cannot_meet_is_answered_with_the_reason() -> Non
         cwd,
         *graph_args(topic, 0.3, "--set", "language_node.proposals_on_demand=true"),
         "--set",
-        "proposal_node.max_rate_hz=0.2",  # a continuous proposer that rarely runs: the request must not be it
+        # A continuous proposer that runs once in 50 s: its first run is over before the query (sleep below), its
+        # second long after the answer, so no periodic run can happen to be on the frame the query requests.
+        "proposal_node.max_rate_hz=0.02",
         "--set",
         "language_node.pairing_wait_s=1.5",
     )
