@@ -10,9 +10,15 @@ known by construction.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
 import shutil
+import struct
+import subprocess
+import sys
+import termios
 from pathlib import Path
 
 import numpy as np
@@ -146,13 +152,6 @@ def test_serial_and_two_workers_give_identical_metrics_and_bag_sections(serial_a
 
 def test_on_a_terminal_there_is_a_bar_of_bags_and_one_of_frames_per_bag(folder, tmp_path) -> None:
     """The bars draw only on a terminal: run the command on a pseudo-terminal, as a user's shell would."""
-    import fcntl
-    import pty
-    import struct
-    import subprocess
-    import sys
-    import termios
-
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # tqdm draws nothing at 0 columns
     bags = [str(folder / name) for name in ("alpha", "beta")]

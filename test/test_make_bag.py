@@ -345,6 +345,15 @@ def test_strict_fails_at_the_first_unreadable_image_and_leaves_nothing(dataset, 
     assert convert(dataset, tmp_path / "bag", strict=True, limit=5).images_written == 5  # before the missing one
 
 
+def test_strict_refusing_a_missing_file_keeps_the_bag_it_would_have_replaced(dataset, tmp_path) -> None:
+    assert convert(dataset, tmp_path / "bag", limit=5).images_written == 5
+    with pytest.raises(MakeBagError, match=f"image {MISSING_ID} .*missing.*--strict"):
+        convert(dataset, tmp_path / "bag", strict=True, overwrite=True)
+    with BagReader(tmp_path / "bag") as reader:  # the earlier bag, untouched
+        assert reader.topics[TOPIC].count == 5
+    assert Path(f"{tmp_path / 'bag'}_annotations.json").is_file()
+
+
 def test_a_dataset_with_no_readable_image_writes_nothing(dataset, tmp_path) -> None:
     coco = json.loads(dataset["annotations"].read_text())
     coco["images"] = [i for i in coco["images"] if i["id"] in (MISSING_ID, CORRUPT_ID)]

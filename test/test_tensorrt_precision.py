@@ -181,8 +181,8 @@ ONNX_TO_TENSORRT = {
 @pytest.fixture(scope="module")
 def exported_graph(tmp_path_factory) -> list[LayerNode]:
     """The tiny UPN exported at 64x96 as TensorRT would see its layers (names kept, types from shape inference)."""
-    pytest.importorskip("torch")
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("torch", reason="the export needs the [torch] extra")
+    onnx = pytest.importorskip("onnx", reason="the export needs the [onnx] extra")
     from chatrex_ros.models.upn.checkpoint import load_upn_weights
     from chatrex_ros.models.upn.config import resolve_config
     from chatrex_ros.models.upn.export import export_onnx

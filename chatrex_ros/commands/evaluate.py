@@ -247,6 +247,7 @@ def run_eval(args: argparse.Namespace) -> int:
                 args.image_topic,
                 bag,
                 tolerance_ns,
+                queries_file,
             )
             answers = result.metrics.get("answers", {})
             if not answers.get("available", True):  # said even with --quiet: the numbers the user came for
@@ -267,8 +268,8 @@ def run_eval(args: argparse.Namespace) -> int:
                 args.max_frames,
                 progress=not args.no_progress,
                 count_queries=args.count_queries,
+                queries_file=queries_file,
             )
-        result.inputs["queries_file"] = str(queries_file) if queries_file else None  # found beside the bag, maybe
         return _finish(result, args)
     except (ValueError, FileNotFoundError, ImportError, TypeError, RuntimeError) as error:  # RemoteCodeRefused too
         return _fail("eval", error)
@@ -358,9 +359,15 @@ def run_demo(args: argparse.Namespace) -> int:
         queries = load_queries(queries_file, gt)
         pipeline, language = _build_models(args)
         result = evaluate_bag(
-            bag, gt, pipeline, language, queries, max_frames=args.max_frames, progress=not args.no_progress
+            bag,
+            gt,
+            pipeline,
+            language,
+            queries,
+            max_frames=args.max_frames,
+            progress=not args.no_progress,
+            queries_file=queries_file,
         )
-        result.inputs["queries_file"] = str(queries_file)
         return _finish(result, args)
     except (ValueError, FileNotFoundError, ImportError, TypeError) as error:
         return _fail("demo", error)

@@ -41,6 +41,8 @@ START_STAMP_NS = 1_700_000_000_000_000_000
 START_OFFSET_RANGE_S = 1_000_000
 """The first stamp's offset from :data:`START_STAMP_NS` is a digest of the image order modulo this (11.6 days)."""
 
+STRICT_STOPS = "--strict stops at the first image that cannot be written"
+
 _BAG_FILES = (".mcap", ".db3", ".yaml", ".db3-shm", ".db3-wal")
 """What a rosbag2 directory holds: ``force`` removes only a directory made of these (never a user's folder)."""
 
@@ -461,11 +463,16 @@ def make_bag(
         options.out, options.gt_path, options.queries_path, options.storage, options.topic, options.encoding
     )
     summary.refs_outside_dataset = refs.outside_dataset
+    order = image_order(dataset, options.shuffle, options.seed)
+    if options.strict:  # before an existing bag is replaced (--force): a refused conversion loses nothing
+        _check_files_exist(order[: options.limit or len(order)], options.images)
     started = time.perf_counter()
     _remove_bag(options.out)
     options.out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        gt_images, gt_annotations, queries = _write_bag(options, dataset, refs.by_image, summary, warn, read_image)
+        gt_images, gt_annotations, queries = _write_bag(
+            options, dataset, order, refs.by_image, summary, warn, read_image
+        )
         if not summary.images_written:
             raise MakeBagError(
                 f"none of the {len(dataset.images)} images of {options.annotations} could be read from "
@@ -490,20 +497,18 @@ def make_bag(
 def _write_bag(
     options: MakeBagOptions,
     dataset: Dataset,
+    order: Sequence[Mapping[str, Any]],
     refs: Mapping[int, Sequence[Ref]],
     summary: MakeBagSummary,
     warn: Callable[[str], None] | None,
     read_image: Callable[[Path], np.ndarray],
 ) -> tuple[list[dict[str, Any]], list[Mapping[str, Any]], list[dict[str, Any]]]:
-    """Stream the images into the bag; returns the ground-truth images, annotations and queries written."""
+    """Stream the images of ``order`` into the bag; returns the ground-truth images, annotations and queries."""
     gt_images: list[dict[str, Any]] = []
     gt_annotations: list[Mapping[str, Any]] = []
     queries: list[dict[str, Any]] = []
-    order = image_order(dataset, options.shuffle, options.seed)
     start_ns = start_stamp_ns(order)
     wanted = min(options.limit or len(order), len(order))
-    if options.strict:
-        _check_files_exist(order[:wanted], options.images)
     bar = _progress(wanted, options.progress)
     warn = warn or (lambda line: bar.write(line, file=sys.stderr))
     try:
@@ -542,10 +547,7 @@ def _check_files_exist(entries: Sequence[Mapping[str, Any]], images: Path) -> No
     for entry in entries:
         path = images / str(entry["file_name"])
         if not path.is_file():
-            raise MakeBagError(
-                f"image {entry['id']} ({path}) missing; --strict stops at the first image that cannot be written "
-                "(checked for every file before writing)"
-            )
+            raise MakeBagError(f"image {entry['id']} ({path}) missing; {STRICT_STOPS} (checked before writing)")
 
 
 def _readable(
@@ -564,7 +566,7 @@ def _readable(
         except UnreadableImage as error:
             message = f"image {entry['id']} ({path}) {error}"
             if options.strict:
-                raise MakeBagError(f"{message}; --strict stops at the first image that cannot be written") from None
+                raise MakeBagError(f"{message}; {STRICT_STOPS}") from None
             summary.skipped.append((str(entry["file_name"]), str(error)))
             warn(f"chatrex-ros make-bag: warning: skipping {message}")
             continue

@@ -46,12 +46,14 @@ def evaluate_bag(
     progress_label: str | None = None,
     progress_position: int | None = None,
     count_queries: bool = False,
+    queries_file: str | Path | None = None,
 ) -> EvaluationResult:
     """Run the pipeline (and the language backend, when given) on every ground-truth frame of ``bag``.
 
     ``progress_label``/``progress_position``: the bar's title (default ``eval <topic>``) and terminal line,
     so the bars of several bags evaluated at once (:mod:`chatrex_ros.eval.parallel`) do not overwrite each other.
     ``count_queries``: also ask a ``count`` query per frame and category present, scored as count accuracy.
+    ``queries_file``: where ``queries`` were read from, named in the inputs and the report.
     Raises BagError/ValueError for a missing topic, a corrupt bag, or ground truth matching no image.
     """
     if max_frames is not None and max_frames < 1:
@@ -61,6 +63,7 @@ def evaluate_bag(
         run = _OfflineRun(reader, gt, pipeline, language, queries)
         run.bar_label, run.bar_position = progress_label, progress_position
         run.count_queries = count_queries
+        run.queries_file = None if queries_file is None else str(queries_file)
         return run.run(image_topic, stamp_tolerance_ns, max_frames, progress, started)
 
 
@@ -77,6 +80,7 @@ class _OfflineRun:
     ) -> None:
         self.reader, self.gt, self.pipeline, self.language, self.queries = reader, gt, pipeline, language, queries
         self.count_queries = False
+        self.queries_file: str | None = None
         self.proposals: list[ProposalRecord] = []
         self.answers: list[AnswerRecord] = []
         stages = ("read", "infer", "select") + (("language", "resolve") if language is not None else ()) + ("frame",)
@@ -199,6 +203,7 @@ class _OfflineRun:
             "frames_in_bag": in_bag,
             "frames_evaluated": evaluated,
             "queries": len(self.queries),
+            "queries_file": self.queries_file,
             "proposal_backend": self.pipeline.backend.name,
             "selection": {"min_score": policy.min_score, "nms_iou": policy.nms_iou, "max_count": policy.max_count},
             "language_backend": getattr(self.language, "name", None),

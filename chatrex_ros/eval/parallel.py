@@ -126,8 +126,8 @@ def evaluate_with(job: BagJob, models: Models, progress: bool = False, position:
             progress_label=job.label,
             progress_position=position,
             count_queries=job.count_queries,
+            queries_file=job.queries,
         )
-        result.inputs["queries_file"] = job.queries
     except Exception as error:  # a corrupt bag, a wrong ground truth, a model error: this bag's outcome
         return failed(job, error)
     return BagOutcome(job, result, gt, queries, evaluated_image_ids(result, gt))

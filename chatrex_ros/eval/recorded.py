@@ -40,6 +40,7 @@ def evaluate_recorded(
     image_topic: str | None = None,
     input_bag: str | Path | None = None,
     stamp_tolerance_ns: int = 0,
+    queries_file: str | Path | None = None,
 ) -> EvaluationResult:
     """Score a recorded bag with the metrics of :func:`chatrex_ros.eval.offline.evaluate_bag`.
 
@@ -115,6 +116,7 @@ def evaluate_recorded(
         "ground_truth": gt.source,
         "frames_evaluated": len(image_ids),
         "queries": len(queries),
+        "queries_file": None if queries_file is None else str(queries_file),
     }
     return EvaluationResult(inputs, metrics, timing, notes, proposals, answers, latency_ms)
 

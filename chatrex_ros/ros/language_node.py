@@ -855,7 +855,7 @@ class LanguageNode(ManagedNode[LanguageNodeParams]):
 
 
 def main(args: list[str] | None = None) -> None:
-    """The ``language_node`` executable: a multi-threaded executor, so services answer while the model runs."""
+    """The ``language_node`` executable: one executor thread for the intake, the model on the query worker."""
     raise SystemExit(run_node(LanguageNode, args))
 
 

@@ -53,7 +53,7 @@ def run_node(factory: Callable[[], Node], args: list[str] | None = None) -> int:
             return 1
         # One thread: no callback of ours blocks (model work runs on the nodes' own worker threads, a waiting
         # `ask` holds no callback), and rclpy's multi-threaded executor costs several times the CPU per
-        # message (language_node idle beside a 720p30 camera: 12 % of a core with four threads, 8 % with one).
+        # message (language_node idle beside a 720p30 camera: 39 % of a core with four threads, 8 % with one).
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         try:
